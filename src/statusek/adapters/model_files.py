@@ -1,0 +1,54 @@
+"""Reading model definitions from YAML files and folders."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import yaml
+
+from statusek.core.model import ModelError, StatusModel, parse_model
+
+
+def model_files(paths: Iterable[Path]) -> list[Path]:
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            files.extend(sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml")))
+        else:
+            files.append(path)
+    return files
+
+
+def load_model_file(path: Path) -> StatusModel:
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ModelError(str(path), None, "<file>", f"cannot be read: {e.strerror}") from e
+    except yaml.YAMLError as e:
+        raise ModelError(str(path), None, "<file>", f"is not valid YAML: {e}") from e
+    return parse_model(raw, source=str(path))
+
+
+def load_models(paths: Iterable[Path]) -> tuple[list[StatusModel], list[ModelError]]:
+    """Every model found, and every problem found; names must be unique across files."""
+    models: list[StatusModel] = []
+    errors: list[ModelError] = []
+    seen: dict[str, Path] = {}
+    for path in model_files(paths):
+        try:
+            model = load_model_file(path)
+        except ModelError as e:
+            errors.append(e)
+            continue
+        if model.object_name in seen:
+            errors.append(
+                ModelError(
+                    str(path), model.object_name, "object_name",
+                    f"already defined in {seen[model.object_name]}",
+                )
+            )
+            continue
+        seen[model.object_name] = path
+        models.append(model)
+    return models, errors

@@ -1,0 +1,37 @@
+"""Translation of asyncpg's exceptions into statusek's action-based errors."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import asyncpg
+
+from statusek.core.errors import StoreFailure, StoreUnavailable
+
+# Errors after which the same transaction will succeed once retried.
+_TRANSIENT: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.InterfaceError,  # includes a connection closed under us
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.SerializationError,
+    asyncpg.DeadlockDetectedError,
+    asyncpg.LockNotAvailableError,
+    asyncpg.QueryCanceledError,
+)
+
+
+@asynccontextmanager
+async def translated() -> AsyncIterator[None]:
+    try:
+        yield
+    except _TRANSIENT as e:
+        raise StoreUnavailable(f"postgres unavailable: {type(e).__name__}: {e}") from e
+    except asyncpg.PostgresError as e:
+        raise StoreFailure(f"postgres refused: {type(e).__name__}: {e}") from e

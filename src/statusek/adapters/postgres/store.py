@@ -1,0 +1,376 @@
+"""The Postgres store: instances, the event log, model versions, outbox, idempotency.
+
+Every method works on many instances at once, because the pipeline handles a
+window of deliveries in one transaction. asyncpg errors never leave this
+module untranslated (see `errors.translated`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from statusek.adapters.postgres.errors import translated
+from statusek.core.codes import FinishReason
+from statusek.core.instance import Event, EventKind, InstanceState
+from statusek.core.messages import Reply
+from statusek.core.model import StatusModel, StatusType, parse_model
+from statusek.core.views import Notification
+
+OUTBOX_CHANNEL = "statusek_outbox"
+DEADLINE_CHANNEL = "statusek_deadline"
+_INSTANCE_COLUMNS = (
+    "token, object_name, model_version, labels, create_args, created_at, instance_deadline,"
+    " heartbeat_timeout, heartbeat_deadline, statuses, last_seq, finished_at, finish_reason"
+)
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+def _state(row: Mapping[str, Any]) -> InstanceState:
+    return InstanceState(
+        token=row["token"],
+        object_name=row["object_name"],
+        model_version=row["model_version"],
+        labels=row["labels"],
+        create_args=row["create_args"],
+        created_at=row["created_at"],
+        instance_deadline=row["instance_deadline"],
+        heartbeat_timeout=row["heartbeat_timeout"],
+        heartbeat_deadline=row["heartbeat_deadline"],
+        statuses=tuple(row["statuses"]),
+        last_seq=row["last_seq"],
+        finished_at=row["finished_at"],
+        finish_reason=FinishReason(row["finish_reason"]) if row["finish_reason"] else None,
+    )
+
+
+def _event(row: Mapping[str, Any]) -> Event:
+    return Event(
+        instance_token=row["instance_token"],
+        seq=row["seq"],
+        kind=EventKind(row["kind"]),
+        occurred_at=row["occurred_at"],
+        status_name=row["status_name"],
+        status_type=StatusType(row["status_type"]) if row["status_type"] else None,
+        message=row["message"],
+        code=row["code"],
+        reason=FinishReason(row["reason"]) if row["reason"] else None,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    id: int
+    notification: Notification
+
+
+class Transaction:
+    """One unit of work; everything written through it commits or rolls back together."""
+
+    def __init__(self, conn: asyncpg.Connection, store: Store):
+        self._conn = conn
+        self._store = store
+
+    async def now(self) -> datetime:
+        """The database clock, read now (not at transaction start): the one clock."""
+        async with translated():
+            value: datetime = await self._conn.fetchval("SELECT clock_timestamp()")
+        return value
+
+    async def lock_instances(self, tokens: Iterable[UUID]) -> dict[UUID, InstanceState]:
+        """Load and lock instances; locking in token order keeps replicas deadlock-free."""
+        wanted = sorted(set(tokens))
+        if not wanted:
+            return {}
+        async with translated():
+            rows = await self._conn.fetch(
+                f"SELECT {_INSTANCE_COLUMNS} FROM instances WHERE token = ANY($1::uuid[])"
+                " ORDER BY token FOR UPDATE",
+                wanted,
+            )
+        return {row["token"]: _state(row) for row in rows}
+
+    async def lock_overdue(self, limit: int) -> dict[UUID, InstanceState]:
+        """Open instances past their deadline that no other sweeper holds."""
+        async with translated():
+            rows = await self._conn.fetch(
+                f"SELECT {_INSTANCE_COLUMNS} FROM instances"
+                " WHERE next_deadline <= clock_timestamp()"
+                " ORDER BY next_deadline LIMIT $1 FOR UPDATE SKIP LOCKED",
+                limit,
+            )
+        return {row["token"]: _state(row) for row in rows}
+
+    async def processed_replies(self, message_ids: Iterable[str]) -> dict[str, Reply]:
+        ids = list(set(message_ids))
+        if not ids:
+            return {}
+        async with translated():
+            rows = await self._conn.fetch(
+                "SELECT message_id, reply FROM processed_messages WHERE message_id = ANY($1)", ids
+            )
+        return {r["message_id"]: Reply.model_validate(r["reply"]) for r in rows}
+
+    async def latest_models(self, names: Iterable[str]) -> dict[str, StatusModel]:
+        wanted = list(set(names))
+        if not wanted:
+            return {}
+        async with translated():
+            rows = await self._conn.fetch(
+                "SELECT DISTINCT ON (object_name) object_name, version FROM model_versions"
+                " WHERE object_name = ANY($1) ORDER BY object_name, version DESC",
+                wanted,
+            )
+        keys = {(r["object_name"], r["version"]) for r in rows}
+        models = await self.models(keys)
+        return {name: models[(name, version)] for name, version in keys}
+
+    async def models(self, keys: Iterable[tuple[str, int]]) -> dict[tuple[str, int], StatusModel]:
+        """Model versions by (name, version); versions never change, so they are cached."""
+        cache = self._store.model_cache
+        missing = [k for k in set(keys) if k not in cache]
+        if missing:
+            async with translated():
+                rows = await self._conn.fetch(
+                    "SELECT m.object_name, m.version, m.definition FROM model_versions m"
+                    " JOIN unnest($1::text[], $2::int[]) AS k(name, version)"
+                    " ON m.object_name = k.name AND m.version = k.version",
+                    [k[0] for k in missing],
+                    [k[1] for k in missing],
+                )
+            for r in rows:
+                model = parse_model(r["definition"], source="model_versions", version=r["version"])
+                cache[(r["object_name"], r["version"])] = model
+        return {k: cache[k] for k in keys if k in cache}
+
+    async def save(
+        self,
+        states: Sequence[InstanceState],
+        events: Sequence[Event],
+        notifications: Sequence[Notification],
+        replies: Mapping[str, Reply],
+    ) -> None:
+        """Write the outcome of a window of commands in one go."""
+        async with translated():
+            if states:
+                await self._conn.executemany(
+                    "INSERT INTO instances (token, object_name, model_version, labels, create_args,"
+                    " created_at, instance_deadline, heartbeat_timeout, heartbeat_deadline,"
+                    " next_deadline, statuses, last_seq, finished_at, finish_reason)"
+                    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+                    " ON CONFLICT (token) DO UPDATE SET heartbeat_deadline = excluded.heartbeat_deadline,"
+                    " next_deadline = excluded.next_deadline, statuses = excluded.statuses,"
+                    " last_seq = excluded.last_seq, finished_at = excluded.finished_at,"
+                    " finish_reason = excluded.finish_reason",
+                    [
+                        (
+                            s.token, s.object_name, s.model_version, s.labels, s.create_args,
+                            s.created_at, s.instance_deadline, s.heartbeat_timeout,
+                            s.heartbeat_deadline, s.next_deadline, list(s.statuses), s.last_seq,
+                            s.finished_at, s.finish_reason.value if s.finish_reason else None,
+                        )
+                        for s in states
+                    ],
+                )
+            if events:
+                await self._conn.executemany(
+                    "INSERT INTO events (instance_token, seq, kind, occurred_at, status_name,"
+                    " status_type, message, code, reason) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                    [
+                        (
+                            e.instance_token, e.seq, e.kind.value, e.occurred_at, e.status_name,
+                            e.status_type.value if e.status_type else None, e.message, e.code,
+                            e.reason.value if e.reason else None,
+                        )
+                        for e in events
+                    ],
+                )
+            if notifications:
+                await self._conn.executemany(
+                    "INSERT INTO outbox (message_id, type, instance_token, body, headers)"
+                    " VALUES ($1, $2, $3, $4, $5)",
+                    [
+                        (n.message_id, n.type, UUID(n.instance_token), n.body, n.headers)
+                        for n in notifications
+                    ],
+                )
+                await self._conn.execute("SELECT pg_notify($1, '')", OUTBOX_CHANNEL)
+            if replies:
+                await self._conn.executemany(
+                    "INSERT INTO processed_messages (message_id, reply) VALUES ($1, $2)"
+                    " ON CONFLICT (message_id) DO NOTHING",
+                    [(mid, r.model_dump(mode="json")) for mid, r in replies.items()],
+                )
+
+    async def announce_deadline(self, deadline: datetime) -> None:
+        """Wake sweepers that sleep past `deadline` (delivered on commit)."""
+        async with translated():
+            await self._conn.execute(
+                "SELECT pg_notify($1, $2)", DEADLINE_CHANNEL, deadline.isoformat()
+            )
+
+    async def take_outbox(self, limit: int) -> list[OutboxRow] | None:
+        """The oldest unsent notifications, or None if another relay is sending.
+
+        One relay at a time (a transaction-scoped advisory lock) is what keeps
+        an instance's notifications in order across replicas.
+        """
+        async with translated():
+            if not await self._conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", RELAY_LOCK):
+                return None
+            rows = await self._conn.fetch(
+                "SELECT id, message_id, type, instance_token, body, headers FROM outbox"
+                " ORDER BY id LIMIT $1",
+                limit,
+            )
+        return [
+            OutboxRow(
+                r["id"],
+                Notification(
+                    type=r["type"],
+                    message_id=r["message_id"],
+                    instance_token=str(r["instance_token"]),
+                    body=r["body"],
+                    headers=r["headers"],
+                ),
+            )
+            for r in rows
+        ]
+
+    async def delete_outbox(self, ids: Sequence[int]) -> None:
+        async with translated():
+            await self._conn.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", list(ids))
+
+
+RELAY_LOCK = 0x5354_4154_5553_4F42  # arbitrary, shared by every replica's relay
+
+
+class Store:
+    """A pool of connections and the operations statusek needs from Postgres."""
+
+    def __init__(self, pool: asyncpg.Pool):
+        self._pool = pool
+        self.model_cache: dict[tuple[str, int], StatusModel] = {}
+
+    @classmethod
+    async def open(cls, dsn: str, *, min_size: int = 2, max_size: int = 10) -> Store:
+        async with translated():
+            pool = await asyncpg.create_pool(
+                dsn, min_size=min_size, max_size=max_size, init=_init_connection
+            )
+        return cls(pool)
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Transaction]:
+        async with translated(), self._pool.acquire() as conn, conn.transaction():
+            yield Transaction(conn, self)
+
+    async def earliest_deadline(self) -> datetime | None:
+        async with translated():
+            value: datetime | None = await self._pool.fetchval(
+                "SELECT min(next_deadline) FROM instances WHERE next_deadline IS NOT NULL"
+            )
+        return value
+
+    async def now(self) -> datetime:
+        async with translated():
+            value: datetime = await self._pool.fetchval("SELECT clock_timestamp()")
+        return value
+
+    async def read_instance(self, token: UUID, *, with_events: bool) -> tuple[
+        InstanceState | None, StatusModel | None, list[Event], datetime
+    ]:
+        """A consistent read for queries: the instance, its model, its events and `now`."""
+        async with self.transaction() as tx:
+            conn = tx._conn
+            async with translated():
+                row = await conn.fetchrow(
+                    f"SELECT {_INSTANCE_COLUMNS}, clock_timestamp() AS now FROM instances"
+                    " WHERE token = $1",
+                    token,
+                )
+                if row is None:
+                    return None, None, [], await tx.now()
+                state = _state(row)
+                events = (
+                    [
+                        _event(r)
+                        for r in await conn.fetch(
+                            "SELECT * FROM events WHERE instance_token = $1 ORDER BY seq", token
+                        )
+                    ]
+                    if with_events
+                    else []
+                )
+            key = (state.object_name, state.model_version)
+            model = (await tx.models([key])).get(key)
+            return state, model, events, row["now"]
+
+    async def sync_models(self, models: Sequence[StatusModel]) -> dict[str, int]:
+        """Store each model as a new version unless its latest version is identical.
+
+        Returns the version in force per object name. Serialised with an
+        advisory lock so replicas starting together agree on version numbers.
+        """
+        versions: dict[str, int] = {}
+        async with self.transaction() as tx, translated():
+            conn = tx._conn
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", MODELS_LOCK)
+            for model in models:
+                latest = await conn.fetchrow(
+                    "SELECT version, digest FROM model_versions WHERE object_name = $1"
+                    " ORDER BY version DESC LIMIT 1",
+                    model.object_name,
+                )
+                if latest and latest["digest"] == model.digest():
+                    versions[model.object_name] = latest["version"]
+                    continue
+                version = (latest["version"] if latest else 0) + 1
+                await conn.execute(
+                    "INSERT INTO model_versions (object_name, version, digest, definition)"
+                    " VALUES ($1, $2, $3, $4)",
+                    model.object_name, version, model.digest(), model.definition(),
+                )
+                versions[model.object_name] = version
+        return versions
+
+    async def expire_processed(self, older_than_seconds: float) -> int:
+        async with translated():
+            result: str = await self._pool.execute(
+                "DELETE FROM processed_messages"
+                " WHERE processed_at < now() - make_interval(secs => $1)",
+                older_than_seconds,
+            )
+        return int(result.split()[-1])
+
+    @asynccontextmanager
+    async def listen(self, *channels: str, callback: Any) -> AsyncIterator[None]:
+        """LISTEN on a dedicated connection while the block runs."""
+        async with translated():
+            conn = await self._pool.acquire()
+        try:
+            for channel in channels:
+                await conn.add_listener(channel, callback)
+            yield
+        finally:
+            try:
+                for channel in channels:
+                    await conn.remove_listener(channel, callback)
+            finally:
+                await self._pool.release(conn)
+
+
+MODELS_LOCK = 0x5354_4154_5553_4D4F  # arbitrary, shared by every replica

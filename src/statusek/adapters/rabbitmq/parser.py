@@ -1,0 +1,73 @@
+"""Turn a delivery into a frozen, validated envelope before anything else sees it."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, SerializeAsAny, ValidationError
+
+from statusek.core.errors import InvalidMessage
+from statusek.core.messages import WireMessage
+
+
+class Envelope(BaseModel):
+    """A parsed delivery: what to do, with what, and where to answer."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: str
+    body: SerializeAsAny[WireMessage]
+    message_id: str | None = None
+    reply_to: str | None = None
+    correlation_id: str | None = None
+
+
+def parse(
+    *,
+    routing_key: str | None,
+    type_property: str | None,
+    body: bytes,
+    message_id: str | None,
+    reply_to: str | None,
+    correlation_id: str | None,
+    table: dict[str, type[WireMessage]],
+    max_body_bytes: int,
+) -> Envelope:
+    """Validate a raw delivery against the contract, or raise InvalidMessage.
+
+    The routing key picks the message kind; the `type` property may carry it
+    instead (for messages published straight to the queue). `content_type`
+    is ignored on purpose: the management UI sends none.
+    """
+    kind = routing_key if routing_key in table else type_property
+    if kind not in table:
+        known = ", ".join(table)
+        raise InvalidMessage(
+            "unknown-routing-key",
+            f"routing key {routing_key!r} (type {type_property!r}) names no message;"
+            f" expected one of {known}",
+        )
+    if len(body) > max_body_bytes:
+        raise InvalidMessage(
+            "too-large", f"body is {len(body)} bytes, the limit is {max_body_bytes}"
+        )
+    try:
+        message = table[kind].model_validate_json(body)
+    except ValidationError as e:
+        raise _invalid(kind, e) from None
+    return Envelope(
+        kind=kind,
+        body=message,
+        message_id=message_id or None,
+        reply_to=reply_to or None,
+        correlation_id=correlation_id or None,
+    )
+
+
+def _invalid(kind: str, error: ValidationError) -> InvalidMessage:
+    problems = error.errors(include_url=False, include_input=False)
+    if any(p["type"] == "json_invalid" for p in problems):
+        return InvalidMessage("invalid-json", f"{kind}: body is not valid JSON: {problems[0]['msg']}")
+    details = "; ".join(
+        f"{'.'.join(str(part) for part in p['loc']) or '<body>'}: {p['msg']}" for p in problems[:5]
+    )
+    more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+    return InvalidMessage("schema-violation", f"{kind}: {details}{more}")

@@ -1,0 +1,279 @@
+"""The command pipeline: a window of deliveries, one transaction, then replies and acks.
+
+Deliveries of `statusek.commands` arrive in queue order (one active consumer,
+see README "Ordering"). They are parsed, then decided in that order against
+states locked for the whole window, written in one transaction together with
+their notifications (outbox) and replies (idempotency), and only then
+answered and acked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from uuid import UUID
+
+import structlog
+from aio_pika.abc import AbstractIncomingMessage
+
+from statusek.adapters.postgres.store import Store, Transaction
+from statusek.adapters.rabbitmq.broker import Broker
+from statusek.adapters.rabbitmq.parser import Envelope, parse
+from statusek.app import settle
+from statusek.core.decide import Policy, decide
+from statusek.core.errors import InvalidMessage, StoreFailure, TransientError
+from statusek.core.instance import Event, InstanceState
+from statusek.core.messages import COMMANDS, Create, Reply
+from statusek.core.model import StatusModel
+from statusek.core.views import Notification, notification_for
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    delivery: AbstractIncomingMessage
+    envelope: Envelope
+    reply: Reply
+    duplicate: bool = False
+
+
+class Backoff:
+    """Exponential delay between retries of transient failures, capped."""
+
+    def __init__(self, cap: float, first: float = 0.05):
+        self.cap, self.first, self.delay = cap, first, first
+
+    async def wait(self) -> None:
+        await asyncio.sleep(self.delay)
+        self.delay = min(self.cap, self.delay * 2)
+
+    def reset(self) -> None:
+        self.delay = self.first
+
+
+class CommandPipeline:
+    def __init__(
+        self,
+        store: Store,
+        broker: Broker,
+        *,
+        window: int,
+        max_body_bytes: int,
+        policy: Policy,
+        retry_cap: float,
+        on_deadline: Callable[[datetime], None] = lambda _: None,
+        on_committed: Callable[[], None] = lambda: None,
+    ):
+        self._store = store
+        self._broker = broker
+        self._window = window
+        self._max_body = max_body_bytes
+        self._policy = policy
+        self._retry_cap = retry_cap
+        self._on_deadline = on_deadline
+        self._on_committed = on_committed
+        self._inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+        self._stopping = False
+        self.applied = 0
+
+    async def on_message(self, delivery: AbstractIncomingMessage) -> None:
+        await self._inbox.put(delivery)
+
+    @property
+    def pending(self) -> int:
+        return self._inbox.qsize()
+
+    async def run(self) -> None:
+        """Process windows until stopped and the inbox is empty."""
+        while not (self._stopping and self._inbox.empty()):
+            try:
+                first = await asyncio.wait_for(self._inbox.get(), timeout=0.2)
+            except TimeoutError:
+                continue
+            window = [first]
+            while len(window) < self._window and not self._inbox.empty():
+                window.append(self._inbox.get_nowait())
+            await self.process(window)
+
+    def stop(self) -> None:
+        """Finish what was delivered, take nothing new (the consumer is cancelled first)."""
+        self._stopping = True
+
+    async def process(self, deliveries: Sequence[AbstractIncomingMessage]) -> None:
+        started = time.perf_counter()
+        valid: list[tuple[AbstractIncomingMessage, Envelope]] = []
+        invalid: list[tuple[AbstractIncomingMessage, InvalidMessage]] = []
+        for d in deliveries:
+            try:
+                valid.append((d, self._parse(d)))
+            except InvalidMessage as e:
+                invalid.append((d, e))
+        outcomes, failed = await self._apply_with_retry(valid)
+        if outcomes is None:
+            await settle.requeue_all(deliveries)
+            return
+        invalid.extend(failed)
+        try:
+            for outcome in outcomes:
+                await settle.answer(self._broker, outcome.delivery, outcome.reply)
+            for d, error in invalid:
+                await settle.dead_letter(self._broker, d, error)
+            await settle.ack_all(deliveries)
+        except TransientError as e:
+            # The effects are committed; unacked deliveries come back and get
+            # their stored reply (message_id) or a rule's answer.
+            log.warning("could not answer or ack after commit", error=str(e))
+        elapsed_ms = round((time.perf_counter() - started) * 1000, 2)
+        for o in outcomes:
+            log.info(
+                "command",
+                routing_key=o.envelope.kind,
+                message_id=o.envelope.message_id,
+                instance_token=o.reply.data.get("instance_token")
+                or str(getattr(o.envelope.body, "instance_token", None)),
+                code=o.reply.code,
+                duplicate=o.duplicate,
+                window=len(deliveries),
+                duration_ms=elapsed_ms,
+            )
+        for d, error in invalid:
+            log.warning(
+                "dead-lettered",
+                routing_key=d.routing_key,
+                message_id=d.message_id,
+                reason=error.reason,
+                detail=error.detail,
+            )
+
+    def _parse(self, d: AbstractIncomingMessage) -> Envelope:
+        return parse(
+            routing_key=d.routing_key,
+            type_property=d.type,
+            body=d.body,
+            message_id=d.message_id,
+            reply_to=d.reply_to,
+            correlation_id=d.correlation_id,
+            table=COMMANDS,
+            max_body_bytes=self._max_body,
+        )
+
+    async def _apply_with_retry(
+        self, valid: list[tuple[AbstractIncomingMessage, Envelope]]
+    ) -> tuple[list[Outcome] | None, list[tuple[AbstractIncomingMessage, InvalidMessage]]]:
+        """Apply the window; transient failures are retried in place to keep order.
+
+        Returns None when stopping before it could be applied (the caller
+        requeues). A permanent store failure splits the window so only the
+        command that causes it is dead-lettered.
+        """
+        backoff = Backoff(self._retry_cap)
+        while True:
+            try:
+                return await self._apply(valid), []
+            except TransientError as e:
+                if self._stopping:
+                    return None, []
+                log.warning("transient failure, retrying window", error=str(e), size=len(valid))
+                await backoff.wait()
+            except StoreFailure as e:
+                if len(valid) == 1:
+                    d = valid[0][0]
+                    return [], [(d, InvalidMessage("store-failure", str(e)))]
+                log.error("store refused window, applying one by one", error=str(e))
+                outcomes: list[Outcome] = []
+                failed: list[tuple[AbstractIncomingMessage, InvalidMessage]] = []
+                for item in valid:
+                    single, single_failed = await self._apply_with_retry([item])
+                    if single is None:
+                        return None, []
+                    outcomes.extend(single)
+                    failed.extend(single_failed)
+                return outcomes, failed
+
+    async def _apply(self, valid: list[tuple[AbstractIncomingMessage, Envelope]]) -> list[Outcome]:
+        if not valid:
+            return []
+        async with self._store.transaction() as tx:
+            window = _Window(tx, self._policy)
+            outcomes = await window.apply(valid)
+            earliest = await window.save()
+        self.applied += sum(1 for o in outcomes if not o.duplicate)
+        if window.notifications:
+            self._on_committed()
+        if earliest is not None:
+            self._on_deadline(earliest)
+        return outcomes
+
+
+class _Window:
+    """The in-memory state of one transaction: states change as commands apply."""
+
+    def __init__(self, tx: Transaction, policy: Policy):
+        self.tx = tx
+        self.policy = policy
+        self.states: dict[UUID, InstanceState] = {}
+        self.changed: dict[UUID, InstanceState] = {}
+        self.events: list[Event] = []
+        self.notifications: list[Notification] = []
+        self.replies: dict[str, Reply] = {}
+        self.models: dict[tuple[str, int], StatusModel] = {}
+
+    async def apply(self, valid: list[tuple[AbstractIncomingMessage, Envelope]]) -> list[Outcome]:
+        tx = self.tx
+        commands = [env.body for _, env in valid]
+        tokens = [t for c in commands if (t := getattr(c, "instance_token", None)) is not None]
+        stored = await tx.processed_replies(env.message_id for _, env in valid if env.message_id)
+        self.states = await tx.lock_instances(tokens)
+        now = await tx.now()
+        latest = await tx.latest_models(c.object_name for c in commands if isinstance(c, Create))
+        self.models = await tx.models((s.object_name, s.model_version) for s in self.states.values())
+        for model in latest.values():
+            self.models[(model.object_name, model.version)] = model
+
+        outcomes = []
+        for delivery, env in valid:
+            mid = env.message_id
+            if mid is not None and (mid in stored or mid in self.replies):
+                reply = stored.get(mid) or self.replies[mid]
+                outcomes.append(Outcome(delivery, env, reply, duplicate=True))
+                continue
+            command = env.body
+            assert isinstance(command, Create) or hasattr(command, "instance_token")
+            token = getattr(command, "instance_token", None)
+            state = self.states.get(token) if token else None
+            if isinstance(command, Create):
+                models = latest
+            elif state is not None:
+                key = (state.object_name, state.model_version)
+                models = {state.object_name: self.models[key]}
+            else:
+                models = {}
+            decision = decide(command, state, models, now, new_token=uuid.uuid4(), policy=self.policy)  # type: ignore[arg-type]
+            if decision.events and decision.state is not None:
+                new = decision.state
+                self.states[new.token] = new
+                self.changed[new.token] = new
+                self.events.extend(decision.events)
+                for event in decision.events:
+                    if (n := notification_for(event, new)) is not None:
+                        self.notifications.append(n)
+            if mid is not None:
+                self.replies[mid] = decision.reply
+            outcomes.append(Outcome(delivery, env, decision.reply))
+        return outcomes
+
+    async def save(self) -> datetime | None:
+        """Write the window; returns the earliest deadline it set, to wake sweepers."""
+        await self.tx.save(
+            list(self.changed.values()), self.events, self.notifications, self.replies
+        )
+        deadlines = [d for s in self.changed.values() if (d := s.next_deadline) is not None]
+        earliest = min(deadlines) if deadlines else None
+        if earliest is not None:
+            await self.tx.announce_deadline(earliest)
+        return earliest

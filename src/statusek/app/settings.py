@@ -1,0 +1,48 @@
+"""The one settings object, read from the environment (and `.env`) in `main()`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+BUILTIN_MODELS = Path(__file__).resolve().parent.parent / "models"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="STATUSEK_", env_file=".env", extra="ignore")
+
+    amqp_url: str = "amqp://guest:guest@localhost:5672/"
+    database_url: str = "postgresql://postgres@localhost:5432/statusek"
+    models_path: str = Field(
+        default=str(BUILTIN_MODELS),
+        description="Model files or folders, ':'-separated; the shipped models by default.",
+    )
+
+    # Wire limits (SPEC section 4). Text limits are the contract's defaults.
+    max_body_bytes: int = Field(default=64 * 1024, gt=0)
+
+    # Pipeline: how many deliveries one transaction may take.
+    prefetch: int = Field(default=512, gt=0)
+    window: int = Field(default=256, gt=0)
+    query_concurrency: int = Field(default=32, gt=0)
+    db_pool_size: int = Field(default=10, ge=4)
+
+    default_instance_timeout: float | None = Field(
+        default=None, gt=0, description="Seconds, for models and creates that give none."
+    )
+    sweep_batch: int = Field(default=500, gt=0)
+    # A safety net only: sweepers are woken by deadlines, not by this period.
+    sweep_max_sleep: float = Field(default=5.0, gt=0)
+    outbox_batch: int = Field(default=500, gt=0)
+    outbox_poll: float = Field(default=1.0, gt=0)
+    idempotency_window: float = Field(default=7 * 24 * 3600, gt=0, description="Seconds.")
+    retry_backoff_max: float = Field(default=5.0, gt=0)
+    shutdown_timeout: float = Field(default=10.0, gt=0)
+
+    log_format: str = Field(default="auto", pattern="^(auto|json|console)$")
+    log_level: str = "INFO"
+
+    def model_paths(self) -> list[Path]:
+        return [Path(p) for p in self.models_path.split(":") if p]

@@ -1,0 +1,88 @@
+"""The one place where a delivery's fate is decided: ack, dead-letter, park or requeue."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import structlog
+from aio_pika.abc import AbstractIncomingMessage
+from aio_pika.exceptions import ChannelInvalidStateError
+
+from statusek.adapters.rabbitmq.broker import Broker
+from statusek.core.codes import Code
+from statusek.core.errors import InvalidMessage
+from statusek.core.messages import Reply
+
+log = structlog.get_logger(__name__)
+
+REASON_HEADER = "x-statusek-reason"
+DETAIL_HEADER = "x-statusek-detail"
+CODE_HEADER = "x-statusek-code"
+MESSAGE_HEADER = "x-statusek-message"
+
+
+async def answer(broker: Broker, delivery: AbstractIncomingMessage, reply: Reply) -> None:
+    """Reply to the sender, or park a rule rejection nobody would otherwise see."""
+    if delivery.reply_to:
+        await broker.reply(delivery.reply_to, delivery.correlation_id, reply)
+    elif not reply.status:
+        await broker.park(
+            broker.names.rejected,
+            delivery,
+            {CODE_HEADER: reply.code, MESSAGE_HEADER: reply.message, "x-routing-key": delivery.routing_key or ""},
+        )
+
+
+async def dead_letter(broker: Broker, delivery: AbstractIncomingMessage, error: InvalidMessage) -> None:
+    """Invalid input is never retried: keep a copy with the reason, tell the sender."""
+    await broker.park(
+        broker.names.dead_letter,
+        delivery,
+        {
+            REASON_HEADER: error.reason,
+            DETAIL_HEADER: error.detail[:1024],
+            "x-routing-key": delivery.routing_key or "",
+            "x-exchange": delivery.exchange or "",
+        },
+    )
+    if delivery.reply_to:
+        await broker.reply(
+            delivery.reply_to,
+            delivery.correlation_id,
+            Reply.fail(Code.INVALID_MESSAGE, error.detail, reason=error.reason),
+        )
+
+
+async def ack_all(deliveries: Sequence[AbstractIncomingMessage]) -> int:
+    """Ack a window with one frame per channel; returns how many were stale.
+
+    After a reconnect, deliveries of the old channel cannot be acked (their
+    tags mean nothing on the new channel) and the broker has requeued them.
+    """
+    last_per_channel: dict[int, AbstractIncomingMessage] = {}
+    stale = 0
+    for d in deliveries:
+        channel = _open_channel(d)
+        if channel is None:
+            stale += 1
+        else:
+            last_per_channel[id(channel)] = d
+    for d in last_per_channel.values():
+        await d.ack(multiple=True)
+    if stale:
+        log.warning("stale deliveries not acked; the broker redelivers them", count=stale)
+    return stale
+
+
+async def requeue_all(deliveries: Sequence[AbstractIncomingMessage]) -> None:
+    """Give deliveries back (transient trouble or shutdown); never drops them."""
+    for d in deliveries:
+        if _open_channel(d) is not None:
+            await d.nack(requeue=True)
+
+
+def _open_channel(delivery: AbstractIncomingMessage) -> object | None:
+    try:
+        return delivery.channel
+    except ChannelInvalidStateError:
+        return None

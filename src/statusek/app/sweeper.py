@@ -1,0 +1,108 @@
+"""The deadline sweeper: finishes overdue instances, exactly once across replicas.
+
+It sleeps until the earliest deadline in the database (an index lookup), and
+is woken early when a nearer deadline is announced. Each pass locks a bounded
+batch of overdue rows with SKIP LOCKED, so replicas split the work and a
+command holding an instance's lock is never raced: whoever comes second sees
+the row as the first left it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+import structlog
+
+from statusek.adapters.postgres.store import Store
+from statusek.app.pipeline import Backoff
+from statusek.core.decide import sweep
+from statusek.core.errors import StoreFailure, TransientError
+from statusek.core.instance import InstanceState
+from statusek.core.views import notification_for
+
+log = structlog.get_logger(__name__)
+
+
+class Sweeper:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        batch: int,
+        max_sleep: float,
+        retry_cap: float,
+        on_committed: Callable[[], None] = lambda: None,
+    ):
+        self._store = store
+        self._batch = batch
+        self._max_sleep = max_sleep
+        self._retry_cap = retry_cap
+        self._wake = asyncio.Event()
+        self._target: datetime | None = None
+        self._stopping = False
+        self._on_committed = on_committed
+        self.finished = 0
+
+    def deadline_announced(self, deadline: datetime) -> None:
+        """Wake up if `deadline` comes before the moment this sweeper sleeps until."""
+        if self._target is None or deadline < self._target:
+            self._wake.set()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+
+    async def run(self) -> None:
+        backoff = Backoff(self._retry_cap)
+        while not self._stopping:
+            try:
+                if await self.sweep_once() >= self._batch:
+                    continue  # more are overdue right now
+                await self._sleep_until_next_deadline()
+                backoff.reset()
+            except (TransientError, StoreFailure) as e:
+                log.warning("sweeper failed, retrying", error=str(e))
+                await backoff.wait()
+
+    async def sweep_once(self) -> int:
+        """Finish one batch of overdue instances; returns how many were locked."""
+        async with self._store.transaction() as tx:
+            overdue = await tx.lock_overdue(self._batch)
+            if not overdue:
+                return 0
+            now = await tx.now()
+            changed: list[InstanceState] = []
+            events = []
+            notifications = []
+            for state in overdue.values():
+                decision = sweep(state, now)
+                if decision.state is None or not decision.events:
+                    continue
+                changed.append(decision.state)
+                events.extend(decision.events)
+                notifications.extend(
+                    n for e in decision.events if (n := notification_for(e, decision.state))
+                )
+            await tx.save(changed, events, notifications, {})
+        self.finished += len(changed)
+        if changed:
+            log.info("instances finished by deadline", count=len(changed))
+            self._on_committed()
+        return len(overdue)
+
+    async def _sleep_until_next_deadline(self) -> None:
+        self._wake.clear()
+        earliest = await self._store.earliest_deadline()
+        now = await self._store.now()
+        delay = self._max_sleep
+        if earliest is not None:
+            delay = min(delay, max(0.0, (earliest - now).total_seconds()))
+        self._target = now + timedelta(seconds=delay)
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout=delay)
+        except TimeoutError:
+            pass
+        finally:
+            self._target = None

@@ -1,0 +1,145 @@
+"""Wiring: one worker process = command pipeline + queries + sweeper + outbox relay."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from datetime import datetime
+from typing import Any
+
+import structlog
+
+from statusek.adapters.model_files import load_models
+from statusek.adapters.postgres.migrate import migrate
+from statusek.adapters.postgres.store import DEADLINE_CHANNEL, OUTBOX_CHANNEL, Store
+from statusek.adapters.rabbitmq.broker import Broker, Names
+from statusek.app.pipeline import Backoff, CommandPipeline
+from statusek.app.queries import QueryHandler
+from statusek.app.relay import OutboxRelay
+from statusek.app.settings import Settings
+from statusek.app.sweeper import Sweeper
+from statusek.core.decide import Policy
+from statusek.core.errors import TransientError
+from statusek.core.model import ModelError
+
+log = structlog.get_logger(__name__)
+
+
+class Worker:
+    def __init__(self, settings: Settings, names: Names | None = None):
+        self.settings = settings
+        self.names = names or Names()
+        self._stop = asyncio.Event()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        s = self.settings
+        models, errors = load_models(s.model_paths())
+        if errors:
+            raise ModelError(errors[0].source, errors[0].object_name, errors[0].field_path, errors[0].problem)
+        await _until_available("postgres", lambda: migrate(s.database_url), s.retry_backoff_max)
+        store = await _until_available(
+            "postgres", lambda: Store.open(s.database_url, max_size=s.db_pool_size), s.retry_backoff_max
+        )
+        try:
+            versions = await store.sync_models(models)
+            log.info("models loaded", models=versions)
+            broker = await _until_available(
+                "rabbitmq", lambda: Broker.connect(s.amqp_url, self.names), s.retry_backoff_max
+            )
+            try:
+                await broker.declare()
+                await self._serve(store, broker)
+            finally:
+                await broker.close()
+        finally:
+            await store.close()
+
+    async def _serve(self, store: Store, broker: Broker) -> None:
+        s = self.settings
+        relay = OutboxRelay(store, broker, batch=s.outbox_batch, poll=s.outbox_poll, retry_cap=s.retry_backoff_max)
+        sweeper = Sweeper(
+            store,
+            batch=s.sweep_batch,
+            max_sleep=s.sweep_max_sleep,
+            retry_cap=s.retry_backoff_max,
+            on_committed=relay.wake,
+        )
+        pipeline = CommandPipeline(
+            store,
+            broker,
+            window=s.window,
+            max_body_bytes=s.max_body_bytes,
+            policy=Policy(default_instance_timeout=s.default_instance_timeout),
+            retry_cap=s.retry_backoff_max,
+            on_deadline=sweeper.deadline_announced,
+            on_committed=relay.wake,
+        )
+        queries = QueryHandler(store, broker, max_body_bytes=s.max_body_bytes)
+
+        def on_notify(_conn: Any, _pid: int, channel: str, payload: str) -> None:
+            if channel == OUTBOX_CHANNEL:
+                relay.wake()
+            elif channel == DEADLINE_CHANNEL:
+                with contextlib.suppress(ValueError):
+                    sweeper.deadline_announced(datetime.fromisoformat(payload))
+
+        async with store.listen(OUTBOX_CHANNEL, DEADLINE_CHANNEL, callback=on_notify):
+            tasks = [
+                asyncio.create_task(pipeline.run(), name="pipeline"),
+                asyncio.create_task(sweeper.run(), name="sweeper"),
+                asyncio.create_task(relay.run(), name="relay"),
+            ]
+            commands_q, commands_tag = await broker.consume(self.names.commands, s.prefetch, pipeline.on_message)
+            queries_q, queries_tag = await broker.consume(self.names.queries, s.query_concurrency, queries.on_message)
+            log.info("worker started", commands=self.names.commands, queries=self.names.queries)
+            stop_wait = asyncio.create_task(self._stop.wait())
+            done, _ = await asyncio.wait([stop_wait, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task is not stop_wait and task.exception():
+                    log.error("component crashed", component=task.get_name(), exc_info=task.exception())
+            log.info("stopping: no new deliveries, finishing in-flight work")
+            # arq-style drain: stop consuming first, then finish what we hold.
+            with contextlib.suppress(Exception):
+                await commands_q.cancel(commands_tag)
+                await queries_q.cancel(queries_tag)
+            pipeline.stop()
+            sweeper.stop()
+            try:
+                await asyncio.wait_for(
+                    asyncio.gather(tasks[0], tasks[1], queries.drain()), timeout=s.shutdown_timeout
+                )
+            except TimeoutError:
+                log.warning("shutdown timeout: unfinished deliveries go back to the queue")
+            relay.stop()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(relay.flush(), timeout=max(1.0, s.shutdown_timeout / 2))
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            log.info("worker stopped", applied=pipeline.applied, swept=sweeper.finished, published=relay.published)
+
+
+async def _until_available(what: str, connect: Any, cap: float) -> Any:
+    """Wait for a dependency at start rather than dying: it may start after us."""
+    backoff = Backoff(cap, first=0.5)
+    while True:
+        try:
+            return await connect()
+        except TransientError as e:
+            log.warning("waiting for dependency", dependency=what, error=str(e))
+            await backoff.wait()
+
+
+def run_worker(settings: Settings) -> None:
+    async def main() -> None:
+        worker = Worker(settings)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, worker.request_stop)
+        await worker.run()
+
+    asyncio.run(main())

@@ -1,0 +1,76 @@
+"""Statusek's rules: when a status may be set, and when an instance finishes."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+
+from statusek.core.codes import Code, FinishReason
+from statusek.core.model import StatusModel, StatusType
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    code: Code
+    message: str
+
+    @property
+    def ok(self) -> bool:
+        return self.code is Code.SUCCESS
+
+
+def readiness(model: StatusModel, is_set: Collection[str], status_name: str, token: str) -> Verdict:
+    """Checks 3 to 7 of SPEC section 3, in order; the first failing one decides.
+
+    Checks 1 and 2 (the instance exists and is open) need the instance itself
+    and are made by the caller before this.
+    """
+    status = model.status(status_name)
+    if status is None:
+        return Verdict(
+            Code.STATUS_NAME_IS_NOT_FOUND_FOR_OBJECT,
+            f"Status {status_name!r} is not a status of object {model.object_name!r} "
+            f"(version {model.version})",
+        )
+    previous = [model.status(p) for p in status.after]
+    mandatory = [p.name for p in previous if p and p.type is StatusType.MANDATORY]
+    missing = [p for p in mandatory if p not in is_set]
+    if missing:
+        return Verdict(
+            Code.NOT_ALL_PREVIOUS_MANDATORY_STATUSES_ARE_SET,
+            f"Status {status_name!r} of instance {token} needs the previous mandatory "
+            f"status(es) {', '.join(map(repr, missing))} to be set first",
+        )
+    optional = [p.name for p in previous if p and p.type is StatusType.OPTIONAL]
+    if not mandatory and optional and not any(p in is_set for p in optional):
+        return Verdict(
+            Code.NO_PREVIOUS_OPTIONAL_STATUS_IS_SET,
+            f"Status {status_name!r} of instance {token} needs one of the previous optional "
+            f"statuses {', '.join(map(repr, optional))} to be set first",
+        )
+    if status.type is StatusType.OPTIONAL:
+        later = [n for n in model.next_of(status_name) if n in is_set]
+        if later:
+            return Verdict(
+                Code.AT_LEAST_ONE_NEXT_STATUS_IS_SET,
+                f"Optional status {status_name!r} of instance {token} can no longer be set: "
+                f"its next status(es) {', '.join(map(repr, later))} are already set",
+            )
+    if status_name in is_set:
+        return Verdict(
+            Code.STATUS_IS_ALREADY_SET,
+            f"Status {status_name!r} is already set on instance {token}",
+        )
+    return Verdict(Code.SUCCESS, f"Status {status_name!r} can be set on instance {token}")
+
+
+def finish_reason_after(
+    model: StatusModel, is_set: Collection[str], status_name: str
+) -> FinishReason | None:
+    """Whether setting `status_name` (already in `is_set`) finishes the instance."""
+    status = model.status(status_name)
+    if status is not None and status.type is StatusType.STOP_STATUS:
+        return FinishReason.STOP_STATUS_IS_SET
+    if all(m in is_set for m in model.mandatory):
+        return FinishReason.ALL_MANDATORY_STATUSES_ARE_SET
+    return None

@@ -1,0 +1,170 @@
+"""Read-side of the core: answers to queries and notifications of events.
+
+Queries see an overdue instance as finished even before a sweeper has
+written it, because `expire` computes the very event the sweeper will write.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from statusek.core.codes import Code
+from statusek.core.instance import Event, EventKind, InstanceState, expire
+from statusek.core.messages import (
+    EventView,
+    InstanceFinished,
+    InstanceQuery,
+    Reply,
+    StatusChanged,
+    StatusQuery,
+    WireMessage,
+)
+from statusek.core.model import StatusModel
+from statusek.core.rules import readiness
+
+def answer(
+    kind: str,
+    query: WireMessage,
+    state: InstanceState | None,
+    model: StatusModel | None,
+    events: Sequence[Event],
+    now: datetime,
+) -> Reply:
+    """The reply to a read-only query; `events` is only needed for `get-events`."""
+    assert isinstance(query, StatusQuery | InstanceQuery)
+    if state is None or model is None:
+        return Reply.fail(
+            Code.INSTANCE_TOKEN_IS_NOT_FOUND, f"Instance {query.instance_token} is not found"
+        )
+    state, expired = expire(state, now)
+    token = str(state.token)
+    if kind == "is-set":
+        assert isinstance(query, StatusQuery)
+        is_set = query.status_name in state.statuses
+        text = "is set" if is_set else "is not set"
+        return Reply.ok(f"Status {query.status_name!r} {text} on instance {token}", status_is_set=is_set)
+    if kind == "is-ready":
+        assert isinstance(query, StatusQuery)
+        if state.is_finished:
+            ready, description = False, f"Instance {token} is finished ({state.finish_reason})"
+            code = Code.INSTANCE_IS_FINISHED
+        else:
+            verdict = readiness(model, state.statuses, query.status_name, token)
+            ready, description, code = verdict.ok, verdict.message, verdict.code
+        return Reply.ok(
+            description,
+            status_is_ready_to_set=ready,
+            status_is_ready_to_set_description=description,
+            status_is_ready_to_set_code=code.value,
+        )
+    if kind == "is-finished":
+        reason = state.finish_reason.value if state.finish_reason else None
+        text = f"is finished ({reason})" if reason else "is not finished"
+        return Reply.ok(
+            f"Instance {token} {text}",
+            instance_is_finished=state.is_finished,
+            instance_is_finished_description=reason,
+        )
+    if kind == "get-events":
+        views = [event_view(e, model).model_dump(mode="json") for e in [*events, *expired]]
+        return Reply.ok(f"{len(views)} event(s) of instance {token}", events=views)
+    if kind == "get-instance":
+        return Reply.ok(f"Instance {token}", **instance_view(state))
+    raise ValueError(f"unknown query {kind!r}")
+
+
+def event_view(event: Event, model: StatusModel) -> EventView:
+    status = model.status(event.status_name) if event.status_name else None
+    return EventView(
+        seq=event.seq,
+        kind=event.kind.value,
+        status_name=event.status_name,
+        status_type=event.status_type,
+        status_description=status.description if status else None,
+        message=event.message,
+        code=event.code,
+        reason=event.reason,
+        occurred_at=event.occurred_at,
+    )
+
+
+def instance_view(state: InstanceState) -> dict[str, Any]:
+    def iso(moment: datetime | None) -> str | None:
+        return moment.isoformat() if moment else None
+
+    return {
+        "instance_token": str(state.token),
+        "object_name": state.object_name,
+        "model_version": state.model_version,
+        "labels": state.labels,
+        "created_at": iso(state.created_at),
+        "instance_deadline": iso(state.instance_deadline),
+        "heartbeat_timeout": state.heartbeat_timeout,
+        "heartbeat_deadline": iso(state.heartbeat_deadline if not state.is_finished else None),
+        "instance_is_finished": state.is_finished,
+        "finish_reason": state.finish_reason.value if state.finish_reason else None,
+        "finished_at": iso(state.finished_at),
+        "statuses": list(state.statuses),
+        "last_seq": state.last_seq,
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Notification:
+    """A message for `statusek.events`; `message_id` is stable across re-sends."""
+
+    type: str
+    message_id: str
+    instance_token: str
+    body: dict[str, Any]
+    headers: dict[str, str]
+
+
+def notification_for(event: Event, state: InstanceState) -> Notification | None:
+    """The notification an event announces; `state` is the instance after it."""
+    token = str(event.instance_token)
+    common = {
+        "instance_token": event.instance_token,
+        "object_name": state.object_name,
+        "model_version": state.model_version,
+        "seq": event.seq,
+        "labels": state.labels,
+    }
+    headers = {"object_name": state.object_name, "instance_token": token}
+    message: WireMessage
+    if event.kind is EventKind.STATUS:
+        assert event.status_name and event.status_type
+        message = StatusChanged(
+            **common,
+            status_name=event.status_name,
+            status_type=event.status_type,
+            status_message=event.message,
+            occurred_at=event.occurred_at,
+        )
+        headers["status_name"] = event.status_name
+        kind = "status-changed"
+    elif event.kind is EventKind.FINISHED:
+        assert event.reason
+        message = InstanceFinished(
+            **common,
+            reason=event.reason,
+            message=event.message,
+            finished_at=event.occurred_at,
+            # A finish is an instance's last event: every status set precedes it.
+            statuses=list(state.statuses),
+        )
+        headers["reason"] = event.reason.value
+        kind = "instance-finished"
+    else:
+        return None
+    return Notification(
+        type=kind,
+        message_id=f"{token}:{event.seq}",
+        instance_token=token,
+        body=message.model_dump(mode="json"),
+        headers=headers,
+    )
+
