@@ -180,11 +180,14 @@ class CommandPipeline:
                     return None, []
                 log.warning("transient failure, retrying window", error=str(e), size=len(valid))
                 await backoff.wait()
-            except StoreFailure as e:
+            except Exception as e:
+                # A refusal by Postgres or a bug: find the one command causing it
+                # and dead-letter it, so it cannot stop the worker.
+                reason = "store-failure" if isinstance(e, StoreFailure) else "internal-error"
                 if len(valid) == 1:
-                    d = valid[0][0]
-                    return [], [(d, InvalidMessage("store-failure", str(e)))]
-                log.error("store refused window, applying one by one", error=str(e))
+                    log.exception("command cannot be applied", reason=reason)
+                    return [], [(valid[0][0], InvalidMessage(reason, f"{type(e).__name__}: {e}"))]
+                log.error("window cannot be applied, applying one by one", error=str(e))
                 outcomes: list[Outcome] = []
                 failed: list[tuple[AbstractIncomingMessage, InvalidMessage]] = []
                 for item in valid:

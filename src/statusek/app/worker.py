@@ -31,6 +31,7 @@ class Worker:
         self.settings = settings
         self.names = names or Names()
         self._stop = asyncio.Event()
+        self.started = asyncio.Event()
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -96,6 +97,7 @@ class Worker:
             commands_q, commands_tag = await broker.consume(self.names.commands, s.prefetch, pipeline.on_message)
             queries_q, queries_tag = await broker.consume(self.names.queries, s.query_concurrency, queries.on_message)
             log.info("worker started", commands=self.names.commands, queries=self.names.queries)
+            self.started.set()
             stop_wait = asyncio.create_task(self._stop.wait())
             done, _ = await asyncio.wait([stop_wait, *tasks], return_when=asyncio.FIRST_COMPLETED)
             for task in done:

@@ -138,7 +138,8 @@ class Transaction:
     async def models(self, keys: Iterable[tuple[str, int]]) -> dict[tuple[str, int], StatusModel]:
         """Model versions by (name, version); versions never change, so they are cached."""
         cache = self._store.model_cache
-        missing = [k for k in set(keys) if k not in cache]
+        wanted = set(keys)
+        missing = [k for k in wanted if k not in cache]
         if missing:
             async with translated():
                 rows = await self._conn.fetch(
@@ -151,7 +152,7 @@ class Transaction:
             for r in rows:
                 model = parse_model(r["definition"], source="model_versions", version=r["version"])
                 cache[(r["object_name"], r["version"])] = model
-        return {k: cache[k] for k in keys if k in cache}
+        return {k: cache[k] for k in wanted if k in cache}
 
     async def save(
         self,
