@@ -168,7 +168,9 @@ class Client:
     # Queries
 
     async def is_set(self, token: str, status_name: str) -> bool:
-        data = await self.call(self._queries, "is-set", {"instance_token": str(token), "status_name": status_name})
+        data = await self.call(
+            self._queries, "is-set", {"instance_token": str(token), "status_name": status_name}
+        )
         return bool(data["status_is_set"])
 
     async def is_ready(self, token: str, status_name: str) -> tuple[bool, str]:

@@ -27,7 +27,11 @@ async def test_lifecycle_publishes_both_notifications_and_the_reason(wire: Wire)
     """create -> STARTED -> FINISHED replies SUCCESS and announces each step."""
     t = await create(wire, labels={"team": "billing"})
     assert (await wire.request("set-status", {"instance_token": t, "status_name": "STARTED"}))["status"]
-    assert (await wire.request("set-status", {"instance_token": t, "status_name": "FINISHED", "status_message": "done"}))["status"]
+    assert (
+        await wire.request(
+            "set-status", {"instance_token": t, "status_name": "FINISHED", "status_message": "done"}
+        )
+    )["status"]
 
     finished = await wire.finished(t)
     messages = wire.notifications[t]
@@ -80,7 +84,9 @@ async def test_status_on_finished_instance_is_rejected(wire: Wire) -> None:
         (["START", "SLOW_PATH"], "START", "STATUS_IS_ALREADY_SET"),
     ],
 )
-async def test_rule_rejections_reply_with_their_code(wire: Wire, already: list[str], status: str, code: str) -> None:
+async def test_rule_rejections_reply_with_their_code(
+    wire: Wire, already: list[str], status: str, code: str
+) -> None:
     """Each readiness check answers with its own code."""
     t = await create(wire, "EDGE CASES")
     for name in already:
@@ -125,7 +131,9 @@ async def test_create_with_token_and_other_arguments_conflicts(wire: Wire) -> No
 async def test_rejection_without_reply_to_is_parked(wire: Wire) -> None:
     """A rule rejection nobody asked to hear lands in statusek.rejected with its code."""
     message_id = uuid.uuid4().hex
-    await wire.send("set-status", {"instance_token": token(), "status_name": "X"}, reply=False, message_id=message_id)
+    await wire.send(
+        "set-status", {"instance_token": token(), "status_name": "X"}, reply=False, message_id=message_id
+    )
     parked = await wire.parked("statusek.rejected", message_id)
     assert parked.headers["x-statusek-code"] == "INSTANCE_TOKEN_IS_NOT_FOUND"
     assert "is not found" in str(parked.headers["x-statusek-message"])
@@ -140,7 +148,9 @@ async def test_rejection_without_reply_to_is_parked(wire: Wire) -> None:
         ("create", b'{"object_name": "' + b"x" * 70_000 + b'"}', "too-large"),
     ],
 )
-async def test_bad_input_is_dead_lettered_with_reason(wire: Wire, routing_key: str, body: bytes, reason: str) -> None:
+async def test_bad_input_is_dead_lettered_with_reason(
+    wire: Wire, routing_key: str, body: bytes, reason: str
+) -> None:
     """Unparseable deliveries land in statusek.dead-letter and the sender hears INVALID_MESSAGE."""
     message_id = uuid.uuid4().hex
     reply = await wire.request(routing_key, body, message_id=message_id)
@@ -170,7 +180,9 @@ async def test_command_without_any_properties_is_applied(wire: Wire, database_ur
 async def test_command_published_straight_to_the_queue_uses_the_type_property(wire: Wire) -> None:
     """Via the default exchange the routing key is the queue name; `type` names the command."""
     t = token()
-    reply = await wire.request("statusek.commands", {"object_name": TASK, "instance_token": t}, exchange="", type="create")
+    reply = await wire.request(
+        "statusek.commands", {"object_name": TASK, "instance_token": t}, exchange="", type="create"
+    )
     assert reply["code"] == "SUCCESS"
 
 

@@ -63,26 +63,35 @@ class Wire:
         if reply:
             properties.setdefault("reply_to", self.reply_queue)
             properties.setdefault("correlation_id", correlation_id)
-        x = await self.channel.get_exchange(exchange, ensure=False) if exchange else self.channel.default_exchange
+        x = (
+            await self.channel.get_exchange(exchange, ensure=False)
+            if exchange
+            else self.channel.default_exchange
+        )
         await x.publish(aio_pika.Message(payload, **properties), routing_key=routing_key)
         return correlation_id
 
     async def reply(self, correlation_id: str, timeout: float = 10) -> dict[str, Any]:
         async with self._changed:
-            await asyncio.wait_for(
-                self._changed.wait_for(lambda: correlation_id in self.replies), timeout
-            )
+            await asyncio.wait_for(self._changed.wait_for(lambda: correlation_id in self.replies), timeout)
             return self.replies[correlation_id]
 
     async def request(
-        self, routing_key: str, body: dict[str, Any] | bytes, *, exchange: str = "statusek.commands", **properties: Any
+        self,
+        routing_key: str,
+        body: dict[str, Any] | bytes,
+        *,
+        exchange: str = "statusek.commands",
+        **properties: Any,
     ) -> dict[str, Any]:
         return await self.reply(await self.send(routing_key, body, exchange=exchange, **properties))
 
     async def query(self, routing_key: str, body: dict[str, Any]) -> dict[str, Any]:
         return await self.request(routing_key, body, exchange="statusek.queries")
 
-    async def wait_notifications(self, token: str, count: int, timeout: float = 10) -> list[AbstractIncomingMessage]:
+    async def wait_notifications(
+        self, token: str, count: int, timeout: float = 10
+    ) -> list[AbstractIncomingMessage]:
         async with self._changed:
             await asyncio.wait_for(
                 self._changed.wait_for(lambda: len(self.notifications[token]) >= count), timeout

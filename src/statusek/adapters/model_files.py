@@ -44,7 +44,9 @@ def load_models(paths: Iterable[Path]) -> tuple[list[StatusModel], list[ModelErr
         if model.object_name in seen:
             errors.append(
                 ModelError(
-                    str(path), model.object_name, "object_name",
+                    str(path),
+                    model.object_name,
+                    "object_name",
                     f"already defined in {seen[model.object_name]}",
                 )
             )

@@ -24,9 +24,7 @@ def _settings() -> Settings:
     try:
         return Settings()
     except ValidationError as e:
-        problems = "; ".join(
-            f"STATUSEK_{str(err['loc'][0]).upper()}: {err['msg']}" for err in e.errors()
-        )
+        problems = "; ".join(f"STATUSEK_{str(err['loc'][0]).upper()}: {err['msg']}" for err in e.errors())
         sys.exit(f"statusek: invalid settings: {problems}")
 
 
@@ -56,7 +54,9 @@ def cmd_models_check(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="statusek", description="Status-tracking worker on RabbitMQ and Postgres")
+    parser = argparse.ArgumentParser(
+        prog="statusek", description="Status-tracking worker on RabbitMQ and Postgres"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("migrate", help="create or upgrade the database schema").set_defaults(func=cmd_migrate)
     sub.add_parser("worker", help="migrate, then run the worker until SIGTERM/SIGINT").set_defaults(

@@ -272,9 +272,7 @@ class _Window:
 
     async def save(self) -> datetime | None:
         """Write the window; returns the earliest deadline it set, to wake sweepers."""
-        await self.tx.save(
-            list(self.changed.values()), self.events, self.notifications, self.replies
-        )
+        await self.tx.save(list(self.changed.values()), self.events, self.notifications, self.replies)
         deadlines = [d for s in self.changed.values() if (d := s.next_deadline) is not None]
         earliest = min(deadlines) if deadlines else None
         if earliest is not None:

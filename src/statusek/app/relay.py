@@ -9,6 +9,7 @@ notifications in commit order.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import structlog
 
@@ -41,10 +42,9 @@ class OutboxRelay:
     async def run(self) -> None:
         backoff = Backoff(self._retry_cap)
         while not self._stopping:
-            try:
+            # Also poll: a crashed replica may have left rows behind.
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._dirty.wait(), timeout=self._poll)
-            except TimeoutError:
-                pass  # also poll: a crashed replica may have left rows behind
             self._dirty.clear()
             try:
                 if not await self.flush():

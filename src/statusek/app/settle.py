@@ -29,7 +29,11 @@ async def answer(broker: Broker, delivery: AbstractIncomingMessage, reply: Reply
         await broker.park(
             broker.names.rejected,
             delivery,
-            {CODE_HEADER: reply.code, MESSAGE_HEADER: reply.message, "x-routing-key": delivery.routing_key or ""},
+            {
+                CODE_HEADER: reply.code,
+                MESSAGE_HEADER: reply.message,
+                "x-routing-key": delivery.routing_key or "",
+            },
         )
 
 

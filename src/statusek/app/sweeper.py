@@ -19,8 +19,8 @@ from statusek.adapters.postgres.store import Store
 from statusek.app.pipeline import Backoff
 from statusek.core.decide import sweep
 from statusek.core.errors import StoreFailure, TransientError
-from statusek.core.instance import InstanceState
-from statusek.core.views import notification_for
+from statusek.core.instance import Event, InstanceState
+from statusek.core.views import Notification, notification_for
 
 log = structlog.get_logger(__name__)
 
@@ -74,17 +74,15 @@ class Sweeper:
                 return 0
             now = await tx.now()
             changed: list[InstanceState] = []
-            events = []
-            notifications = []
+            events: list[Event] = []
+            notifications: list[Notification] = []
             for state in overdue.values():
                 decision = sweep(state, now)
                 if decision.state is None or not decision.events:
                     continue
                 changed.append(decision.state)
                 events.extend(decision.events)
-                notifications.extend(
-                    n for e in decision.events if (n := notification_for(e, decision.state))
-                )
+                notifications.extend(n for e in decision.events if (n := notification_for(e, decision.state)))
             await tx.save(changed, events, notifications, {})
         self.finished += len(changed)
         if changed:

@@ -61,7 +61,9 @@ class Worker:
 
     async def _serve(self, store: Store, broker: Broker) -> None:
         s = self.settings
-        relay = OutboxRelay(store, broker, batch=s.outbox_batch, poll=s.outbox_poll, retry_cap=s.retry_backoff_max)
+        relay = OutboxRelay(
+            store, broker, batch=s.outbox_batch, poll=s.outbox_poll, retry_cap=s.retry_backoff_max
+        )
         sweeper = Sweeper(
             store,
             batch=s.sweep_batch,
@@ -94,8 +96,12 @@ class Worker:
                 asyncio.create_task(sweeper.run(), name="sweeper"),
                 asyncio.create_task(relay.run(), name="relay"),
             ]
-            commands_q, commands_tag = await broker.consume(self.names.commands, s.prefetch, pipeline.on_message)
-            queries_q, queries_tag = await broker.consume(self.names.queries, s.query_concurrency, queries.on_message)
+            commands_q, commands_tag = await broker.consume(
+                self.names.commands, s.prefetch, pipeline.on_message
+            )
+            queries_q, queries_tag = await broker.consume(
+                self.names.queries, s.query_concurrency, queries.on_message
+            )
             log.info("worker started", commands=self.names.commands, queries=self.names.queries)
             self.started.set()
             stop_wait = asyncio.create_task(self._stop.wait())
@@ -122,7 +128,9 @@ class Worker:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            log.info("worker stopped", applied=pipeline.applied, swept=sweeper.finished, published=relay.published)
+            log.info(
+                "worker stopped", applied=pipeline.applied, swept=sweeper.finished, published=relay.published
+            )
 
 
 async def _until_available(what: str, connect: Any, cap: float) -> Any:

@@ -88,9 +88,7 @@ def _create(
 ) -> Decision:
     if existing is not None:
         if existing.create_args == command.fingerprint():
-            return Decision(
-                Reply.ok("Instance already exists", instance_token=str(existing.token)), existing
-            )
+            return Decision(Reply.ok("Instance already exists", instance_token=str(existing.token)), existing)
         return Decision(
             Reply.fail(
                 Code.INSTANCE_TOKEN_CONFLICT,
@@ -99,9 +97,7 @@ def _create(
         )
     if model is None:
         return Decision(
-            Reply.fail(
-                Code.OBJECT_NAME_IS_NOT_FOUND, f"Object {command.object_name!r} is not found"
-            )
+            Reply.fail(Code.OBJECT_NAME_IS_NOT_FOUND, f"Object {command.object_name!r} is not found")
         )
     token = command.instance_token or new_token
     timeout = command.instance_timeout or model.instance_timeout or policy.default_instance_timeout
@@ -123,9 +119,7 @@ def _create(
     )
 
 
-def _set_status(
-    command: SetStatus, state: InstanceState, model: StatusModel, now: datetime
-) -> Decision:
+def _set_status(command: SetStatus, state: InstanceState, model: StatusModel, now: datetime) -> Decision:
     verdict = readiness(model, state.statuses, command.status_name, str(state.token))
     if not verdict.ok:
         return Decision(Reply.fail(verdict.code, verdict.message))
@@ -160,9 +154,7 @@ def _ping(command: Ping, state: InstanceState, now: datetime) -> Decision:
 
 
 def _cancel(command: Cancel, state: InstanceState, now: datetime) -> Decision:
-    event = state.next_event(
-        EventKind.FINISHED, now, reason=FinishReason.CANCELLED, message=command.reason
-    )
+    event = state.next_event(EventKind.FINISHED, now, reason=FinishReason.CANCELLED, message=command.reason)
     return Decision(Reply.ok(f"Instance {state.token} is cancelled"), state.record(event), [event])
 
 

@@ -177,7 +177,7 @@ def _status(item: object, i: int, fail: Any) -> Status:
         raise fail(f"{where}.name", f"longer than {MAX_NAME_LENGTH} characters")
     raw_type = item.get("type")
     try:
-        status_type = StatusType(raw_type)
+        status_type = StatusType(str(raw_type))
     except ValueError:
         allowed = ", ".join(t.value for t in StatusType)
         raise fail(f"{where}.type", f"unknown type {raw_type!r} (expected {allowed})") from None
@@ -207,7 +207,7 @@ def _find_cycle(statuses: Sequence[Status]) -> list[str] | None:
         path.append(node)
         for nxt in edges[node]:
             if colour[nxt] == grey:
-                return path[path.index(nxt) :] + [nxt]
+                return [*path[path.index(nxt) :], nxt]
             if colour[nxt] == white and (found := visit(nxt)):
                 return found
         path.pop()

@@ -64,9 +64,7 @@ def readiness(model: StatusModel, is_set: Collection[str], status_name: str, tok
     return Verdict(Code.SUCCESS, f"Status {status_name!r} can be set on instance {token}")
 
 
-def finish_reason_after(
-    model: StatusModel, is_set: Collection[str], status_name: str
-) -> FinishReason | None:
+def finish_reason_after(model: StatusModel, is_set: Collection[str], status_name: str) -> FinishReason | None:
     """Whether setting `status_name` (already in `is_set`) finishes the instance."""
     status = model.status(status_name)
     if status is not None and status.type is StatusType.STOP_STATUS:

@@ -25,6 +25,7 @@ from statusek.core.messages import (
 from statusek.core.model import StatusModel
 from statusek.core.rules import readiness
 
+
 def answer(
     kind: str,
     query: WireMessage,
@@ -36,9 +37,7 @@ def answer(
     """The reply to a read-only query; `events` is only needed for `get-events`."""
     assert isinstance(query, StatusQuery | InstanceQuery)
     if state is None or model is None:
-        return Reply.fail(
-            Code.INSTANCE_TOKEN_IS_NOT_FOUND, f"Instance {query.instance_token} is not found"
-        )
+        return Reply.fail(Code.INSTANCE_TOKEN_IS_NOT_FOUND, f"Instance {query.instance_token} is not found")
     state, expired = expire(state, now)
     token = str(state.token)
     if kind == "is-set":
@@ -167,4 +166,3 @@ def notification_for(event: Event, state: InstanceState) -> Notification | None:
         body=message.model_dump(mode="json"),
         headers=headers,
     )
-

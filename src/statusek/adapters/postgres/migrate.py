@@ -18,7 +18,7 @@ MIGRATION_LOCK = 0x5747_5553_4D49_47  # "STATUSMIG"-ish, fits in bigint
 
 def migrations() -> list[tuple[str, str]]:
     folder = resources.files("statusek.adapters.postgres") / "migrations"
-    files = sorted(f for f in folder.iterdir() if f.name.endswith(".sql"))
+    files = sorted((f for f in folder.iterdir() if f.name.endswith(".sql")), key=lambda f: f.name)
     return [(f.name.removesuffix(".sql"), f.read_text()) for f in files]
 
 

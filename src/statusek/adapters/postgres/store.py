@@ -175,10 +175,20 @@ class Transaction:
                     " finish_reason = excluded.finish_reason",
                     [
                         (
-                            s.token, s.object_name, s.model_version, s.labels, s.create_args,
-                            s.created_at, s.instance_deadline, s.heartbeat_timeout,
-                            s.heartbeat_deadline, s.next_deadline, list(s.statuses), s.last_seq,
-                            s.finished_at, s.finish_reason.value if s.finish_reason else None,
+                            s.token,
+                            s.object_name,
+                            s.model_version,
+                            s.labels,
+                            s.create_args,
+                            s.created_at,
+                            s.instance_deadline,
+                            s.heartbeat_timeout,
+                            s.heartbeat_deadline,
+                            s.next_deadline,
+                            list(s.statuses),
+                            s.last_seq,
+                            s.finished_at,
+                            s.finish_reason.value if s.finish_reason else None,
                         )
                         for s in states
                     ],
@@ -189,8 +199,14 @@ class Transaction:
                     " status_type, message, code, reason) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
                     [
                         (
-                            e.instance_token, e.seq, e.kind.value, e.occurred_at, e.status_name,
-                            e.status_type.value if e.status_type else None, e.message, e.code,
+                            e.instance_token,
+                            e.seq,
+                            e.kind.value,
+                            e.occurred_at,
+                            e.status_name,
+                            e.status_type.value if e.status_type else None,
+                            e.message,
+                            e.code,
                             e.reason.value if e.reason else None,
                         )
                         for e in events
@@ -216,9 +232,7 @@ class Transaction:
     async def announce_deadline(self, deadline: datetime) -> None:
         """Wake sweepers that sleep past `deadline` (delivered on commit)."""
         async with translated():
-            await self._conn.execute(
-                "SELECT pg_notify($1, $2)", DEADLINE_CHANNEL, deadline.isoformat()
-            )
+            await self._conn.execute("SELECT pg_notify($1, $2)", DEADLINE_CHANNEL, deadline.isoformat())
 
     async def take_outbox(self, limit: int) -> list[OutboxRow] | None:
         """The oldest unsent notifications, or None if another relay is sending.
@@ -230,8 +244,7 @@ class Transaction:
             if not await self._conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", RELAY_LOCK):
                 return None
             rows = await self._conn.fetch(
-                "SELECT id, message_id, type, instance_token, body, headers FROM outbox"
-                " ORDER BY id LIMIT $1",
+                "SELECT id, message_id, type, instance_token, body, headers FROM outbox ORDER BY id LIMIT $1",
                 limit,
             )
         return [
@@ -266,9 +279,7 @@ class Store:
     @classmethod
     async def open(cls, dsn: str, *, min_size: int = 2, max_size: int = 10) -> Store:
         async with translated():
-            pool = await asyncpg.create_pool(
-                dsn, min_size=min_size, max_size=max_size, init=_init_connection
-            )
+            pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, init=_init_connection)
         return cls(pool)
 
     async def close(self) -> None:
@@ -291,16 +302,15 @@ class Store:
             value: datetime = await self._pool.fetchval("SELECT clock_timestamp()")
         return value
 
-    async def read_instance(self, token: UUID, *, with_events: bool) -> tuple[
-        InstanceState | None, StatusModel | None, list[Event], datetime
-    ]:
+    async def read_instance(
+        self, token: UUID, *, with_events: bool
+    ) -> tuple[InstanceState | None, StatusModel | None, list[Event], datetime]:
         """A consistent read for queries: the instance, its model, its events and `now`."""
         async with self.transaction() as tx:
             conn = tx._conn
             async with translated():
                 row = await conn.fetchrow(
-                    f"SELECT {_INSTANCE_COLUMNS}, clock_timestamp() AS now FROM instances"
-                    " WHERE token = $1",
+                    f"SELECT {_INSTANCE_COLUMNS}, clock_timestamp() AS now FROM instances WHERE token = $1",
                     token,
                 )
                 if row is None:
@@ -343,7 +353,10 @@ class Store:
                 await conn.execute(
                     "INSERT INTO model_versions (object_name, version, digest, definition)"
                     " VALUES ($1, $2, $3, $4)",
-                    model.object_name, version, model.digest(), model.definition(),
+                    model.object_name,
+                    version,
+                    model.digest(),
+                    model.definition(),
                 )
                 versions[model.object_name] = version
         return versions
@@ -351,8 +364,7 @@ class Store:
     async def expire_processed(self, older_than_seconds: float) -> int:
         async with translated():
             result: str = await self._pool.execute(
-                "DELETE FROM processed_messages"
-                " WHERE processed_at < now() - make_interval(secs => $1)",
+                "DELETE FROM processed_messages WHERE processed_at < now() - make_interval(secs => $1)",
                 older_than_seconds,
             )
         return int(result.split()[-1])

@@ -42,13 +42,10 @@ def parse(
         known = ", ".join(table)
         raise InvalidMessage(
             "unknown-routing-key",
-            f"routing key {routing_key!r} (type {type_property!r}) names no message;"
-            f" expected one of {known}",
+            f"routing key {routing_key!r} (type {type_property!r}) names no message; expected one of {known}",
         )
     if len(body) > max_body_bytes:
-        raise InvalidMessage(
-            "too-large", f"body is {len(body)} bytes, the limit is {max_body_bytes}"
-        )
+        raise InvalidMessage("too-large", f"body is {len(body)} bytes, the limit is {max_body_bytes}")
     try:
         message = table[kind].model_validate_json(body)
     except ValidationError as e:

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Start the local PostgreSQL and RabbitMQ if they are not running; wait until both answer.
+set -euo pipefail
+
+if ! pg_isready -q -h 127.0.0.1 -p 5432; then
+  echo "starting PostgreSQL"
+  pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start
+fi
+for _ in $(seq 60); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done
+pg_isready -h 127.0.0.1 -p 5432
+
+if ! rabbitmqctl -q status >/dev/null 2>&1; then
+  echo "starting RabbitMQ"
+  rabbitmq-server -detached
+fi
+rabbitmqctl -q await_startup --timeout 120
+echo "services are up"

@@ -1,0 +1,101 @@
+"""Parsing deliveries at the edge: every failure is an InvalidMessage with a reason."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+
+from statusek.adapters.rabbitmq.parser import parse
+from statusek.core.errors import InvalidMessage
+from statusek.core.messages import COMMANDS, Create, SetStatus
+
+LIMIT = 64 * 1024
+
+
+def parsed(body: bytes, routing_key: str | None = "create", type_property: str | None = None) -> object:
+    return parse(
+        routing_key=routing_key,
+        type_property=type_property,
+        body=body,
+        message_id=None,
+        reply_to=None,
+        correlation_id=None,
+        table=COMMANDS,
+        max_body_bytes=LIMIT,
+    ).body
+
+
+def reason(body: bytes, routing_key: str = "create") -> str:
+    with pytest.raises(InvalidMessage) as caught:
+        parsed(body, routing_key)
+    return caught.value.reason
+
+
+def test_valid_command_becomes_a_frozen_model() -> None:
+    """A good body parses into its command class, immutable."""
+    body = parsed(b'{"object_name": "2-POINT LINE TASK", "labels": {"a": "b"}}')
+    assert isinstance(body, Create)
+    with pytest.raises(Exception, match="frozen"):
+        body.object_name = "x"  # type: ignore[misc]
+
+
+def test_type_property_names_the_command_when_routing_key_does_not() -> None:
+    """Published straight to the queue, the `type` property picks the command."""
+    body = json.dumps({"instance_token": str(uuid.uuid4()), "status_name": "A"}).encode()
+    assert isinstance(parsed(body, routing_key="statusek.commands", type_property="set-status"), SetStatus)
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (b"not json", "invalid-json"),
+        (b"\xff\xfe", "invalid-json"),
+        (b"[1, 2]", "schema-violation"),
+        (b'{"object_name": ""}', "schema-violation"),
+        (b'{"object_name": "A", "extra": 1}', "schema-violation"),
+        (b'{"object_name": "A", "instance_timeout": -1}', "schema-violation"),
+        (b'{"object_name": "A", "instance_token": "nope"}', "schema-violation"),
+        (
+            json.dumps({"object_name": "A", "labels": {str(i): "v" for i in range(33)}}).encode(),
+            "schema-violation",
+        ),
+        (json.dumps({"object_name": "A" * 256}).encode(), "schema-violation"),
+    ],
+)
+def test_bad_bodies_are_invalid(body: bytes, expected: str) -> None:
+    """Bodies that break the contract are refused with a stable reason."""
+    assert reason(body) == expected
+
+
+def test_unknown_routing_key_is_invalid() -> None:
+    """A routing key naming no command is refused, not ignored."""
+    assert reason(b"{}", routing_key="creat") == "unknown-routing-key"
+
+
+def test_body_over_the_limit_is_refused_before_parsing() -> None:
+    """Bodies over the size limit are refused whatever they contain."""
+    assert reason(b" " * (LIMIT + 1)) == "too-large"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[" * 10_000 + b"]" * 10_000,
+        b'{"object_name": "A", "x": ' + b"[" * 10_000 + b"]" * 10_000 + b"}",
+        b'{"object_name": "A", "labels": {"k": "' + b"x" * 60_000 + b'"}}',
+        b'{"object_name": "A", "instance_timeout": ' + b"9" * 5_000 + b"}",
+    ],
+    ids=["deep-array", "deep-field", "long-string", "huge-integer"],
+)
+def test_hostile_payloads_are_invalid(body: bytes) -> None:
+    """Deep nesting, long strings and huge numbers fail fast as invalid."""
+    assert reason(body) in {"invalid-json", "schema-violation"}
+
+
+def test_error_names_the_field() -> None:
+    """The detail names the field that is wrong."""
+    with pytest.raises(InvalidMessage) as caught:
+        parsed(b'{"instance_token": "x"}', "set-status")
+    assert "instance_token" in caught.value.detail and "status_name" in caught.value.detail
