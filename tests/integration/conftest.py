@@ -1,7 +1,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+
+import asyncpg
 
 import pytest
 
@@ -42,3 +46,32 @@ async def wire(worker: Worker, amqp_url: str) -> AsyncIterator[Wire]:
     wire = await Wire.open(amqp_url)
     yield wire
     await wire.close()
+
+
+@pytest.fixture
+def three_workers(worker_env: dict[str, str], worker: Worker) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Three worker processes beside the session's in-process one, stopped with SIGTERM."""
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "statusek", "worker"],
+            env=worker_env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for _ in range(3)
+    ]
+    yield procs
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(database_url)
+    yield conn
+    await conn.close()

@@ -5,47 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator
 
 import asyncpg
-import pytest
 
 from tests.integration.wire import Wire
-
-
-def spawn_workers(env: dict[str, str], count: int) -> list[subprocess.Popen[bytes]]:
-    return [
-        subprocess.Popen(
-            [sys.executable, "-m", "statusek", "worker"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        for _ in range(count)
-    ]
-
-
-@pytest.fixture
-def three_workers(worker_env: dict[str, str], worker: object) -> Iterator[list[subprocess.Popen[bytes]]]:
-    """Three more worker processes beside the session's in-process one."""
-    procs = spawn_workers(worker_env, 3)
-    yield procs
-    for p in procs:
-        p.terminate()
-    for p in procs:
-        try:
-            p.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            p.kill()
-
-
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(database_url)
-    yield conn
-    await conn.close()
 
 
 async def test_back_to_back_commands_keep_order_across_replicas(
