@@ -6,7 +6,6 @@ import sys
 from collections.abc import AsyncIterator, Iterator
 
 import asyncpg
-
 import pytest
 
 from statusek.app.settings import Settings

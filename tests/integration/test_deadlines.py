@@ -93,7 +93,8 @@ async def test_two_thousand_deadlines_in_one_second_with_three_workers(
         assert (await wire.reply(c, timeout=30))["code"] == "SUCCESS"
     uuids = [uuid.UUID(t) for t in tokens]
     spread = await db.fetchrow(
-        "SELECT min(instance_deadline) AS first, max(instance_deadline) AS last FROM instances WHERE token = ANY($1)",
+        "SELECT min(instance_deadline) AS first, max(instance_deadline) AS last"
+        " FROM instances WHERE token = ANY($1)",
         uuids,
     )
     assert spread["last"] - spread["first"] < timedelta(seconds=1), spread
@@ -104,8 +105,8 @@ async def test_two_thousand_deadlines_in_one_second_with_three_workers(
     assert received_all - spread["last"] < timedelta(seconds=5)
 
     per_instance = await db.fetch(
-        "SELECT instance_token, count(*) AS n FROM events WHERE kind = 'finished' AND instance_token = ANY($1)"
-        " GROUP BY instance_token",
+        "SELECT instance_token, count(*) AS n FROM events"
+        " WHERE kind = 'finished' AND instance_token = ANY($1) GROUP BY instance_token",
         uuids,
     )
     assert len(per_instance) == 2000 and all(r["n"] == 1 for r in per_instance)
