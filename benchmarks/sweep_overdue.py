@@ -51,7 +51,8 @@ async def seed(db_url: str, count: int) -> None:
                 INSERT INTO instances (token, object_name, model_version, labels, create_args, created_at,
                                        instance_deadline, next_deadline, statuses, last_seq)
                 SELECT gen_random_uuid(), '2-POINT LINE TASK', $2, '{}', '{}',
-                       now() - interval '10 minutes', now() - interval '1 minute' + i * interval '1 microsecond',
+                       now() - interval '10 minutes',
+                       now() - interval '1 minute' + i * interval '1 microsecond',
                        now() - interval '1 minute' + i * interval '1 microsecond', '{}', 1
                 FROM generate_series(1, $1) AS i
                 RETURNING token, created_at
@@ -77,7 +78,10 @@ async def watch(db_url: str, count: int, started: float) -> None:
                 " (SELECT count(*) FROM outbox)"
             )
             elapsed = time.perf_counter() - started
-            print(f"  {elapsed:6.1f} s: {count - open_:>7} finished, {outbox:>7} notifications unsent", flush=True)
+            print(
+                f"  {elapsed:6.1f} s: {count - open_:>7} finished, {outbox:>7} notifications unsent",
+                flush=True,
+            )
             if open_ == 0 and swept_at is None:
                 swept_at = elapsed
             if open_ == 0 and outbox == 0:
@@ -88,7 +92,8 @@ async def watch(db_url: str, count: int, started: float) -> None:
         )
         sweep_seconds = (last - first).total_seconds()
         print(f"finish events: {finishes} (expected {count})")
-        print(f"first to last finish event: {sweep_seconds:.2f} s = {finishes / max(sweep_seconds, 1e-9):,.0f} instances/s")
+        rate = finishes / max(sweep_seconds, 1e-9)
+        print(f"first to last finish event: {sweep_seconds:.2f} s = {rate:,.0f} instances/s")
         print(f"worker start to all finished: {swept_at:.1f} s; to outbox empty: {elapsed:.1f} s")
     finally:
         await conn.close()
@@ -110,11 +115,16 @@ async def main() -> None:
     try:
         await migrate(db_url)
         await seed(db_url, args.instances)
-        env = {**os.environ, "STATUSEK_DATABASE_URL": db_url, "STATUSEK_AMQP_URL": amqp_url,
-               "STATUSEK_LOG_LEVEL": "WARNING"}
+        env = {
+            **os.environ,
+            "STATUSEK_DATABASE_URL": db_url,
+            "STATUSEK_AMQP_URL": amqp_url,
+            "STATUSEK_LOG_LEVEL": "WARNING",
+        }
         started = time.perf_counter()
         procs = [
-            subprocess.Popen([sys.executable, "-m", "statusek", "worker"], env=env) for _ in range(args.workers)
+            subprocess.Popen([sys.executable, "-m", "statusek", "worker"], env=env)
+            for _ in range(args.workers)
         ]
         print(f"started {args.workers} workers", flush=True)
         await watch(db_url, args.instances, started)
