@@ -10,6 +10,7 @@ import os
 import secrets
 import subprocess
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -30,31 +31,47 @@ def _rabbitmqctl(*args: str) -> None:
     subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
 
 
-@pytest.fixture(scope="session")
-def amqp_url() -> Iterator[str]:
-    """A fresh vhost on the test broker, deleted after the session."""
+@contextmanager
+def fresh_vhost() -> Iterator[str]:
+    """The AMQP URL of a new vhost on the test broker, deleted afterwards."""
     vhost = f"statusek-test-{secrets.token_hex(4)}"
     user = urlsplit(AMQP_URL).username or "guest"
     _rabbitmqctl("add_vhost", vhost)
-    _rabbitmqctl("set_permissions", "-p", vhost, user, ".*", ".*", ".*")
-    parts = urlsplit(AMQP_URL)
-    yield urlunsplit(parts._replace(path="/" + quote(vhost, safe="")))
-    _rabbitmqctl("delete_vhost", vhost)
+    try:
+        _rabbitmqctl("set_permissions", "-p", vhost, user, ".*", ".*", ".*")
+        yield urlunsplit(urlsplit(AMQP_URL)._replace(path="/" + quote(vhost, safe="")))
+    finally:
+        _rabbitmqctl("delete_vhost", vhost)
+
+
+@pytest.fixture(scope="session")
+def amqp_url() -> Iterator[str]:
+    """A fresh vhost for the session's in-process worker."""
+    with fresh_vhost() as url:
+        yield url
+
+
+@asynccontextmanager
+async def fresh_database() -> AsyncIterator[str]:
+    """The URL of a new, migrated database, dropped afterwards."""
+    name = f"statusek_test_{secrets.token_hex(4)}"
+    url = urlunsplit(urlsplit(DATABASE_URL)._replace(path="/" + name))
+    await migrate(url)
+    try:
+        yield url
+    finally:
+        conn = await asyncpg.connect(DATABASE_URL)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
 
 
 @pytest.fixture(scope="session")
 async def database_url() -> AsyncIterator[str]:
-    """A fresh, migrated database, dropped after the session."""
-    name = f"statusek_test_{secrets.token_hex(4)}"
-    parts = urlsplit(DATABASE_URL)
-    url = urlunsplit(parts._replace(path="/" + name))
-    await migrate(url)
-    yield url
-    conn = await asyncpg.connect(DATABASE_URL)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
+    """A fresh database for the session's in-process worker."""
+    async with fresh_database() as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import subprocess
 import time
 import uuid
 from collections import Counter
@@ -14,6 +13,7 @@ from datetime import datetime, timedelta
 import asyncpg
 import pytest
 
+from tests.integration.conftest import Cluster
 from tests.integration.test_commands import create
 from tests.integration.wire import Wire
 
@@ -72,10 +72,12 @@ async def test_query_sees_an_overdue_instance_finished(wire: Wire, db: asyncpg.C
 
 
 async def test_two_thousand_deadlines_in_one_second_with_three_workers(
-    three_workers: list[subprocess.Popen[bytes]], wire: Wire, db: asyncpg.Connection
+    cluster: Cluster, cluster_db: asyncpg.Connection
 ) -> None:
     """Every instance gets exactly one finish event and one notification, within 5 s."""
-    await asyncio.sleep(2)
+    cluster.start(2)
+    await cluster.wait_for_consumers(3)
+    wire, db = cluster.wire, cluster_db
     target = time.time() + 6
     tokens = [str(uuid.uuid4()) for _ in range(2000)]
     ids = [

@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import subprocess
 import uuid
 
 import asyncpg
 
-from tests.integration.wire import Wire
+from tests.integration.conftest import Cluster
 
 
 async def test_back_to_back_commands_keep_order_across_replicas(
-    three_workers: list[subprocess.Popen[bytes]], wire: Wire, db: asyncpg.Connection
+    cluster: Cluster, cluster_db: asyncpg.Connection
 ) -> None:
     """200 x (create, STARTED, FINISHED) published without waiting: all finish, gapless, no rejection."""
-    await asyncio.sleep(2)  # let the replicas start and register as consumers
-    assert all(p.poll() is None for p in three_workers)
+    cluster.start(2)
+    await cluster.wait_for_consumers(3)
+    wire = cluster.wire
     tokens = [str(uuid.uuid4()) for _ in range(200)]
     correlation_ids = []
     for t in tokens:
@@ -35,7 +34,7 @@ async def test_back_to_back_commands_keep_order_across_replicas(
         finished = await wire.finished(t, timeout=30)
         assert json.loads(finished.body)["reason"] == "ALL_MANDATORY_STATUSES_ARE_SET"
 
-    rows = await db.fetch(
+    rows = await cluster_db.fetch(
         "SELECT instance_token, array_agg(seq ORDER BY seq) AS seqs FROM events"
         " WHERE instance_token = ANY($1::uuid[]) GROUP BY instance_token",
         [uuid.UUID(t) for t in tokens],
