@@ -119,10 +119,11 @@ class CommandPipeline:
             return
         invalid.extend(failed)
         try:
-            for outcome in outcomes:
-                await settle.answer(self._broker, outcome.delivery, outcome.reply)
-            for d, error in invalid:
-                await settle.dead_letter(self._broker, d, error)
+            # Confirms are awaited together: one round trip per window, not per reply.
+            await asyncio.gather(
+                *(settle.answer(self._broker, o.delivery, o.reply) for o in outcomes),
+                *(settle.dead_letter(self._broker, d, error) for d, error in invalid),
+            )
             await settle.ack_all(deliveries)
         except TransientError as e:
             # The effects are committed; unacked deliveries come back and get
