@@ -97,7 +97,10 @@ async def drive(url: str, instances: int) -> None:
                 asyncio.ensure_future(
                     exchange.publish(
                         aio_pika.Message(
-                            json.dumps(body).encode(), correlation_id=cid, reply_to=replies.name, message_id=cid
+                            json.dumps(body).encode(),
+                            correlation_id=cid,
+                            reply_to=replies.name,
+                            message_id=cid,
                         ),
                         routing_key=key,
                     )
