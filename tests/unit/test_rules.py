@@ -254,7 +254,7 @@ def test_heartbeat_moves_with_activity() -> None:
         new_token=uuid4(),
     )
     assert d.state is not None and d.state.heartbeat_deadline == T0 + timedelta(seconds=13)
-    assert d.reply.data["deadline"] == (T0 + timedelta(seconds=13)).isoformat()
+    assert datetime.fromisoformat(d.reply.data["deadline"]) == T0 + timedelta(seconds=13)
     swept = sweep(d.state, T0 + timedelta(seconds=13))
     assert swept.state is not None and swept.state.finish_reason is FinishReason.HEARTBEAT_TIMEOUT
 

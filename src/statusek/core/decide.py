@@ -13,7 +13,7 @@ from uuid import UUID
 
 from statusek.core.codes import Code, FinishReason
 from statusek.core.instance import Event, EventKind, InstanceState, expire
-from statusek.core.messages import Cancel, Command, Create, Ping, Reply, SetStatus
+from statusek.core.messages import Cancel, Command, Create, CreatedData, Ping, PingData, Reply, SetStatus
 from statusek.core.model import StatusModel
 from statusek.core.rules import finish_reason_after, readiness
 
@@ -88,7 +88,9 @@ def _create(
 ) -> Decision:
     if existing is not None:
         if existing.create_args == command.fingerprint():
-            return Decision(Reply.ok("Instance already exists", instance_token=str(existing.token)), existing)
+            return Decision(
+                Reply.ok("Instance already exists", CreatedData(instance_token=existing.token)), existing
+            )
         return Decision(
             Reply.fail(
                 Code.INSTANCE_TOKEN_CONFLICT,
@@ -115,7 +117,7 @@ def _create(
     )
     created = state.next_event(EventKind.CREATED, now)
     return Decision(
-        Reply.ok("Instance is created", instance_token=str(token)), state.record(created), [created]
+        Reply.ok("Instance is created", CreatedData(instance_token=token)), state.record(created), [created]
     )
 
 
@@ -147,7 +149,7 @@ def _ping(command: Ping, state: InstanceState, now: datetime) -> Decision:
     state = state.record(event)
     deadline = state.next_deadline
     return Decision(
-        Reply.ok("Ping is recorded", deadline=deadline.isoformat() if deadline else None),
+        Reply.ok("Ping is recorded", PingData(deadline=deadline)),
         state,
         [event],
     )

@@ -116,8 +116,13 @@ class Reply(WireMessage):
     data: dict[str, Any] = Field(default_factory=dict)
 
     @classmethod
-    def ok(cls, message: str, **data: Any) -> Reply:
-        return cls(status=True, code=Code.SUCCESS, message=message, data=data)
+    def ok(cls, message: str, data: WireMessage | None = None) -> Reply:
+        return cls(
+            status=True,
+            code=Code.SUCCESS,
+            message=message,
+            data=data.model_dump(mode="json") if data is not None else {},
+        )
 
     @classmethod
     def fail(cls, code: Code, message: str, **data: Any) -> Reply:
@@ -136,6 +141,79 @@ class EventView(WireMessage):
     code: int | None = None
     reason: FinishReason | None = None
     occurred_at: datetime
+
+
+class CreatedData(WireMessage):
+    """`data` of a successful `create` reply."""
+
+    instance_token: UUID
+
+
+class NoData(WireMessage):
+    """`data` of a successful `set-status` or `cancel` reply: an empty object."""
+
+
+class PingData(WireMessage):
+    """`data` of a successful `ping` reply: the instance's next deadline, if any."""
+
+    deadline: datetime | None
+
+
+class IsSetData(WireMessage):
+    status_is_set: bool
+
+
+class IsReadyData(WireMessage):
+    status_is_ready_to_set: bool
+    status_is_ready_to_set_description: str
+    status_is_ready_to_set_code: Code
+
+
+class IsFinishedData(WireMessage):
+    instance_is_finished: bool
+    instance_is_finished_description: FinishReason | None = Field(description="The finish reason.")
+
+
+class EventsData(WireMessage):
+    events: list[EventView]
+
+
+class InstanceView(WireMessage):
+    """`data` of `get-instance`."""
+
+    instance_token: UUID
+    object_name: str
+    model_version: int
+    labels: dict[str, str]
+    created_at: datetime
+    instance_deadline: datetime | None
+    heartbeat_timeout: float | None
+    heartbeat_deadline: datetime | None
+    instance_is_finished: bool
+    finish_reason: FinishReason | None
+    finished_at: datetime | None
+    statuses: list[str]
+    last_seq: int
+    model: dict[str, Any] = Field(description="The definition of the instance's model version.")
+
+
+class InvalidData(WireMessage):
+    """`data` of an INVALID_MESSAGE reply."""
+
+    reason: Literal["invalid-json", "schema-violation", "unknown-routing-key", "too-large"]
+
+
+REPLY_DATA: dict[str, type[WireMessage]] = {
+    "create": CreatedData,
+    "set-status": NoData,
+    "ping": PingData,
+    "cancel": NoData,
+    "is-set": IsSetData,
+    "is-ready": IsReadyData,
+    "is-finished": IsFinishedData,
+    "get-events": EventsData,
+    "get-instance": InstanceView,
+}
 
 
 class StatusChanged(WireMessage):

@@ -14,16 +14,21 @@ from typing import Any
 from statusek.core.codes import Code
 from statusek.core.instance import Event, EventKind, InstanceState, expire
 from statusek.core.messages import (
+    EventsData,
     EventView,
     InstanceFinished,
     InstanceQuery,
+    InstanceView,
+    IsFinishedData,
+    IsReadyData,
+    IsSetData,
     Reply,
     StatusChanged,
     StatusQuery,
     WireMessage,
 )
 from statusek.core.model import StatusModel
-from statusek.core.rules import readiness
+from statusek.core.rules import Verdict, readiness
 
 
 def answer(
@@ -44,34 +49,37 @@ def answer(
         assert isinstance(query, StatusQuery)
         is_set = query.status_name in state.statuses
         text = "is set" if is_set else "is not set"
-        return Reply.ok(f"Status {query.status_name!r} {text} on instance {token}", status_is_set=is_set)
+        return Reply.ok(
+            f"Status {query.status_name!r} {text} on instance {token}", IsSetData(status_is_set=is_set)
+        )
     if kind == "is-ready":
         assert isinstance(query, StatusQuery)
         if state.is_finished:
-            ready, description = False, f"Instance {token} is finished ({state.finish_reason})"
-            code = Code.INSTANCE_IS_FINISHED
+            verdict = Verdict(
+                Code.INSTANCE_IS_FINISHED, f"Instance {token} is finished ({state.finish_reason})"
+            )
         else:
             verdict = readiness(model, state.statuses, query.status_name, token)
-            ready, description, code = verdict.ok, verdict.message, verdict.code
         return Reply.ok(
-            description,
-            status_is_ready_to_set=ready,
-            status_is_ready_to_set_description=description,
-            status_is_ready_to_set_code=code.value,
+            verdict.message,
+            IsReadyData(
+                status_is_ready_to_set=verdict.ok,
+                status_is_ready_to_set_description=verdict.message,
+                status_is_ready_to_set_code=verdict.code,
+            ),
         )
     if kind == "is-finished":
-        reason = state.finish_reason.value if state.finish_reason else None
+        reason = state.finish_reason
         text = f"is finished ({reason})" if reason else "is not finished"
         return Reply.ok(
             f"Instance {token} {text}",
-            instance_is_finished=state.is_finished,
-            instance_is_finished_description=reason,
+            IsFinishedData(instance_is_finished=state.is_finished, instance_is_finished_description=reason),
         )
     if kind == "get-events":
-        views = [event_view(e, model).model_dump(mode="json") for e in [*events, *expired]]
-        return Reply.ok(f"{len(views)} event(s) of instance {token}", events=views)
+        views = [event_view(e, model) for e in [*events, *expired]]
+        return Reply.ok(f"{len(views)} event(s) of instance {token}", EventsData(events=views))
     if kind == "get-instance":
-        return Reply.ok(f"Instance {token}", **instance_view(state))
+        return Reply.ok(f"Instance {token}", instance_view(state, model))
     raise ValueError(f"unknown query {kind!r}")
 
 
@@ -90,25 +98,23 @@ def event_view(event: Event, model: StatusModel) -> EventView:
     )
 
 
-def instance_view(state: InstanceState) -> dict[str, Any]:
-    def iso(moment: datetime | None) -> str | None:
-        return moment.isoformat() if moment else None
-
-    return {
-        "instance_token": str(state.token),
-        "object_name": state.object_name,
-        "model_version": state.model_version,
-        "labels": state.labels,
-        "created_at": iso(state.created_at),
-        "instance_deadline": iso(state.instance_deadline),
-        "heartbeat_timeout": state.heartbeat_timeout,
-        "heartbeat_deadline": iso(state.heartbeat_deadline if not state.is_finished else None),
-        "instance_is_finished": state.is_finished,
-        "finish_reason": state.finish_reason.value if state.finish_reason else None,
-        "finished_at": iso(state.finished_at),
-        "statuses": list(state.statuses),
-        "last_seq": state.last_seq,
-    }
+def instance_view(state: InstanceState, model: StatusModel) -> InstanceView:
+    return InstanceView(
+        instance_token=state.token,
+        object_name=state.object_name,
+        model_version=state.model_version,
+        labels=state.labels,
+        created_at=state.created_at,
+        instance_deadline=state.instance_deadline,
+        heartbeat_timeout=state.heartbeat_timeout,
+        heartbeat_deadline=state.heartbeat_deadline if not state.is_finished else None,
+        instance_is_finished=state.is_finished,
+        finish_reason=state.finish_reason,
+        finished_at=state.finished_at,
+        statuses=list(state.statuses),
+        last_seq=state.last_seq,
+        model=model.definition(),
+    )
 
 
 @dataclass(frozen=True, slots=True)
