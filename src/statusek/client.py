@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import uuid
 from collections.abc import AsyncIterator, Callable
 from types import TracebackType
@@ -25,6 +26,7 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobus
 from statusek.core.codes import Code
 
 REPLY_TO = "amq.rabbitmq.reply-to"
+DEFAULT_URL = "amqp://guest:guest@localhost:5672/"
 
 
 class StatusekRejected(Exception):
@@ -95,7 +97,9 @@ class Client:
         self._events_queue: aio_pika.abc.AbstractQueue | None = None
 
     @classmethod
-    async def connect(cls, url: str = "amqp://guest:guest@localhost:5672/", **names: str) -> Client:
+    async def connect(cls, url: str | None = None, **names: str) -> Client:
+        """Connect to `url`, else $STATUSEK_AMQP_URL, else the local broker."""
+        url = url or os.environ.get("STATUSEK_AMQP_URL") or DEFAULT_URL
         connection = await aio_pika.connect_robust(url)
         channel = await connection.channel(publisher_confirms=True)
         client = cls(connection, channel, **names)
@@ -189,6 +193,10 @@ class Client:
 
     async def get_instance(self, token: str) -> dict[str, Any]:
         return await self.call(self._queries, "get-instance", {"instance_token": str(token)})
+
+    def heartbeat(self, token: str, every: float, message: str | None = None) -> Heartbeat:
+        """Ping `token` every `every` seconds while the block runs (see `Heartbeat`)."""
+        return Heartbeat(self, str(token), every, message)
 
     # Notifications
 
@@ -293,3 +301,65 @@ class Client:
             return
         for subscriber in list(self._subscribers):
             subscriber(message.type or "", body)
+
+
+class Heartbeat:
+    """Keeps an instance alive while a block of work runs, and stops the work if it ends.
+
+        async with client.heartbeat(token, every=5) as beat:
+            for page in pages:
+                beat.progress(f"page {page} of {len(pages)}")
+                await work(page)
+
+    A ping answered INSTANCE_IS_FINISHED (cancelled, timed out elsewhere)
+    cancels the block, and the `async with` raises InstanceFinishedError.
+    Pings that fail for other reasons (broker hiccup) are retried next beat.
+    """
+
+    def __init__(self, client: Client, token: str, every: float, message: str | None):
+        self._client = client
+        self.token = token
+        self.every = every
+        self.message = message
+        self.deadline: str | None = None
+        self.pings = 0
+        self.finished: InstanceFinishedError | None = None
+        self._block: asyncio.Task[Any] | None = None
+        self._pinger: asyncio.Task[None] | None = None
+
+    def progress(self, message: str) -> None:
+        """The message the next pings carry (visible in get-events)."""
+        self.message = message
+
+    async def __aenter__(self) -> Heartbeat:
+        self._block = asyncio.current_task()
+        self.deadline = await self._client.ping(self.token, self.message)
+        self.pings += 1
+        self._pinger = asyncio.create_task(self._beat())
+        return self
+
+    async def _beat(self) -> None:
+        while True:
+            await asyncio.sleep(self.every)
+            try:
+                self.deadline = await self._client.ping(self.token, self.message, timeout=self.every)
+                self.pings += 1
+            except InstanceFinishedError as e:
+                self.finished = e
+                if self._block is not None:
+                    self._block.cancel()
+                return
+            except (TimeoutError, aio_pika.exceptions.AMQPError, ConnectionError):
+                continue  # the next beat tries again; the deadline has slack for this
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool:
+        if self._pinger is not None:
+            self._pinger.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pinger
+        if self.finished is not None and exc_type is asyncio.CancelledError and self._block is not None:
+            self._block.uncancel()
+            raise self.finished
+        return False

@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from statusek.adapters.model_files import load_models, model_files
 from statusek.adapters.postgres.migrate import migrate
+from statusek.app import remote
 from statusek.app.logging import configure
 from statusek.app.settings import Settings
 from statusek.core.errors import StatusekError
@@ -53,6 +54,21 @@ def cmd_models_check(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_FAILURE if errors or not files else EXIT_OK
 
 
+def cmd_schemas(_settings: Settings, args: argparse.Namespace) -> int:
+    from statusek import contract
+
+    folder = Path(args.folder)
+    if args.schemas_command == "write":
+        written = contract.write(folder)
+        print(f"wrote {len(written)} file(s) under {folder}")
+        return EXIT_OK
+    stale = contract.drift(folder)
+    for name in stale:
+        print(f"differs from the code: {folder / name}")
+    print(f"{len(stale)} file(s) differ" if stale else f"{folder} matches the code")
+    return EXIT_FAILURE if stale else EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="statusek", description="Status-tracking worker on RabbitMQ and Postgres"
@@ -67,6 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
     check = models_sub.add_parser("check", help="validate model files and print what is wrong")
     check.add_argument("files", nargs="*", help="files or folders (default: STATUSEK_MODELS_PATH)")
     check.set_defaults(func=cmd_models_check)
+    schemas = sub.add_parser("schemas", help="the contract files (JSON Schema, AsyncAPI)")
+    schemas_sub = schemas.add_subparsers(dest="schemas_command", required=True)
+    for name, text in (("write", "regenerate the files from the code"), ("check", "fail if the files drift")):
+        p = schemas_sub.add_parser(name, help=text)
+        p.add_argument("folder", nargs="?", default="schemas")
+        p.set_defaults(func=cmd_schemas)
+    remote.add_parsers(sub)
     return parser
 
 
