@@ -1,0 +1,57 @@
+"""The README's examples run as written against a real worker."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from statusek.app.worker import Worker
+
+README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+
+
+def examples(language: str) -> list[str]:
+    """Fenced blocks whose info string is `<language> example`."""
+    return re.findall(rf"^```{language} example\n(.*?)^```", README, flags=re.S | re.M)
+
+
+async def run(*command: str, env: dict[str, str]) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        *command, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+@pytest.fixture
+def env(worker: Worker, worker_env: dict[str, str]) -> dict[str, str]:
+    bin_dir = str(Path(sys.executable).parent)
+    return {**worker_env, "PATH": f"{bin_dir}{os.pathsep}{worker_env.get('PATH', '')}"}
+
+
+def test_readme_has_examples() -> None:
+    """The README marks its runnable examples (so the tests below test something)."""
+    assert len(examples("python")) >= 1 and len(examples("sh")) >= 1
+
+
+@pytest.mark.parametrize("code", examples("python"))
+async def test_python_examples_run(code: str, env: dict[str, str]) -> None:
+    """Each Python example runs and prints what its comments promise."""
+    status, out, err = await run(sys.executable, "-c", code, env=env)
+    assert status == 0, err
+    assert "ALL_MANDATORY_STATUSES_ARE_SET" in out
+
+
+@pytest.mark.parametrize("script", examples("sh"))
+async def test_shell_examples_run(script: str, env: dict[str, str]) -> None:
+    """Each shell example runs with `set -e` and ends with the instance completed."""
+    status, out, err = await run("bash", "-ec", script, env=env)
+    assert status == 0, err
+    assert "ALL_MANDATORY_STATUSES_ARE_SET" in out
+    assert "STARTED ✔" in out
