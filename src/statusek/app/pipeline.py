@@ -10,6 +10,8 @@ answered and acked.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -68,6 +70,7 @@ class CommandPipeline:
         retry_cap: float,
         on_deadline: Callable[[datetime], None] = lambda _: None,
         on_committed: Callable[[], None] = lambda: None,
+        fault_hooks: bool = False,
     ):
         self._store = store
         self._broker = broker
@@ -77,6 +80,7 @@ class CommandPipeline:
         self._retry_cap = retry_cap
         self._on_deadline = on_deadline
         self._on_committed = on_committed
+        self._fault_hooks = fault_hooks
         self._inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
         self._stopping = False
         self.applied = 0
@@ -98,7 +102,13 @@ class CommandPipeline:
             window = [first]
             while len(window) < self._window and not self._inbox.empty():
                 window.append(self._inbox.get_nowait())
-            await self.process(window)
+            try:
+                await self.process(window)
+            except Exception:
+                # Never let one window stop the worker; what was not acked comes back.
+                log.exception("window failed; its deliveries go back to the queue", size=len(window))
+                with contextlib.suppress(Exception):
+                    await settle.requeue_all(window)
 
     def stop(self) -> None:
         """Finish what was delivered, take nothing new (the consumer is cancelled first)."""
@@ -106,6 +116,9 @@ class CommandPipeline:
 
     async def process(self, deliveries: Sequence[AbstractIncomingMessage]) -> None:
         started = time.perf_counter()
+        # Deliveries of a channel that has closed since are back in the queue
+        # already; applying them now would only apply them twice.
+        deliveries = [d for d in deliveries if settle.is_live(d)]
         valid: list[tuple[AbstractIncomingMessage, Envelope]] = []
         invalid: list[tuple[AbstractIncomingMessage, InvalidMessage]] = []
         for d in deliveries:
@@ -181,6 +194,7 @@ class CommandPipeline:
                     return None, []
                 log.warning("transient failure, retrying window", error=str(e), size=len(valid))
                 await backoff.wait()
+                valid = [v for v in valid if settle.is_live(v[0])]
             except Exception as e:
                 # A refusal by Postgres or a bug: find the one command causing it
                 # and dead-letter it, so it cannot stop the worker.
@@ -206,12 +220,25 @@ class CommandPipeline:
             window = _Window(tx, self._policy)
             outcomes = await window.apply(valid)
             earliest = await window.save()
+        if self._fault_hooks:
+            _crash_if_asked(valid)
         self.applied += sum(1 for o in outcomes if not o.duplicate)
         if window.notifications:
             self._on_committed()
         if earliest is not None:
             self._on_deadline(earliest)
         return outcomes
+
+
+FAULT_HEADER = "x-statusek-test-fault"
+
+
+def _crash_if_asked(valid: list[tuple[AbstractIncomingMessage, Envelope]]) -> None:
+    """Test-only: die between commit and ack, as a power cut would, on first delivery."""
+    for delivery, _ in valid:
+        if (delivery.headers or {}).get(FAULT_HEADER) == "crash-after-commit" and not delivery.redelivered:
+            log.warning("fault hook: exiting between commit and ack", message_id=delivery.message_id)
+            os._exit(70)
 
 
 class _Window:

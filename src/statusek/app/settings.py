@@ -41,6 +41,10 @@ class Settings(BaseSettings):
     retry_backoff_max: float = Field(default=5.0, gt=0)
     shutdown_timeout: float = Field(default=10.0, gt=0)
 
+    housekeeping_every: float = Field(default=600, gt=0, description="Seconds between expiry passes.")
+    # Test-only: honour the x-statusek-test-fault header (crash between commit and ack).
+    fault_hooks: bool = False
+
     log_format: str = Field(default="auto", pattern="^(auto|json|console)$")
     log_level: str = "INFO"
 

@@ -85,6 +85,11 @@ async def requeue_all(deliveries: Sequence[AbstractIncomingMessage]) -> None:
             await d.nack(requeue=True)
 
 
+def is_live(delivery: AbstractIncomingMessage) -> bool:
+    """Whether the delivery can still be settled on the channel it came on."""
+    return _open_channel(delivery) is not None
+
+
 def _open_channel(delivery: AbstractIncomingMessage) -> object | None:
     try:
         return delivery.channel

@@ -50,6 +50,10 @@ class Sweeper:
         if self._target is None or deadline < self._target:
             self._wake.set()
 
+    def wake(self) -> None:
+        """Look again now (after missed announcements, e.g. a lost listener)."""
+        self._wake.set()
+
     def stop(self) -> None:
         self._stopping = True
         self._wake.set()

@@ -80,57 +80,77 @@ class Worker:
             retry_cap=s.retry_backoff_max,
             on_deadline=sweeper.deadline_announced,
             on_committed=relay.wake,
+            fault_hooks=s.fault_hooks,
         )
         queries = QueryHandler(store, broker, max_body_bytes=s.max_body_bytes)
 
-        def on_notify(_conn: Any, _pid: int, channel: str, payload: str) -> None:
+        def on_notify(channel: str, payload: str) -> None:
             if channel == OUTBOX_CHANNEL:
                 relay.wake()
             elif channel == DEADLINE_CHANNEL:
                 with contextlib.suppress(ValueError):
                     sweeper.deadline_announced(datetime.fromisoformat(payload))
 
-        async with store.listen(OUTBOX_CHANNEL, DEADLINE_CHANNEL, callback=on_notify):
-            tasks = [
-                asyncio.create_task(pipeline.run(), name="pipeline"),
-                asyncio.create_task(sweeper.run(), name="sweeper"),
-                asyncio.create_task(relay.run(), name="relay"),
-            ]
-            commands_q, commands_tag = await broker.consume(
-                self.names.commands, s.prefetch, pipeline.on_message
+        def on_listening() -> None:
+            relay.wake()
+            sweeper.wake()
+
+        tasks = [
+            asyncio.create_task(pipeline.run(), name="pipeline"),
+            asyncio.create_task(sweeper.run(), name="sweeper"),
+            asyncio.create_task(relay.run(), name="relay"),
+            asyncio.create_task(
+                store.listen_forever(
+                    (OUTBOX_CHANNEL, DEADLINE_CHANNEL), on_notify, on_listening, retry_cap=s.retry_backoff_max
+                ),
+                name="listener",
+            ),
+            asyncio.create_task(self._housekeeping(store), name="housekeeping"),
+        ]
+        commands_q, commands_tag = await broker.consume(self.names.commands, s.prefetch, pipeline.on_message)
+        queries_q, queries_tag = await broker.consume(
+            self.names.queries, s.query_concurrency, queries.on_message
+        )
+        log.info("worker started", commands=self.names.commands, queries=self.names.queries)
+        self.started.set()
+        stop_wait = asyncio.create_task(self._stop.wait())
+        done, _ = await asyncio.wait([stop_wait, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if task is not stop_wait and task.exception():
+                log.error("component crashed", component=task.get_name(), exc_info=task.exception())
+        log.info("stopping: no new deliveries, finishing in-flight work")
+        # arq-style drain: stop consuming first, then finish what we hold.
+        with contextlib.suppress(Exception):
+            await commands_q.cancel(commands_tag)
+            await queries_q.cancel(queries_tag)
+        pipeline.stop()
+        sweeper.stop()
+        try:
+            await asyncio.wait_for(
+                asyncio.gather(tasks[0], tasks[1], queries.drain()), timeout=s.shutdown_timeout
             )
-            queries_q, queries_tag = await broker.consume(
-                self.names.queries, s.query_concurrency, queries.on_message
-            )
-            log.info("worker started", commands=self.names.commands, queries=self.names.queries)
-            self.started.set()
-            stop_wait = asyncio.create_task(self._stop.wait())
-            done, _ = await asyncio.wait([stop_wait, *tasks], return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                if task is not stop_wait and task.exception():
-                    log.error("component crashed", component=task.get_name(), exc_info=task.exception())
-            log.info("stopping: no new deliveries, finishing in-flight work")
-            # arq-style drain: stop consuming first, then finish what we hold.
-            with contextlib.suppress(Exception):
-                await commands_q.cancel(commands_tag)
-                await queries_q.cancel(queries_tag)
-            pipeline.stop()
-            sweeper.stop()
+        except TimeoutError:
+            log.warning("shutdown timeout: unfinished deliveries go back to the queue")
+        relay.stop()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(relay.flush(), timeout=max(1.0, s.shutdown_timeout / 2))
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        log.info(
+            "worker stopped", applied=pipeline.applied, swept=sweeper.finished, published=relay.published
+        )
+
+    async def _housekeeping(self, store: Store) -> None:
+        """Expire idempotency records older than the window, now and then."""
+        while True:
             try:
-                await asyncio.wait_for(
-                    asyncio.gather(tasks[0], tasks[1], queries.drain()), timeout=s.shutdown_timeout
-                )
-            except TimeoutError:
-                log.warning("shutdown timeout: unfinished deliveries go back to the queue")
-            relay.stop()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(relay.flush(), timeout=max(1.0, s.shutdown_timeout / 2))
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            log.info(
-                "worker stopped", applied=pipeline.applied, swept=sweeper.finished, published=relay.published
-            )
+                removed = await store.expire_processed(self.settings.idempotency_window)
+                if removed:
+                    log.info("idempotency records expired", count=removed)
+            except TransientError as e:
+                log.warning("housekeeping failed, will retry", error=str(e))
+            await asyncio.sleep(self.settings.housekeeping_every)
 
 
 async def _until_available(what: str, connect: Any, cap: float) -> Any:

@@ -7,8 +7,9 @@ module untranslated (see `errors.translated`).
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -16,6 +17,7 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
+import structlog
 
 from statusek.adapters.postgres.errors import translated
 from statusek.core.codes import FinishReason
@@ -23,6 +25,8 @@ from statusek.core.instance import Event, EventKind, InstanceState
 from statusek.core.messages import Reply
 from statusek.core.model import StatusModel, StatusType, parse_model
 from statusek.core.views import Notification
+
+log = structlog.get_logger(__name__)
 
 OUTBOX_CHANNEL = "statusek_outbox"
 DEADLINE_CHANNEL = "statusek_deadline"
@@ -272,15 +276,16 @@ RELAY_LOCK = 0x5354_4154_5553_4F42  # arbitrary, shared by every replica's relay
 class Store:
     """A pool of connections and the operations statusek needs from Postgres."""
 
-    def __init__(self, pool: asyncpg.Pool):
+    def __init__(self, pool: asyncpg.Pool, dsn: str):
         self._pool = pool
+        self._dsn = dsn
         self.model_cache: dict[tuple[str, int], StatusModel] = {}
 
     @classmethod
     async def open(cls, dsn: str, *, min_size: int = 2, max_size: int = 10) -> Store:
         async with translated():
             pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, init=_init_connection)
-        return cls(pool)
+        return cls(pool, dsn)
 
     async def close(self) -> None:
         await self._pool.close()
@@ -369,21 +374,56 @@ class Store:
             )
         return int(result.split()[-1])
 
-    @asynccontextmanager
-    async def listen(self, *channels: str, callback: Any) -> AsyncIterator[None]:
-        """LISTEN on a dedicated connection while the block runs."""
-        async with translated():
-            conn = await self._pool.acquire()
-        try:
-            for channel in channels:
-                await conn.add_listener(channel, callback)
-            yield
-        finally:
+    async def listen_forever(
+        self,
+        channels: Sequence[str],
+        callback: Callable[[str, str], None],
+        on_connected: Callable[[], None],
+        *,
+        check_every: float = 5.0,
+        retry_cap: float = 5.0,
+    ) -> None:
+        """LISTEN on a dedicated connection, reconnecting whenever it is lost.
+
+        `on_connected` runs after each (re)connection, because notifications
+        sent while disconnected are gone and whoever relies on them must look.
+        """
+        delay = 0.1
+        while True:
+            conn: asyncpg.Connection | None = None
             try:
+                conn = await asyncpg.connect(self._dsn)
+                lost = asyncio.Event()
+                conn.add_termination_listener(lambda _conn, lost=lost: lost.set())
+
+                def forward(_conn: object, _pid: int, channel: str, payload: str) -> None:
+                    callback(channel, payload)
+
                 for channel in channels:
-                    await conn.remove_listener(channel, callback)
+                    await conn.add_listener(channel, forward)
+                on_connected()
+                delay = 0.1
+                while not lost.is_set():
+                    try:
+                        await asyncio.wait_for(lost.wait(), check_every)
+                    except TimeoutError:
+                        # A silently dead peer never terminates the connection: ask.
+                        await asyncio.wait_for(conn.execute("SELECT 1"), check_every)
+            except (*_LISTEN_ERRORS,) as e:
+                log.warning("notification listener lost, reconnecting", error=f"{type(e).__name__}: {e}")
             finally:
-                await self._pool.release(conn)
+                if conn is not None and not conn.is_closed():
+                    conn.terminate()
+            await asyncio.sleep(delay)
+            delay = min(retry_cap, delay * 2)
+
+
+_LISTEN_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+)
 
 
 MODELS_LOCK = 0x5354_4154_5553_4D4F  # arbitrary, shared by every replica
