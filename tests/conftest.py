@@ -89,3 +89,13 @@ def worker_env(amqp_url: str, database_url: str, models_path: str) -> dict[str, 
         "STATUSEK_MODELS_PATH": models_path,
         "STATUSEK_LOG_FORMAT": "json",
     }
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Print the counts of every fault-injection scenario that ran."""
+    from tests.integration.faults import REPORTS
+
+    if REPORTS:
+        terminalreporter.section("fault injection report")
+        for report in REPORTS:
+            terminalreporter.write_line(f"{report.scenario}: {report.line()}")

@@ -1,14 +1,17 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
-import aio_pika
 import asyncpg
 import pytest
 
+from statusek.adapters.rabbitmq.broker import Broker, Names
 from statusek.app.settings import Settings
 from statusek.app.worker import Worker
 from tests.conftest import fresh_database, fresh_vhost
@@ -50,49 +53,84 @@ async def wire(worker: Worker, amqp_url: str) -> AsyncIterator[Wire]:
 
 
 class Cluster:
-    """Worker processes on a vhost of their own, with no in-process worker beside them."""
+    """Worker processes on a vhost and database of their own, started by the test."""
 
-    def __init__(self, env: dict[str, str], wire: Wire):
+    def __init__(self, env: dict[str, str], vhost: str, logs: Path):
         self.env = env
-        self.wire = wire
+        self.vhost = vhost
+        self.logs = logs
+        self.wire: Wire = None  # type: ignore[assignment]
         self.workers: list[subprocess.Popen[bytes]] = []
 
-    def start(self, count: int = 1) -> list[subprocess.Popen[bytes]]:
-        procs = [
-            subprocess.Popen(
+    def start(self, count: int = 1, **env: str) -> list[subprocess.Popen[bytes]]:
+        procs = []
+        for _ in range(count):
+            log = (self.logs / f"worker-{len(self.workers)}.log").open("wb")
+            proc = subprocess.Popen(
                 [sys.executable, "-m", "statusek", "worker"],
-                env=self.env,
+                env={**self.env, **env},
                 stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
+                stderr=log,
             )
-            for _ in range(count)
-        ]
-        self.workers.extend(procs)
+            self.workers.append(proc)
+            procs.append(proc)
         return procs
 
-    async def consumers(self, queue: str = "statusek.queries") -> int:
-        # Every worker consumes queries; the SAC command queue counts only its active one.
+    @property
+    def alive(self) -> list[subprocess.Popen[bytes]]:
+        return [p for p in self.workers if p.poll() is None]
 
-        q = await self.wire.channel.declare_queue(queue, passive=True)
-        return int(q.declaration_result.consumer_count or 0)
+    async def consumers(self, queue: str = "statusek.queries") -> int:
+        # Every worker consumes queries; the command queue (SAC) counts only the active one.
+        channel = await self.wire.connection.channel()
+        try:
+            q = await channel.declare_queue(queue, passive=True)
+            return int(q.declaration_result.consumer_count or 0)
+        finally:
+            await channel.close()
 
     async def wait_for_consumers(self, count: int, timeout: float = 30) -> None:
         deadline = asyncio.get_running_loop().time() + timeout
-        while True:
-            try:
-                if await self.consumers() >= count:
-                    return
-            except Exception:
-                # The queue does not exist until the first worker declares it.
-                self.wire.channel = await self.wire.connection.channel(publisher_confirms=True)
+        while await self.consumers() < count:
             if asyncio.get_running_loop().time() > deadline:
-                raise TimeoutError(f"{count} consumers did not appear")
-            await asyncio.sleep(0.2)
+                raise TimeoutError(f"{count} consumers did not appear; logs in {self.logs}")
+            await asyncio.sleep(0.1)
+
+    def queue_depths(self) -> dict[str, tuple[int, int]]:
+        """Queue name -> (ready, unacked), from the broker itself."""
+        out = subprocess.run(
+            [
+                "rabbitmqctl",
+                "-q",
+                "list_queues",
+                "-p",
+                self.vhost,
+                "name",
+                "messages_ready",
+                "messages_unacknowledged",
+                "--no-table-headers",
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        depths = {}
+        for line in out.splitlines():
+            name, ready, unacked = line.split()
+            depths[name] = (int(ready), int(unacked))
+        return depths
+
+    def log_lines(self) -> list[dict[str, object]]:
+        lines = []
+        for path in sorted(self.logs.glob("worker-*.log")):
+            for raw in path.read_text(errors="replace").splitlines():
+                if raw.startswith("{"):
+                    lines.append(json.loads(raw))
+        return lines
 
     def stop(self) -> None:
-        for p in self.workers:
-            if p.poll() is None:
-                p.terminate()
+        for p in self.alive:
+            p.terminate()
         for p in self.workers:
             try:
                 p.wait(timeout=20)
@@ -102,38 +140,23 @@ class Cluster:
 
 
 @pytest.fixture
-async def cluster(worker_env: dict[str, str]) -> AsyncIterator[Cluster]:
-    """A vhost and a database of its own, and worker processes the test starts (one at first)."""
+async def cluster(worker_env: dict[str, str], tmp_path: Path) -> AsyncIterator[Cluster]:
+    """A vhost and a database of their own; the test starts the workers it needs."""
     async with fresh_database() as db_url:
         with fresh_vhost() as url:
-            env = {**worker_env, "STATUSEK_AMQP_URL": url, "STATUSEK_DATABASE_URL": db_url}
-            cluster = Cluster(env, wire=None)  # type: ignore[arg-type]
+            broker = await Broker.connect(url, Names())
             try:
-                cluster.start(1)
-                await _wait_topology(url)
-                cluster.wire = await Wire.open(url)
+                await broker.declare()
+            finally:
+                await broker.close()
+            env = {**worker_env, "STATUSEK_AMQP_URL": url, "STATUSEK_DATABASE_URL": db_url}
+            cluster = Cluster(env, unquote(urlsplit(url).path[1:]), tmp_path)
+            cluster.wire = await Wire.open(url)
+            try:
                 yield cluster
             finally:
                 cluster.stop()
-                if cluster.wire is not None:
-                    await cluster.wire.close()
-
-
-async def _wait_topology(url: str) -> None:
-    """Wait until a worker has declared the topology (Wire binds to statusek.events)."""
-    connection = await aio_pika.connect(url)
-    try:
-        for _ in range(150):
-            channel = await connection.channel()
-            try:
-                await channel.declare_exchange("statusek.events", passive=True)
-                await channel.declare_queue("statusek.commands", passive=True)
-                return
-            except Exception:
-                await asyncio.sleep(0.2)
-        raise TimeoutError("no worker declared the topology")
-    finally:
-        await connection.close()
+                await cluster.wire.close()
 
 
 @pytest.fixture

@@ -75,7 +75,7 @@ async def test_two_thousand_deadlines_in_one_second_with_three_workers(
     cluster: Cluster, cluster_db: asyncpg.Connection
 ) -> None:
     """Every instance gets exactly one finish event and one notification, within 5 s."""
-    cluster.start(2)
+    cluster.start(3)
     await cluster.wait_for_consumers(3)
     wire, db = cluster.wire, cluster_db
     target = time.time() + 6

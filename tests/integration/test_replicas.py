@@ -14,7 +14,7 @@ async def test_back_to_back_commands_keep_order_across_replicas(
     cluster: Cluster, cluster_db: asyncpg.Connection
 ) -> None:
     """200 x (create, STARTED, FINISHED) published without waiting: all finish, gapless, no rejection."""
-    cluster.start(2)
+    cluster.start(3)
     await cluster.wait_for_consumers(3)
     wire = cluster.wire
     tokens = [str(uuid.uuid4()) for _ in range(200)]

@@ -93,8 +93,8 @@ class CommandPipeline:
         return self._inbox.qsize()
 
     async def run(self) -> None:
-        """Process windows until stopped and the inbox is empty."""
-        while not (self._stopping and self._inbox.empty()):
+        """Process windows until stopped; a window in progress is always finished."""
+        while not self._stopping:
             try:
                 first = await asyncio.wait_for(self._inbox.get(), timeout=0.2)
             except TimeoutError:
@@ -111,7 +111,13 @@ class CommandPipeline:
                     await settle.requeue_all(window)
 
     def stop(self) -> None:
-        """Finish what was delivered, take nothing new (the consumer is cancelled first)."""
+        """Finish the window in progress and take no other.
+
+        Deliveries still in the inbox are not processed: closing the channel
+        returns them to the head of the queue, in order, for the next active
+        consumer. Processing them here while a standby already consumes
+        would break per-instance order.
+        """
         self._stopping = True
 
     async def process(self, deliveries: Sequence[AbstractIncomingMessage]) -> None:
@@ -152,6 +158,7 @@ class CommandPipeline:
                 or str(getattr(o.envelope.body, "instance_token", None)),
                 code=o.reply.code,
                 duplicate=o.duplicate,
+                redelivered=o.delivery.redelivered,
                 window=len(deliveries),
                 duration_ms=elapsed_ms,
             )

@@ -107,10 +107,8 @@ class Worker:
             ),
             asyncio.create_task(self._housekeeping(store), name="housekeeping"),
         ]
-        commands_q, commands_tag = await broker.consume(self.names.commands, s.prefetch, pipeline.on_message)
-        queries_q, queries_tag = await broker.consume(
-            self.names.queries, s.query_concurrency, queries.on_message
-        )
+        commands = await broker.consume(self.names.commands, s.prefetch, pipeline.on_message)
+        queries_consumer = await broker.consume(self.names.queries, s.query_concurrency, queries.on_message)
         log.info("worker started", commands=self.names.commands, queries=self.names.queries)
         self.started.set()
         stop_wait = asyncio.create_task(self._stop.wait())
@@ -118,11 +116,10 @@ class Worker:
         for task in done:
             if task is not stop_wait and task.exception():
                 log.error("component crashed", component=task.get_name(), exc_info=task.exception())
-        log.info("stopping: no new deliveries, finishing in-flight work")
-        # arq-style drain: stop consuming first, then finish what we hold.
+        log.info("stopping: finishing in-flight work")
+        # arq-style drain: take nothing new, finish what is in progress, then close.
         with contextlib.suppress(Exception):
-            await commands_q.cancel(commands_tag)
-            await queries_q.cancel(queries_tag)
+            await queries_consumer.cancel()
         pipeline.stop()
         sweeper.stop()
         try:
@@ -131,6 +128,10 @@ class Worker:
             )
         except TimeoutError:
             log.warning("shutdown timeout: unfinished deliveries go back to the queue")
+        # Held but unprocessed commands return to the head of the queue, in order,
+        # before the next active consumer takes over (see CommandPipeline.stop).
+        with contextlib.suppress(Exception):
+            await commands.close()
         relay.stop()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(relay.flush(), timeout=max(1.0, s.shutdown_timeout / 2))

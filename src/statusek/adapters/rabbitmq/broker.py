@@ -59,6 +59,23 @@ class Names:
         return f"{exchange}.unrouted"
 
 
+@dataclass(frozen=True, slots=True)
+class Consumer:
+    channel: AbstractChannel
+    queue: AbstractQueue
+    tag: str
+
+    async def cancel(self) -> None:
+        """Stop new deliveries; those held stay ours until settled."""
+        async with translated():
+            await self.queue.cancel(self.tag)
+
+    async def close(self) -> None:
+        """Close the channel: every unsettled delivery returns to the queue, in order."""
+        async with translated():
+            await self.channel.close()
+
+
 class Broker:
     """One robust connection; a confirming channel for output, one per consumer."""
 
@@ -128,13 +145,13 @@ class Broker:
         queue_name: str,
         prefetch: int,
         on_message: Callable[[AbstractIncomingMessage], Awaitable[None]],
-    ) -> tuple[AbstractQueue, str]:
+    ) -> Consumer:
         async with translated():
             channel = await self.connection.channel()
             await channel.set_qos(prefetch_count=prefetch)
             queue = await channel.get_queue(queue_name, ensure=False)
             tag = await queue.consume(on_message)
-        return queue, tag
+        return Consumer(channel, queue, tag)
 
     async def reply(self, reply_to: str, correlation_id: str | None, reply: Reply) -> None:
         await self._publish_default(

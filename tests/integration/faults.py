@@ -1,0 +1,215 @@
+"""Tools for fault injection: a TCP proxy that can cut links, and a command ledger.
+
+The ledger follows Jepsen's habit: count every command sent and confirmed,
+then read the event log and say how many were applied, duplicated or lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import uuid
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import aio_pika
+import asyncpg
+
+from tests.integration.wire import Wire
+
+
+class TcpProxy:
+    """Forwards 127.0.0.1:<port> to a target; `block()` cuts every link and refuses new ones."""
+
+    def __init__(self, target_host: str, target_port: int):
+        self.target = (target_host, target_port)
+        self.blocked = False
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._links: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> int:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self.port
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.blocked:
+            writer.close()
+            return
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.close()
+            return
+        self._links |= {writer, up_writer}
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (OSError, asyncio.CancelledError):
+                pass
+            finally:
+                dst.close()
+                self._links.discard(dst)
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    def cut(self) -> None:
+        for w in list(self._links):
+            with contextlib.suppress(Exception):
+                w.transport.abort()
+        self._links.clear()
+
+    def block(self) -> None:
+        self.blocked = True
+        self.cut()
+
+    def unblock(self) -> None:
+        self.blocked = False
+
+    async def close(self) -> None:
+        self.cut()
+        if self._server is not None:
+            self._server.close()
+
+
+def rewrite_port(url: str, port: int) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    auth = (
+        f"{parts.username}:{parts.password}@"
+        if parts.password
+        else (f"{parts.username}@" if parts.username else "")
+    )
+    return urlunsplit(parts._replace(netloc=f"{auth}127.0.0.1:{port}"))
+
+
+@dataclass
+class Report:
+    scenario: str
+    commands_sent: int = 0
+    commands_confirmed: int = 0
+    applied: int = 0
+    duplicated: int = 0
+    lost: int = 0
+    replies: int = 0
+    notifications_published: int = 0
+    notifications_received: int = 0
+    notifications_missing: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def line(self) -> str:
+        data = asdict(self)
+        extra = data.pop("extra")
+        return json.dumps({**data, **extra})
+
+
+REPORTS: list[Report] = []
+
+STEPS = ("create", "STARTED", "ping", "FINISHED")
+
+
+@dataclass
+class Ledger:
+    """Publishes each instance's four commands (create, STARTED, ping, FINISHED) and audits them."""
+
+    wire: Wire
+    report: Report
+    tokens: list[str] = field(default_factory=list)
+    confirmed: dict[str, str] = field(default_factory=dict)  # message_id -> correlation_id
+
+    def commands(self, token: str) -> list[tuple[str, dict[str, Any]]]:
+        return [
+            (
+                "create",
+                {"object_name": "2-POINT LINE TASK", "instance_token": token, "instance_timeout": 3600},
+            ),
+            ("set-status", {"instance_token": token, "status_name": "STARTED"}),
+            ("ping", {"instance_token": token, "message": "alive"}),
+            ("set-status", {"instance_token": token, "status_name": "FINISHED"}),
+        ]
+
+    async def publish(
+        self, routing_key: str, body: dict[str, Any], message_id: str | None = None, **props: Any
+    ) -> str:
+        message_id = message_id or uuid.uuid4().hex
+        self.report.commands_sent += 1
+        while True:
+            try:
+                correlation_id = await self.wire.send(routing_key, body, message_id=message_id, **props)
+                break
+            except (aio_pika.exceptions.AMQPError, ConnectionError) as e:  # pragma: no cover - direct link
+                raise AssertionError(f"test publisher failed: {e}") from e
+        self.confirmed[message_id] = correlation_id
+        self.report.commands_confirmed += 1
+        return message_id
+
+    async def run(self, instances: int, per_second: float | None = None) -> None:
+        """Publish `instances` x 4 commands back to back (optionally paced)."""
+        for _ in range(instances):
+            token = str(uuid.uuid4())
+            self.tokens.append(token)
+            for routing_key, body in self.commands(token):
+                await self.publish(routing_key, body)
+                if per_second:
+                    await asyncio.sleep(1 / per_second)
+
+    async def wait_replies(self, timeout: float) -> None:
+        for correlation_id in self.confirmed.values():
+            await self.wire.reply(correlation_id, timeout=timeout)
+        self.report.replies = sum(1 for c in self.confirmed.values() if c in self.wire.replies)
+
+    async def audit(self, db: asyncpg.Connection, *, notifications_timeout: float = 30) -> Report:
+        """Read the log: every confirmed command applied once, every notification received."""
+        rows = await db.fetch(
+            "SELECT instance_token, array_agg(kind ORDER BY seq) AS kinds,"
+            " array_agg(seq ORDER BY seq) AS seqs, array_agg(status_name ORDER BY seq) AS names"
+            " FROM events WHERE instance_token = ANY($1::uuid[]) GROUP BY instance_token",
+            [uuid.UUID(t) for t in self.tokens],
+        )
+        by_token = {str(r["instance_token"]): r for r in rows}
+        expected = ["created", "status", "ping", "status", "finished"]
+        applied = duplicated = lost = 0
+        for token in self.tokens:
+            row = by_token.get(token)
+            kinds = list(row["kinds"]) if row else []
+            counts = Counter(kinds)
+            assert row is None or list(row["seqs"]) == list(range(1, len(kinds) + 1)), f"seq gap in {token}"
+            effects = counts["created"] + counts["status"] + counts["ping"]
+            applied += min(effects, 4)
+            duplicated += (
+                max(0, counts["created"] - 1) + max(0, counts["status"] - 2) + max(0, counts["ping"] - 1)
+            )
+            lost += max(0, 1 - counts["created"]) + max(0, 2 - counts["status"]) + max(0, 1 - counts["ping"])
+            if row is not None and kinds != expected:
+                self.report.extra.setdefault("unexpected_logs", []).append({token: kinds})
+        self.report.applied, self.report.duplicated, self.report.lost = applied, duplicated, lost
+
+        published = await db.fetch(
+            "SELECT instance_token, seq FROM events WHERE kind IN ('status', 'finished')"
+            " AND instance_token = ANY($1::uuid[])",
+            [uuid.UUID(t) for t in self.tokens],
+        )
+        wanted = {(str(r["instance_token"]), r["seq"]) for r in published}
+        self.report.notifications_published = len(wanted)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + notifications_timeout
+        while True:
+            received = {
+                (t, json.loads(m.body)["seq"])
+                for t in self.tokens
+                for m in self.wire.notifications.get(t, [])
+            }
+            if wanted <= received or loop.time() > deadline:
+                break
+            await asyncio.sleep(0.2)
+        self.report.notifications_received = sum(len(self.wire.notifications.get(t, [])) for t in self.tokens)
+        self.report.notifications_missing = len(wanted - received)
+        REPORTS.append(self.report)
+        return self.report
