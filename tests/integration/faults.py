@@ -106,6 +106,7 @@ class Report:
 
     def line(self) -> str:
         data = asdict(self)
+        data.pop("scenario")
         extra = data.pop("extra")
         return json.dumps({**data, **extra})
 

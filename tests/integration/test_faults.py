@@ -1,0 +1,303 @@
+"""Fault injection against real RabbitMQ and Postgres, workers as subprocesses.
+
+Each scenario counts every command (sent, confirmed, applied, duplicated,
+lost) and every notification, and adds its counts to the report printed at
+the end of the test run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import time
+import uuid
+from datetime import datetime
+
+import asyncpg
+import pytest
+
+from statusek.app.pipeline import FAULT_HEADER
+from tests.integration.conftest import Cluster
+from tests.integration.faults import Ledger, Report, TcpProxy, rewrite_port
+
+pytestmark = pytest.mark.slow
+
+
+async def drained(cluster: Cluster, timeout: float = 60) -> dict[str, tuple[int, int]]:
+    """Wait until the command and query queues hold nothing, ready or unacked."""
+    deadline = time.monotonic() + timeout
+    while True:
+        depths = cluster.queue_depths()
+        busy = {
+            q: d for q, d in depths.items() if q in ("statusek.commands", "statusek.queries") and d != (0, 0)
+        }
+        if not busy or time.monotonic() > deadline:
+            return depths
+        await asyncio.sleep(0.5)
+
+
+async def test_republished_message_ids_apply_once(cluster: Cluster, cluster_db: asyncpg.Connection) -> None:
+    """10% of commands re-published 2-3 times to two replicas: events = distinct commands."""
+    cluster.start(2)
+    await cluster.wait_for_consumers(2)
+    ledger = Ledger(cluster.wire, Report("republished message_id x2-3, two replicas"))
+    republished = 0
+    for _ in range(500):
+        token = str(uuid.uuid4())
+        ledger.tokens.append(token)
+        for routing_key, body in ledger.commands(token):
+            message_id = await ledger.publish(routing_key, body)
+            if random.random() < 0.10:
+                for _ in range(random.choice((1, 2))):
+                    await ledger.publish(routing_key, body, message_id=message_id)
+                    republished += 1
+    await ledger.wait_replies(timeout=60)
+    report = await ledger.audit(cluster_db)
+    report.extra["republished"] = republished
+    distinct = await cluster_db.fetchval("SELECT count(*) FROM events WHERE kind <> 'finished'")
+    assert distinct == 2000
+    assert (report.applied, report.duplicated, report.lost, report.notifications_missing) == (2000, 0, 0, 0)
+
+
+async def test_sigkill_of_replicas_loses_and_doubles_nothing(
+    cluster: Cluster, cluster_db: asyncpg.Connection
+) -> None:
+    """2,000 commands while replicas are SIGKILLed 10 times: 0 lost, 0 duplicated, queues drained."""
+    cluster.start(2)
+    await cluster.wait_for_consumers(2)
+    ledger = Ledger(cluster.wire, Report("SIGKILL x10, two replicas"))
+    kills = 0
+
+    async def killer() -> None:
+        nonlocal kills
+        while kills < 10:
+            await asyncio.sleep(random.uniform(0.3, 0.9))
+            victim = random.choice(cluster.alive)
+            victim.send_signal(signal.SIGKILL)
+            kills += 1
+            cluster.start(1)
+
+    killing = asyncio.create_task(killer())
+    await ledger.run(500, per_second=400)
+    await killing
+    await ledger.wait_replies(timeout=120)
+    depths = await drained(cluster)
+    report = await ledger.audit(cluster_db)
+    report.extra.update(kills=kills, commands_queue=depths["statusek.commands"])
+    assert report.commands_confirmed == 2000
+    assert (report.applied, report.duplicated, report.lost, report.notifications_missing) == (2000, 0, 0, 0)
+    assert depths["statusek.commands"] == (0, 0) and depths["statusek.dead-letter"] == (0, 0)
+
+
+async def test_crash_between_commit_and_ack_is_answered_from_the_record(
+    cluster: Cluster, cluster_db: asyncpg.Connection
+) -> None:
+    """100 deliveries crash their worker after commit: redelivery adds no event, same reply."""
+    hooks = {"STATUSEK_FAULT_HOOKS": "true"}
+    cluster.start(3, **hooks)
+    await cluster.wait_for_consumers(3)
+    ledger = Ledger(cluster.wire, Report("crash between commit and ack x100"))
+    tokens = [str(uuid.uuid4()) for _ in range(100)]
+    for token in tokens:
+        reply = await cluster.wire.request(
+            "create",
+            {
+                "object_name": "2-POINT LINE TASK",
+                "instance_token": token,
+                "instance_timeout": 3600,
+                "heartbeat_timeout": 600,
+            },
+        )
+        assert reply["code"] == "SUCCESS"
+
+    async def supervise() -> None:
+        while True:
+            await asyncio.sleep(0.2)
+            missing = 3 - len(cluster.alive)
+            if missing > 0:
+                cluster.start(missing, **hooks)
+
+    supervisor = asyncio.create_task(supervise())
+    replies = {}
+    try:
+        for i, token in enumerate(tokens):
+            # Half pings (never idempotent by themselves), half statuses.
+            routing_key, body = (
+                ("ping", {"instance_token": token, "message": "crash me"})
+                if i % 2 == 0
+                else ("set-status", {"instance_token": token, "status_name": "STARTED"})
+            )
+            message_id = await ledger.publish(routing_key, body, headers={FAULT_HEADER: "crash-after-commit"})
+            replies[token] = (routing_key, await cluster.wire.reply(ledger.confirmed[message_id], timeout=60))
+    finally:
+        supervisor.cancel()
+    crashes = sum(1 for p in cluster.workers if p.returncode == 70)
+    rows = await cluster_db.fetch(
+        "SELECT instance_token, kind, occurred_at FROM events"
+        " WHERE instance_token = ANY($1::uuid[]) AND seq > 1",
+        [uuid.UUID(t) for t in tokens],
+    )
+    events: dict[str, list[asyncpg.Record]] = {}
+    for r in rows:
+        events.setdefault(str(r["instance_token"]), []).append(r)
+    for token, (routing_key, reply) in replies.items():
+        assert reply["code"] == "SUCCESS", reply
+        assert len(events[token]) == 1, events[token]
+        if routing_key == "ping":
+            # The stored reply: the deadline computed when the one ping event was written.
+            deadline = events[token][0]["occurred_at"].timestamp() + 600
+            assert datetime.fromisoformat(reply["data"]["deadline"]).timestamp() == pytest.approx(
+                deadline, abs=1e-3
+            )
+    ledger.report.applied = len(rows)
+    ledger.report.duplicated = len(rows) - len(tokens)
+    ledger.report.replies = len(replies)
+    ledger.report.extra["crashes"] = crashes
+    from tests.integration.faults import REPORTS
+
+    REPORTS.append(ledger.report)
+    assert crashes == 100
+    assert len(rows) == 100
+
+
+async def test_sigterm_under_load_drains_in_time(cluster: Cluster, cluster_db: asyncpg.Connection) -> None:
+    """SIGTERM mid-load: the worker exits within 10 s, nothing lost, nothing redelivered."""
+    first = cluster.start(1)[0]
+    await cluster.wait_for_consumers(1)
+    cluster.start(1)
+    await cluster.wait_for_consumers(2)
+    ledger = Ledger(cluster.wire, Report("SIGTERM under load"))
+    loading = asyncio.create_task(ledger.run(400, per_second=500))
+    await asyncio.sleep(1.5)
+    first.send_signal(signal.SIGTERM)
+    signalled = time.monotonic()
+    await asyncio.to_thread(first.wait, 15)
+    drain_seconds = time.monotonic() - signalled
+    await loading
+    await ledger.wait_replies(timeout=60)
+    depths = await drained(cluster)
+    report = await ledger.audit(cluster_db)
+    lines = cluster.log_lines()
+    redelivered = sum(1 for line in lines if line.get("event") == "command" and line.get("redelivered"))
+    report.extra.update(
+        drain_seconds=round(drain_seconds, 2), exit_code=first.returncode, redelivered=redelivered
+    )
+    assert first.returncode == 0 and drain_seconds < 10
+    assert (report.applied, report.duplicated, report.lost) == (1600, 0, 0)
+    assert depths["statusek.commands"] == (0, 0)
+
+
+async def test_hostile_payloads_are_dead_lettered_with_flat_memory(
+    cluster: Cluster, cluster_db: asyncpg.Connection
+) -> None:
+    """10,000 hostile bodies: each dead-lettered, no event, worker memory flat."""
+    worker = cluster.start(1)[0]
+    await cluster.wait_for_consumers(1)
+    token = str(uuid.uuid4())
+    payloads = [
+        b"[" * 10_000 + b"]" * 10_000,
+        b'{"instance_token": "' + token.encode() + b'", "code": ' + b"9" * 5_000 + b"}",
+        b'{"object_name": "' + b"x" * 60_000 + b'"}',
+        b'{"object_name": "A", "labels": {' + b",".join(b'"k%d": "v"' % i for i in range(40)) + b"}}",
+    ]
+    huge = b'{"object_name": "' + b"x" * 1_000_000 + b'"}'
+    keys = ["create", "ping", "create", "create"]
+
+    def rss_kib() -> int:
+        with open(f"/proc/{worker.pid}/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+    async def send(count: int) -> None:
+        for i in range(count):
+            if i % 100 == 0:
+                await cluster.wire.send("create", huge, reply=False)
+            else:
+                await cluster.wire.send(keys[i % 4], payloads[i % 4], reply=False)
+
+    await send(1_000)
+    await drained(cluster)
+    before = rss_kib()
+    await send(9_000)
+    depths = await drained(cluster, timeout=120)
+    after = rss_kib()
+    events = await cluster_db.fetchval("SELECT count(*) FROM events")
+    report = Report("hostile payloads x10,000")
+    report.commands_sent = report.commands_confirmed = 10_000
+    report.extra.update(
+        dead_lettered=depths["statusek.dead-letter"][0],
+        events=events,
+        rss_kib_after_1k=before,
+        rss_kib_after_10k=after,
+    )
+    from tests.integration.faults import REPORTS
+
+    REPORTS.append(report)
+    assert depths["statusek.dead-letter"][0] == 10_000
+    assert events == 0
+    assert after - before < 20 * 1024, f"worker grew by {after - before} KiB"
+
+
+async def test_postgres_outages_under_load(cluster: Cluster, cluster_db: asyncpg.Connection) -> None:
+    """Postgres unreachable for 20 s three times: nothing dead-lettered, all applied within 10 s."""
+    db_url = cluster.env["STATUSEK_DATABASE_URL"]
+    proxy = TcpProxy("127.0.0.1", int(os.environ.get("STATUSEK_TEST_PG_PORT", "5432")))
+    port = await proxy.start()
+    cluster.start(1, STATUSEK_DATABASE_URL=rewrite_port(db_url, port), STATUSEK_RETRY_BACKOFF_MAX="1")
+    await cluster.wait_for_consumers(1)
+    ledger = Ledger(cluster.wire, Report("postgres down 20 s x3"))
+    loading = asyncio.create_task(ledger.run(450, per_second=25))
+    recoveries = []
+    try:
+        for _ in range(3):
+            await asyncio.sleep(3)
+            proxy.block()
+            await asyncio.sleep(20)
+            proxy.unblock()
+            recovered = time.monotonic()
+            pending = list(ledger.confirmed.values())
+            for correlation_id in pending:
+                await cluster.wire.reply(correlation_id, timeout=30)
+            recoveries.append(round(time.monotonic() - recovered, 2))
+        await loading
+        await ledger.wait_replies(timeout=60)
+    finally:
+        await proxy.close()
+    depths = await drained(cluster)
+    report = await ledger.audit(cluster_db)
+    report.extra.update(applied_after_recovery_s=recoveries, dead_lettered=depths["statusek.dead-letter"][0])
+    assert depths["statusek.dead-letter"] == (0, 0)
+    assert all(r < 10 for r in recoveries), recoveries
+    assert (report.duplicated, report.lost, report.notifications_missing) == (0, 0, 0)
+
+
+async def test_broker_link_cut_under_load(cluster: Cluster, cluster_db: asyncpg.Connection) -> None:
+    """The worker's broker connection is cut twice: consumers resume, nothing lost, no seq missing."""
+    amqp_url = cluster.env["STATUSEK_AMQP_URL"]
+    proxy = TcpProxy("127.0.0.1", int(os.environ.get("STATUSEK_TEST_AMQP_PORT", "5672")))
+    port = await proxy.start()
+    cluster.start(1, STATUSEK_AMQP_URL=rewrite_port(amqp_url, port))
+    await cluster.wait_for_consumers(1)
+    ledger = Ledger(cluster.wire, Report("broker link cut x2"))
+    loading = asyncio.create_task(ledger.run(400, per_second=150))
+    resumed = []
+    try:
+        for _ in range(2):
+            await asyncio.sleep(2)
+            proxy.block()
+            await asyncio.sleep(3)
+            proxy.unblock()
+            unblocked = time.monotonic()
+            await cluster.wait_for_consumers(1, timeout=30)
+            resumed.append(round(time.monotonic() - unblocked, 2))
+        await loading
+        await ledger.wait_replies(timeout=60)
+    finally:
+        await proxy.close()
+    depths = await drained(cluster)
+    report = await ledger.audit(cluster_db)
+    report.extra["consumers_resumed_after_s"] = resumed
+    assert all(r < 15 for r in resumed), resumed
+    assert (report.duplicated, report.lost, report.notifications_missing) == (0, 0, 0)
+    assert depths["statusek.commands"] == (0, 0)
