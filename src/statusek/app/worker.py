@@ -13,7 +13,7 @@ import structlog
 from statusek.adapters.model_files import load_models
 from statusek.adapters.postgres.migrate import migrate
 from statusek.adapters.postgres.store import DEADLINE_CHANNEL, OUTBOX_CHANNEL, Store
-from statusek.adapters.rabbitmq.broker import Broker, Names
+from statusek.adapters.rabbitmq.broker import Broker, Consumer, Names
 from statusek.app.pipeline import Backoff, CommandPipeline
 from statusek.app.queries import QueryHandler
 from statusek.app.relay import OutboxRelay
@@ -32,6 +32,8 @@ class Worker:
         self.names = names or Names()
         self._stop = asyncio.Event()
         self.started = asyncio.Event()
+        self._commands_consumer: Consumer | None = None
+        self._queries_consumer: Consumer | None = None
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -48,11 +50,8 @@ class Worker:
         try:
             versions = await store.sync_models(models)
             log.info("models loaded", models=versions)
-            broker = await _until_available(
-                "rabbitmq", lambda: Broker.connect(s.amqp_url, self.names), s.retry_backoff_max
-            )
+            broker = Broker(s.amqp_url, self.names)
             try:
-                await broker.declare()
                 await self._serve(store, broker)
             finally:
                 await broker.close()
@@ -107,19 +106,20 @@ class Worker:
             ),
             asyncio.create_task(self._housekeeping(store), name="housekeeping"),
         ]
-        commands = await broker.consume(self.names.commands, s.prefetch, pipeline.on_message)
-        queries_consumer = await broker.consume(self.names.queries, s.query_concurrency, queries.on_message)
-        log.info("worker started", commands=self.names.commands, queries=self.names.queries)
-        self.started.set()
+        consuming = asyncio.create_task(self._consume(broker, pipeline, queries), name="consumer")
         stop_wait = asyncio.create_task(self._stop.wait())
-        done, _ = await asyncio.wait([stop_wait, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait([stop_wait, consuming, *tasks], return_when=asyncio.FIRST_COMPLETED)
         for task in done:
             if task is not stop_wait and task.exception():
                 log.error("component crashed", component=task.get_name(), exc_info=task.exception())
         log.info("stopping: finishing in-flight work")
         # arq-style drain: take nothing new, finish what is in progress, then close.
-        with contextlib.suppress(Exception):
-            await queries_consumer.cancel()
+        consuming.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await consuming
+        if self._queries_consumer is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._queries_consumer.cancel(), 2)
         pipeline.stop()
         sweeper.stop()
         try:
@@ -130,8 +130,9 @@ class Worker:
             log.warning("shutdown timeout: unfinished deliveries go back to the queue")
         # Held but unprocessed commands return to the head of the queue, in order,
         # before the next active consumer takes over (see CommandPipeline.stop).
-        with contextlib.suppress(Exception):
-            await commands.close()
+        if self._commands_consumer is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._commands_consumer.close(), 2)
         relay.stop()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(relay.flush(), timeout=max(1.0, s.shutdown_timeout / 2))
@@ -141,6 +142,30 @@ class Worker:
         log.info(
             "worker stopped", applied=pipeline.applied, swept=sweeper.finished, published=relay.published
         )
+
+    async def _consume(self, broker: Broker, pipeline: CommandPipeline, queries: QueryHandler) -> None:
+        """Connect, declare, consume; when the connection drops, do it all again."""
+        s = self.settings
+        backoff = Backoff(s.retry_backoff_max, first=0.2)
+        while True:
+            try:
+                await broker.open()
+                await broker.declare()
+                self._commands_consumer = await broker.consume(
+                    self.names.commands, s.prefetch, pipeline.on_message
+                )
+                self._queries_consumer = await broker.consume(
+                    self.names.queries, s.query_concurrency, queries.on_message
+                )
+            except TransientError as e:
+                log.warning("waiting for rabbitmq", error=str(e))
+                await backoff.wait()
+                continue
+            backoff.reset()
+            log.info("consuming", commands=self.names.commands, queries=self.names.queries)
+            self.started.set()
+            await broker.closed()
+            log.warning("rabbitmq connection lost; reconnecting")
 
     async def _housekeeping(self, store: Store) -> None:
         """Expire idempotency records older than the window, now and then."""

@@ -6,6 +6,7 @@ aio-pika and aiormq errors are translated to `BrokerUnavailable` here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -17,11 +18,12 @@ import aiormq
 import structlog
 from aio_pika.abc import (
     AbstractChannel,
+    AbstractConnection,
     AbstractExchange,
     AbstractIncomingMessage,
     AbstractQueue,
-    AbstractRobustConnection,
 )
+from pamqp.common import FieldTable
 
 from statusek.core.errors import BrokerUnavailable
 from statusek.core.messages import COMMANDS, QUERIES, Reply
@@ -45,6 +47,11 @@ async def translated() -> AsyncIterator[None]:
         yield
     except _BROKER_ERRORS as e:
         raise BrokerUnavailable(f"rabbitmq unavailable: {type(e).__name__}: {e}") from e
+
+
+# One active consumer at a time keeps commands in publish order across
+# replicas; the others stand by (README, "Ordering").
+COMMANDS_QUEUE_ARGUMENTS: FieldTable = {"x-queue-type": "quorum", "x-single-active-consumer": True}
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,40 +84,76 @@ class Consumer:
 
 
 class Broker:
-    """One robust connection; a confirming channel for output, one per consumer."""
+    """A plain connection that the worker reopens itself, and its channels.
 
-    def __init__(self, connection: AbstractRobustConnection, names: Names):
-        self.connection = connection
+    Reconnection is ours rather than aio-pika's RobustConnection: each attempt
+    has a timeout, consumers are registered anew on every connection, and
+    deliveries of a dead connection are recognised as stale (never acked on
+    a new channel). RobustConnection could stall for minutes after an attempt
+    that the peer closed during the handshake.
+    """
+
+    def __init__(self, url: str, names: Names, *, name: str = "statusek", connect_timeout: float = 10):
+        self.url = url
         self.names = names
+        self._name = name
+        self._connect_timeout = connect_timeout
+        self.connection: AbstractConnection | None = None
+        self._lost = asyncio.Event()
         self._out: AbstractChannel | None = None
         self._events: AbstractExchange | None = None
 
     @classmethod
     async def connect(cls, url: str, names: Names, *, name: str = "statusek") -> Broker:
+        broker = cls(url, names, name=name)
+        await broker.open()
+        return broker
+
+    async def open(self) -> None:
+        """(Re)connect; the previous connection, if any, is dropped."""
+        await self.close()
         async with translated():
-            connection = await aio_pika.connect_robust(url, client_properties={"connection_name": name})
-        return cls(connection, names)
+            connection = await asyncio.wait_for(
+                aio_pika.connect(self.url, client_properties={"connection_name": self._name}),
+                self._connect_timeout,
+            )
+        # aio-pika's closed() only resolves on an explicit close; a lost link
+        # shows up as a close callback.
+        lost = asyncio.Event()
+        connection.close_callbacks.add(lambda *_: lost.set())
+        self.connection, self._lost = connection, lost
+        self._out = None
+        self._events = None
+
+    @property
+    def is_open(self) -> bool:
+        return self.connection is not None and not self._lost.is_set() and not self.connection.is_closed
+
+    async def closed(self) -> None:
+        """Return when the current connection is lost or closed."""
+        await self._lost.wait()
 
     async def close(self) -> None:
-        async with translated():
-            await self.connection.close()
+        self._lost.set()
+        connection, self.connection = self.connection, None
+        if connection is not None and not connection.is_closed:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(connection.close(), self._connect_timeout)
 
     async def declare(self) -> None:
         """Declare the whole topology; idempotent, so every replica does it at start."""
         n = self.names
         async with translated():
-            channel = await self.connection.channel()
+            channel = await self._require().channel()
             try:
                 for exchange, queue, keys, arguments in (
                     (
                         n.commands,
                         n.commands,
                         COMMANDS,
-                        # One active consumer at a time keeps commands in publish
-                        # order across replicas; the others stand by (README).
-                        {"x-queue-type": "quorum", "x-single-active-consumer": True},
+                        COMMANDS_QUEUE_ARGUMENTS,
                     ),
-                    (n.queries, n.queries, QUERIES, {}),
+                    (n.queries, n.queries, QUERIES, None),
                 ):
                     # Unknown routing keys would be dropped by a direct exchange;
                     # the alternate exchange brings them to the worker to dead-letter.
@@ -133,10 +176,15 @@ class Broker:
             finally:
                 await channel.close()
 
+    def _require(self) -> AbstractConnection:
+        if self.connection is None or not self.is_open:
+            raise BrokerUnavailable("rabbitmq unavailable: not connected")
+        return self.connection
+
     async def output(self) -> AbstractChannel:
         if self._out is None or self._out.is_closed:
             async with translated():
-                self._out = await self.connection.channel(publisher_confirms=True)
+                self._out = await self._require().channel(publisher_confirms=True)
                 self._events = await self._out.get_exchange(self.names.events, ensure=False)
         return self._out
 
@@ -147,7 +195,7 @@ class Broker:
         on_message: Callable[[AbstractIncomingMessage], Awaitable[None]],
     ) -> Consumer:
         async with translated():
-            channel = await self.connection.channel()
+            channel = await self._require().channel()
             await channel.set_qos(prefetch_count=prefetch)
             queue = await channel.get_queue(queue_name, ensure=False)
             tag = await queue.consume(on_message)
