@@ -133,7 +133,7 @@ async def test_crash_between_commit_and_ack_is_answered_from_the_record(
             replies[token] = (routing_key, await cluster.wire.reply(ledger.confirmed[message_id], timeout=60))
     finally:
         supervisor.cancel()
-    crashes = sum(1 for p in cluster.workers if p.returncode == 70)
+    crashes = sum(1 for p in cluster.workers if p.poll() == 70)
     rows = await cluster_db.fetch(
         "SELECT instance_token, kind, occurred_at FROM events"
         " WHERE instance_token = ANY($1::uuid[]) AND seq > 1",
