@@ -138,3 +138,24 @@ async def test_models_check_reports_errors(env: dict[str, str], tmp_path: object
     result = await statusek(env, "models", "check", str(bad))
     assert result.returncode == 1
     assert f"{bad}: model 'X': statuses[0].after: unknown status 'B'" in result.stdout
+
+
+async def test_invalid_setting_names_the_variable(env: dict[str, str]) -> None:
+    """A bad setting stops the command with a message naming the variable."""
+    result = await statusek({**env, "STATUSEK_WINDOW": "0"}, "models", "check")
+    assert result.returncode == 1
+    assert "STATUSEK_WINDOW" in result.stderr
+
+
+async def test_worker_refuses_invalid_models(env: dict[str, str], tmp_path: object) -> None:
+    """The worker does not start on a broken model file, and says which."""
+    from pathlib import Path
+
+    bad = Path(str(tmp_path)) / "cyclic.yaml"
+    bad.write_text(
+        "object_name: C\nstatuses:\n  - {name: A, type: MANDATORY, after: [B]}\n"
+        "  - {name: B, type: MANDATORY, after: [A]}\n"
+    )
+    result = await statusek({**env, "STATUSEK_MODELS_PATH": str(bad)}, "worker", timeout=60)
+    assert result.returncode == 1
+    assert "cycle" in result.stderr and str(bad) in result.stderr

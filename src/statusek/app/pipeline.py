@@ -29,7 +29,7 @@ from statusek.app import settle
 from statusek.core.decide import Policy, decide
 from statusek.core.errors import InvalidMessage, StoreFailure, TransientError
 from statusek.core.instance import Event, InstanceState
-from statusek.core.messages import COMMANDS, Create, Reply
+from statusek.core.messages import COMMANDS, Cancel, Create, Ping, Reply, SetStatus
 from statusek.core.model import StatusModel
 from statusek.core.views import Notification, notification_for
 
@@ -281,8 +281,8 @@ class _Window:
                 outcomes.append(Outcome(delivery, env, reply, duplicate=True))
                 continue
             command = env.body
-            assert isinstance(command, Create) or hasattr(command, "instance_token")
-            token = getattr(command, "instance_token", None)
+            assert isinstance(command, Create | SetStatus | Ping | Cancel)  # parse() used COMMANDS
+            token = command.instance_token
             state = self.states.get(token) if token else None
             if isinstance(command, Create):
                 models = latest
@@ -291,7 +291,7 @@ class _Window:
                 models = {state.object_name: self.models[key]}
             else:
                 models = {}
-            decision = decide(command, state, models, now, new_token=uuid.uuid4(), policy=self.policy)  # type: ignore[arg-type]
+            decision = decide(command, state, models, now, new_token=uuid.uuid4(), policy=self.policy)
             if decision.events and decision.state is not None:
                 new = decision.state
                 self.states[new.token] = new

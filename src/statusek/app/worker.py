@@ -21,7 +21,6 @@ from statusek.app.settings import Settings
 from statusek.app.sweeper import Sweeper
 from statusek.core.decide import Policy
 from statusek.core.errors import TransientError
-from statusek.core.model import ModelError
 
 log = structlog.get_logger(__name__)
 
@@ -41,8 +40,10 @@ class Worker:
     async def run(self) -> None:
         s = self.settings
         models, errors = load_models(s.model_paths())
+        for error in errors:
+            log.error("invalid model", error=str(error))
         if errors:
-            raise ModelError(errors[0].source, errors[0].object_name, errors[0].field_path, errors[0].problem)
+            raise errors[0]
         await _until_available("postgres", lambda: migrate(s.database_url), s.retry_backoff_max)
         store = await _until_available(
             "postgres", lambda: Store.open(s.database_url, max_size=s.db_pool_size), s.retry_backoff_max
