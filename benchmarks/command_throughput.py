@@ -14,25 +14,33 @@ import argparse
 import asyncio
 import json
 import os
-import secrets
 import statistics
 import subprocess
 import sys
 import time
 import uuid
-from urllib.parse import quote, urlsplit, urlunsplit
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import aio_pika
-import asyncpg
 
-from statusek.adapters.postgres.migrate import migrate
+from statusek.testing import fresh_database, fresh_vhost
 
 AMQP = os.environ.get("STATUSEK_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 PG = os.environ.get("STATUSEK_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
-def rabbitmqctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True)
+@contextmanager
+def workers(env: dict[str, str], count: int) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """`count` worker processes, stopped with SIGTERM afterwards."""
+    procs = [subprocess.Popen([sys.executable, "-m", "statusek", "worker"], env=env) for _ in range(count)]
+    try:
+        yield procs
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(timeout=30)
 
 
 async def wait_for_worker(url: str) -> None:
@@ -135,37 +143,18 @@ async def main() -> None:
     parser.add_argument("--instances", type=int, default=5000)
     parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args()
-    name = f"statusek_bench_{secrets.token_hex(4)}"
-    db_url = urlunsplit(urlsplit(PG)._replace(path="/" + name))
-    vhost = f"statusek-bench-{secrets.token_hex(4)}"
-    rabbitmqctl("add_vhost", vhost)
-    rabbitmqctl("set_permissions", "-p", vhost, urlsplit(AMQP).username or "guest", ".*", ".*", ".*")
-    url = urlunsplit(urlsplit(AMQP)._replace(path="/" + quote(vhost, safe="")))
-    env = {
-        **os.environ,
-        "STATUSEK_DATABASE_URL": db_url,
-        "STATUSEK_AMQP_URL": url,
-        "STATUSEK_LOG_LEVEL": "WARNING",
-    }
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        await migrate(db_url)
-        procs = [
-            subprocess.Popen([sys.executable, "-m", "statusek", "worker"], env=env)
-            for _ in range(args.workers)
-        ]
-        await wait_for_worker(url)
-        await asyncio.sleep(1)
-        await drive(url, args.instances)
-    finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.wait(timeout=30)
-        conn = await asyncpg.connect(PG)
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await conn.close()
-        rabbitmqctl("delete_vhost", vhost)
+    with fresh_vhost(AMQP, prefix="statusek-bench") as amqp_url:
+        async with fresh_database(PG, prefix="statusek_bench") as db_url:
+            env = {
+                **os.environ,
+                "STATUSEK_DATABASE_URL": db_url,
+                "STATUSEK_AMQP_URL": amqp_url,
+                "STATUSEK_LOG_LEVEL": "WARNING",
+            }
+            with workers(env, args.workers):
+                await wait_for_worker(amqp_url)
+                await asyncio.sleep(1)
+                await drive(amqp_url, args.instances)
 
 
 if __name__ == "__main__":

@@ -15,26 +15,35 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import secrets
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from urllib.parse import quote, urlsplit, urlunsplit
 
 import asyncpg
 
 from statusek.adapters.model_files import load_models
-from statusek.adapters.postgres.migrate import migrate
 from statusek.adapters.postgres.store import Store
+from statusek.testing import fresh_database, fresh_vhost
 
 ROOT = Path(__file__).resolve().parents[1]
 AMQP = os.environ.get("STATUSEK_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 PG = os.environ.get("STATUSEK_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
-def rabbitmqctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True)
+@contextmanager
+def workers(env: dict[str, str], count: int) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """`count` worker processes, stopped with SIGTERM afterwards."""
+    procs = [subprocess.Popen([sys.executable, "-m", "statusek", "worker"], env=env) for _ in range(count)]
+    try:
+        yield procs
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(timeout=30)
 
 
 async def seed(db_url: str, count: int) -> None:
@@ -105,38 +114,19 @@ async def main() -> None:
     parser.add_argument("--workers", type=int, default=3)
     args = parser.parse_args()
 
-    name = f"statusek_bench_{secrets.token_hex(4)}"
-    db_url = urlunsplit(urlsplit(PG)._replace(path="/" + name))
-    vhost = f"statusek-bench-{secrets.token_hex(4)}"
-    rabbitmqctl("add_vhost", vhost)
-    rabbitmqctl("set_permissions", "-p", vhost, urlsplit(AMQP).username or "guest", ".*", ".*", ".*")
-    amqp_url = urlunsplit(urlsplit(AMQP)._replace(path="/" + quote(vhost, safe="")))
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        await migrate(db_url)
-        await seed(db_url, args.instances)
-        env = {
-            **os.environ,
-            "STATUSEK_DATABASE_URL": db_url,
-            "STATUSEK_AMQP_URL": amqp_url,
-            "STATUSEK_LOG_LEVEL": "WARNING",
-        }
-        started = time.perf_counter()
-        procs = [
-            subprocess.Popen([sys.executable, "-m", "statusek", "worker"], env=env)
-            for _ in range(args.workers)
-        ]
-        print(f"started {args.workers} workers", flush=True)
-        await watch(db_url, args.instances, started)
-    finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.wait(timeout=30)
-        conn = await asyncpg.connect(PG)
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await conn.close()
-        rabbitmqctl("delete_vhost", vhost)
+    with fresh_vhost(AMQP, prefix="statusek-bench") as amqp_url:
+        async with fresh_database(PG, prefix="statusek_bench") as db_url:
+            await seed(db_url, args.instances)
+            env = {
+                **os.environ,
+                "STATUSEK_DATABASE_URL": db_url,
+                "STATUSEK_AMQP_URL": amqp_url,
+                "STATUSEK_LOG_LEVEL": "WARNING",
+            }
+            started = time.perf_counter()
+            with workers(env, args.workers):
+                print(f"started {args.workers} workers", flush=True)
+                await watch(db_url, args.instances, started)
 
 
 if __name__ == "__main__":

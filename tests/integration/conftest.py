@@ -14,7 +14,8 @@ import pytest
 from statusek.adapters.rabbitmq.broker import Broker, Names
 from statusek.app.settings import Settings
 from statusek.app.worker import Worker
-from tests.conftest import fresh_database, fresh_vhost
+from statusek.testing import fresh_database, fresh_vhost
+from tests.conftest import AMQP_URL, DATABASE_URL
 from tests.integration.wire import Wire
 
 pytestmark = pytest.mark.integration
@@ -142,8 +143,8 @@ class Cluster:
 @pytest.fixture
 async def cluster(worker_env: dict[str, str], tmp_path: Path) -> AsyncIterator[Cluster]:
     """A vhost and a database of their own; the test starts the workers it needs."""
-    async with fresh_database() as db_url:
-        with fresh_vhost() as url:
+    async with fresh_database(DATABASE_URL) as db_url:
+        with fresh_vhost(AMQP_URL) as url:
             broker = await Broker.connect(url, Names())
             try:
                 await broker.declare()

@@ -24,7 +24,7 @@ from aio_pika.abc import AbstractIncomingMessage
 
 from statusek.adapters.postgres.store import Store, Transaction
 from statusek.adapters.rabbitmq.broker import Broker
-from statusek.adapters.rabbitmq.parser import Envelope, parse
+from statusek.adapters.rabbitmq.parser import Envelope, parse_delivery
 from statusek.app import settle
 from statusek.core.decide import Policy, decide
 from statusek.core.errors import InvalidMessage, StoreFailure, TransientError
@@ -129,7 +129,7 @@ class CommandPipeline:
         invalid: list[tuple[AbstractIncomingMessage, InvalidMessage]] = []
         for d in deliveries:
             try:
-                valid.append((d, self._parse(d)))
+                valid.append((d, parse_delivery(d, COMMANDS, self._max_body)))
             except InvalidMessage as e:
                 invalid.append((d, e))
         outcomes, failed = await self._apply_with_retry(valid)
@@ -170,18 +170,6 @@ class CommandPipeline:
                 reason=error.reason,
                 detail=error.detail,
             )
-
-    def _parse(self, d: AbstractIncomingMessage) -> Envelope:
-        return parse(
-            routing_key=d.routing_key,
-            type_property=d.type,
-            body=d.body,
-            message_id=d.message_id,
-            reply_to=d.reply_to,
-            correlation_id=d.correlation_id,
-            table=COMMANDS,
-            max_body_bytes=self._max_body,
-        )
 
     async def _apply_with_retry(
         self, valid: list[tuple[AbstractIncomingMessage, Envelope]]

@@ -10,7 +10,7 @@ from aio_pika.abc import AbstractIncomingMessage
 
 from statusek.adapters.postgres.store import Store
 from statusek.adapters.rabbitmq.broker import Broker
-from statusek.adapters.rabbitmq.parser import parse
+from statusek.adapters.rabbitmq.parser import parse_delivery
 from statusek.app import settle
 from statusek.core.errors import InvalidMessage, StoreFailure, TransientError
 from statusek.core.messages import QUERIES, InstanceQuery, StatusQuery
@@ -44,16 +44,7 @@ class QueryHandler:
         started = time.perf_counter()
         structlog.contextvars.bind_contextvars(message_id=delivery.message_id)
         try:
-            envelope = parse(
-                routing_key=delivery.routing_key,
-                type_property=delivery.type,
-                body=delivery.body,
-                message_id=delivery.message_id,
-                reply_to=delivery.reply_to,
-                correlation_id=delivery.correlation_id,
-                table=QUERIES,
-                max_body_bytes=self._max_body,
-            )
+            envelope = parse_delivery(delivery, QUERIES, self._max_body)
             query = envelope.body
             assert isinstance(query, StatusQuery | InstanceQuery)
             structlog.contextvars.bind_contextvars(instance_token=str(query.instance_token))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from aio_pika.abc import AbstractIncomingMessage
 from pydantic import BaseModel, ConfigDict, SerializeAsAny, ValidationError
 
 from statusek.core.errors import InvalidMessage
@@ -68,3 +69,19 @@ def _invalid(kind: str, error: ValidationError) -> InvalidMessage:
     )
     more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
     return InvalidMessage("schema-violation", f"{kind}: {details}{more}")
+
+
+def parse_delivery(
+    delivery: AbstractIncomingMessage, table: dict[str, type[WireMessage]], max_body_bytes: int
+) -> Envelope:
+    """`parse` applied to an aio-pika delivery."""
+    return parse(
+        routing_key=delivery.routing_key,
+        type_property=delivery.type,
+        body=delivery.body,
+        message_id=delivery.message_id,
+        reply_to=delivery.reply_to,
+        correlation_id=delivery.correlation_id,
+        table=table,
+        max_body_bytes=max_body_bytes,
+    )
