@@ -1,15 +1,17 @@
 """The outbox relay: publishes committed notifications with confirms, oldest first.
 
 Rows leave the outbox only after the broker confirmed them, so a crash
-re-sends (same `message_id`) rather than loses. One relay sends at a time
-across replicas (an advisory lock), which keeps each instance's
-notifications in commit order.
+re-sends (same `message_id`) rather than loses. Outbox rows are
+partitioned by instance; one relay at a time sends a partition (an advisory
+lock), which keeps each instance's notifications in commit order while the
+relays of several replicas work in parallel.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 
 import structlog
 
@@ -17,6 +19,7 @@ from statusek.adapters.postgres.store import Store
 from statusek.adapters.rabbitmq.broker import Broker
 from statusek.app.pipeline import Backoff
 from statusek.core.errors import StoreFailure, TransientError
+from statusek.core.views import OUTBOX_PARTITIONS
 
 log = structlog.get_logger(__name__)
 
@@ -59,10 +62,18 @@ class OutboxRelay:
                 await backoff.wait()
 
     async def flush(self) -> bool:
-        """Publish until the outbox is empty; False if another relay holds the lock."""
+        """Publish until every partition is empty; False if another relay held one of them."""
+        complete = True
+        # Start at a random partition so replicas spread over partitions.
+        start = random.randrange(OUTBOX_PARTITIONS)
+        for i in range(OUTBOX_PARTITIONS):
+            complete &= await self._flush_partition((start + i) % OUTBOX_PARTITIONS)
+        return complete
+
+    async def _flush_partition(self, partition: int) -> bool:
         while True:
             async with self._store.transaction() as tx:
-                rows = await tx.take_outbox(self._batch)
+                rows = await tx.take_outbox(partition, self._batch)
                 if rows is None:
                     return False
                 if not rows:

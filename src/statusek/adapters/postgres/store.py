@@ -218,10 +218,10 @@ class Transaction:
                 )
             if notifications:
                 await self._conn.executemany(
-                    "INSERT INTO outbox (message_id, type, instance_token, body, headers)"
-                    " VALUES ($1, $2, $3, $4, $5)",
+                    "INSERT INTO outbox (message_id, type, instance_token, body, headers, partition)"
+                    " VALUES ($1, $2, $3, $4, $5, $6)",
                     [
-                        (n.message_id, n.type, UUID(n.instance_token), n.body, n.headers)
+                        (n.message_id, n.type, UUID(n.instance_token), n.body, n.headers, n.partition)
                         for n in notifications
                     ],
                 )
@@ -238,17 +238,22 @@ class Transaction:
         async with translated():
             await self._conn.execute("SELECT pg_notify($1, $2)", DEADLINE_CHANNEL, deadline.isoformat())
 
-    async def take_outbox(self, limit: int) -> list[OutboxRow] | None:
-        """The oldest unsent notifications, or None if another relay is sending.
+    async def take_outbox(self, partition: int, limit: int) -> list[OutboxRow] | None:
+        """The oldest unsent notifications of a partition, or None if another relay has it.
 
-        One relay at a time (a transaction-scoped advisory lock) is what keeps
-        an instance's notifications in order across replicas.
+        One relay per partition at a time (a transaction-scoped advisory
+        lock), and an instance's rows all in one partition: that is what
+        keeps an instance's notifications in order across replicas.
         """
         async with translated():
-            if not await self._conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", RELAY_LOCK):
+            if not await self._conn.fetchval(
+                "SELECT pg_try_advisory_xact_lock($1, $2)", RELAY_LOCK, partition
+            ):
                 return None
             rows = await self._conn.fetch(
-                "SELECT id, message_id, type, instance_token, body, headers FROM outbox ORDER BY id LIMIT $1",
+                "SELECT id, message_id, type, instance_token, body, headers FROM outbox"
+                " WHERE partition = $1 ORDER BY id LIMIT $2",
+                partition,
                 limit,
             )
         return [
@@ -270,7 +275,7 @@ class Transaction:
             await self._conn.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", list(ids))
 
 
-RELAY_LOCK = 0x5354_4154_5553_4F42  # arbitrary, shared by every replica's relay
+RELAY_LOCK = 0x5354_4F42  # arbitrary int4, shared by every replica's relay
 
 
 class Store:
