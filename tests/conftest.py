@@ -54,10 +54,10 @@ def worker_env(amqp_url: str, database_url: str, models_path: str) -> dict[str, 
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """Print the counts of every fault-injection scenario that ran."""
+    """Print the counts of every fault-injection and deadline scenario that ran."""
     from tests.integration.faults import REPORTS
 
     if REPORTS:
-        terminalreporter.section("fault injection report")
+        terminalreporter.section("fault injection and deadline report")
         for report in REPORTS:
             terminalreporter.write_line(f"{report.scenario}: {report.line()}")

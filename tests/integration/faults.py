@@ -107,6 +107,8 @@ class Report:
         data = asdict(self)
         data.pop("scenario")
         extra = data.pop("extra")
+        if not self.commands_sent:
+            data = {}  # a scenario about something else than commands
         return json.dumps({**data, **extra})
 
 

@@ -14,6 +14,7 @@ import asyncpg
 import pytest
 
 from tests.integration.conftest import Cluster
+from tests.integration.faults import REPORTS, Report
 from tests.integration.test_commands import create
 from tests.integration.wire import Wire
 
@@ -104,6 +105,12 @@ async def test_two_thousand_deadlines_in_one_second_with_three_workers(
     for t in tokens:
         await wire.finished(t, timeout=30)
     received_all = datetime.now().astimezone()
+    report = Report("2,000 deadlines in one second, three workers")
+    report.extra.update(
+        deadline_spread_s=round((spread["last"] - spread["first"]).total_seconds(), 3),
+        all_notified_after_last_deadline_s=round((received_all - spread["last"]).total_seconds(), 3),
+    )
+    REPORTS.append(report)
     assert received_all - spread["last"] < timedelta(seconds=5)
 
     per_instance = await db.fetch(
@@ -115,6 +122,9 @@ async def test_two_thousand_deadlines_in_one_second_with_three_workers(
     await asyncio.sleep(1)  # a duplicate, if any, would arrive by now
     finished_counts = Counter(
         m.message_id for t in tokens for m in wire.notifications[t] if m.type == "instance-finished"
+    )
+    report.extra.update(
+        finish_events=sum(r["n"] for r in per_instance), finish_notifications=sum(finished_counts.values())
     )
     assert len(finished_counts) == 2000 and set(finished_counts.values()) == {1}
 
@@ -143,7 +153,7 @@ async def test_pings_racing_the_deadline_never_both_extend_and_finish(
 
     results = await asyncio.gather(*(ping_at_deadline(t) for t in instances))
     codes = Counter(code for outcomes in results for code in outcomes)
-    print("ping outcomes at the deadline:", dict(codes))
+    REPORTS.append(Report(f"pings racing the deadline, round {round_ + 1}", extra=dict(codes)))
     assert set(codes) <= {"SUCCESS", "INSTANCE_IS_FINISHED"}
     for t in instances:
         await wire.finished(t, timeout=10)
