@@ -26,6 +26,7 @@ from statusek.adapters.postgres.store import Store, Transaction
 from statusek.adapters.rabbitmq.broker import Broker
 from statusek.adapters.rabbitmq.parser import Envelope, parse_delivery
 from statusek.app import settle
+from statusek.app.backoff import Backoff
 from statusek.core.decide import Policy, decide
 from statusek.core.errors import InvalidMessage, StoreFailure, TransientError
 from statusek.core.instance import Event, InstanceState
@@ -42,20 +43,6 @@ class Outcome:
     envelope: Envelope
     reply: Reply
     duplicate: bool = False
-
-
-class Backoff:
-    """Exponential delay between retries of transient failures, capped."""
-
-    def __init__(self, cap: float, first: float = 0.05):
-        self.cap, self.first, self.delay = cap, first, first
-
-    async def wait(self) -> None:
-        await asyncio.sleep(self.delay)
-        self.delay = min(self.cap, self.delay * 2)
-
-    def reset(self) -> None:
-        self.delay = self.first
 
 
 class CommandPipeline:

@@ -17,7 +17,7 @@ import structlog
 
 from statusek.adapters.postgres.store import Store
 from statusek.adapters.rabbitmq.broker import Broker
-from statusek.app.pipeline import Backoff
+from statusek.app.backoff import Backoff
 from statusek.core.errors import StoreFailure, TransientError
 from statusek.core.views import OUTBOX_PARTITIONS
 

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 import structlog
 
 from statusek.adapters.postgres.store import Store
-from statusek.app.pipeline import Backoff
+from statusek.app.backoff import Backoff
 from statusek.core.decide import sweep
 from statusek.core.errors import StoreFailure, TransientError
 from statusek.core.instance import Event, InstanceState

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Any
+from typing import TypeVar
 
 import structlog
 
@@ -14,7 +15,8 @@ from statusek.adapters.model_files import load_models
 from statusek.adapters.postgres.migrate import migrate
 from statusek.adapters.postgres.store import DEADLINE_CHANNEL, OUTBOX_CHANNEL, Store
 from statusek.adapters.rabbitmq.broker import Broker, Consumer, Names
-from statusek.app.pipeline import Backoff, CommandPipeline
+from statusek.app.backoff import Backoff
+from statusek.app.pipeline import CommandPipeline
 from statusek.app.queries import QueryHandler
 from statusek.app.relay import OutboxRelay
 from statusek.app.settings import Settings
@@ -23,6 +25,7 @@ from statusek.core.decide import Policy
 from statusek.core.errors import TransientError
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 
 class Worker:
@@ -180,7 +183,7 @@ class Worker:
             await asyncio.sleep(self.settings.housekeeping_every)
 
 
-async def _until_available(what: str, connect: Any, cap: float) -> Any:
+async def _until_available(what: str, connect: Callable[[], Awaitable[T]], cap: float) -> T:
     """Wait for a dependency at start rather than dying: it may start after us."""
     backoff = Backoff(cap, first=0.5)
     while True:
