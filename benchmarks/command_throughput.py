@@ -15,32 +15,21 @@ import asyncio
 import json
 import os
 import statistics
-import subprocess
-import sys
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import aio_pika
 
-from statusek.testing import fresh_database, fresh_vhost
+from statusek.testing import (
+    LOCAL_ADMIN_DATABASE_URL,
+    LOCAL_AMQP_URL,
+    fresh_database,
+    fresh_vhost,
+    worker_processes,
+)
 
-AMQP = os.environ.get("STATUSEK_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
-PG = os.environ.get("STATUSEK_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-
-
-@contextmanager
-def workers(env: dict[str, str], count: int) -> Iterator[list[subprocess.Popen[bytes]]]:
-    """`count` worker processes, stopped with SIGTERM afterwards."""
-    procs = [subprocess.Popen([sys.executable, "-m", "statusek", "worker"], env=env) for _ in range(count)]
-    try:
-        yield procs
-    finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.wait(timeout=30)
+AMQP = os.environ.get("STATUSEK_TEST_AMQP_URL", LOCAL_AMQP_URL)
+PG = os.environ.get("STATUSEK_TEST_DATABASE_URL", LOCAL_ADMIN_DATABASE_URL)
 
 
 async def wait_for_worker(url: str) -> None:
@@ -151,7 +140,7 @@ async def main() -> None:
                 "STATUSEK_AMQP_URL": amqp_url,
                 "STATUSEK_LOG_LEVEL": "WARNING",
             }
-            with workers(env, args.workers):
+            with worker_processes(env, args.workers):
                 await wait_for_worker(amqp_url)
                 await asyncio.sleep(1)
                 await drive(amqp_url, args.instances)

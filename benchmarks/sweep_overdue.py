@@ -15,35 +15,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import asyncpg
 
 from statusek.adapters.model_files import load_models
 from statusek.adapters.postgres.store import Store
-from statusek.testing import fresh_database, fresh_vhost
+from statusek.testing import (
+    LOCAL_ADMIN_DATABASE_URL,
+    LOCAL_AMQP_URL,
+    fresh_database,
+    fresh_vhost,
+    worker_processes,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
-AMQP = os.environ.get("STATUSEK_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
-PG = os.environ.get("STATUSEK_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-
-
-@contextmanager
-def workers(env: dict[str, str], count: int) -> Iterator[list[subprocess.Popen[bytes]]]:
-    """`count` worker processes, stopped with SIGTERM afterwards."""
-    procs = [subprocess.Popen([sys.executable, "-m", "statusek", "worker"], env=env) for _ in range(count)]
-    try:
-        yield procs
-    finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.wait(timeout=30)
+AMQP = os.environ.get("STATUSEK_TEST_AMQP_URL", LOCAL_AMQP_URL)
+PG = os.environ.get("STATUSEK_TEST_DATABASE_URL", LOCAL_ADMIN_DATABASE_URL)
 
 
 async def seed(db_url: str, count: int) -> None:
@@ -124,7 +113,7 @@ async def main() -> None:
                 "STATUSEK_LOG_LEVEL": "WARNING",
             }
             started = time.perf_counter()
-            with workers(env, args.workers):
+            with worker_processes(env, args.workers):
                 print(f"started {args.workers} workers", flush=True)
                 await watch(db_url, args.instances, started)
 

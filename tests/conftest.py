@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from statusek.testing import fresh_database, fresh_vhost
+from statusek.testing import LOCAL_ADMIN_DATABASE_URL, LOCAL_AMQP_URL, fresh_database, fresh_vhost
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_MODELS = ROOT / "tests" / "models"
 SHIPPED_MODELS = ROOT / "src" / "statusek" / "models"
 
-AMQP_URL = os.environ.get("STATUSEK_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
-DATABASE_URL = os.environ.get("STATUSEK_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+AMQP_URL = os.environ.get("STATUSEK_TEST_AMQP_URL", LOCAL_AMQP_URL)
+DATABASE_URL = os.environ.get("STATUSEK_TEST_DATABASE_URL", LOCAL_ADMIN_DATABASE_URL)
 
 
 @pytest.fixture(scope="session")

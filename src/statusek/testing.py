@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import secrets
 import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -19,6 +20,9 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import asyncpg
 
 from statusek.adapters.postgres.migrate import migrate
+
+LOCAL_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
+LOCAL_ADMIN_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
 def _rabbitmqctl(*args: str) -> None:
@@ -52,3 +56,20 @@ async def fresh_database(database_url: str, prefix: str = "statusek_test") -> As
             await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         finally:
             await conn.close()
+
+
+@contextmanager
+def worker_processes(env: dict[str, str], count: int) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """`count` `statusek worker` processes with `env`, stopped with SIGTERM afterwards."""
+    procs = [subprocess.Popen([sys.executable, "-m", "statusek", "worker"], env=env) for _ in range(count)]
+    try:
+        yield procs
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
