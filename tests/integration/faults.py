@@ -13,6 +13,7 @@ import uuid
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
@@ -77,16 +78,15 @@ class TcpProxy:
             self._server.close()
 
 
-def rewrite_port(url: str, port: int) -> str:
-    from urllib.parse import urlsplit, urlunsplit
-
+async def proxied(url: str, default_port: int) -> tuple[TcpProxy, str]:
+    """A started proxy to the server of `url`, and `url` rewritten to go through it."""
     parts = urlsplit(url)
-    auth = (
-        f"{parts.username}:{parts.password}@"
-        if parts.password
-        else (f"{parts.username}@" if parts.username else "")
+    proxy = TcpProxy(parts.hostname or "127.0.0.1", parts.port or default_port)
+    port = await proxy.start()
+    auth = parts.netloc.rpartition("@")[0]
+    return proxy, urlunsplit(
+        parts._replace(netloc=f"{auth}@127.0.0.1:{port}" if auth else f"127.0.0.1:{port}")
     )
-    return urlunsplit(parts._replace(netloc=f"{auth}127.0.0.1:{port}"))
 
 
 @dataclass

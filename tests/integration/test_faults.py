@@ -8,7 +8,6 @@ the end of the test run.
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import signal
 import time
@@ -20,7 +19,7 @@ import pytest
 
 from statusek.app.pipeline import FAULT_HEADER
 from tests.integration.conftest import Cluster
-from tests.integration.faults import Ledger, Report, TcpProxy, rewrite_port
+from tests.integration.faults import Ledger, Report, proxied
 
 pytestmark = pytest.mark.slow
 
@@ -241,10 +240,8 @@ async def test_hostile_payloads_are_dead_lettered_with_flat_memory(
 
 async def test_postgres_outages_under_load(cluster: Cluster, cluster_db: asyncpg.Connection) -> None:
     """Postgres unreachable for 20 s three times: nothing dead-lettered, all applied within 10 s."""
-    db_url = cluster.env["STATUSEK_DATABASE_URL"]
-    proxy = TcpProxy("127.0.0.1", int(os.environ.get("STATUSEK_TEST_PG_PORT", "5432")))
-    port = await proxy.start()
-    cluster.start(1, STATUSEK_DATABASE_URL=rewrite_port(db_url, port), STATUSEK_RETRY_BACKOFF_MAX="1")
+    proxy, db_url = await proxied(cluster.env["STATUSEK_DATABASE_URL"], 5432)
+    cluster.start(1, STATUSEK_DATABASE_URL=db_url, STATUSEK_RETRY_BACKOFF_MAX="1")
     await cluster.wait_for_consumers(1)
     ledger = Ledger(cluster.wire, Report("postgres down 20 s x3"))
     loading = asyncio.create_task(ledger.run(450, per_second=25))
@@ -274,10 +271,8 @@ async def test_postgres_outages_under_load(cluster: Cluster, cluster_db: asyncpg
 
 async def test_broker_link_cut_under_load(cluster: Cluster, cluster_db: asyncpg.Connection) -> None:
     """The worker's broker connection is cut twice: consumers resume, nothing lost, no seq missing."""
-    amqp_url = cluster.env["STATUSEK_AMQP_URL"]
-    proxy = TcpProxy("127.0.0.1", int(os.environ.get("STATUSEK_TEST_AMQP_PORT", "5672")))
-    port = await proxy.start()
-    cluster.start(1, STATUSEK_AMQP_URL=rewrite_port(amqp_url, port))
+    proxy, amqp_url = await proxied(cluster.env["STATUSEK_AMQP_URL"], 5672)
+    cluster.start(1, STATUSEK_AMQP_URL=amqp_url)
     await cluster.wait_for_consumers(1)
     ledger = Ledger(cluster.wire, Report("broker link cut x2"))
     loading = asyncio.create_task(ledger.run(400, per_second=150))

@@ -18,7 +18,7 @@ from statusek.app.settings import Settings
 from statusek.core.errors import StatusekError
 from statusek.core.model import ModelError
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 69
+EXIT_OK, EXIT_FAILURE, EXIT_UNAVAILABLE = 0, 1, 69
 
 
 def _settings() -> Settings:

@@ -75,10 +75,6 @@ class CommandPipeline:
     async def on_message(self, delivery: AbstractIncomingMessage) -> None:
         await self._inbox.put(delivery)
 
-    @property
-    def pending(self) -> int:
-        return self._inbox.qsize()
-
     async def run(self) -> None:
         """Process windows until stopped; a window in progress is always finished."""
         while not self._stopping:

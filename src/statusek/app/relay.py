@@ -15,11 +15,10 @@ import random
 
 import structlog
 
-from statusek.adapters.postgres.store import Store
+from statusek.adapters.postgres.store import OUTBOX_PARTITIONS, Store
 from statusek.adapters.rabbitmq.broker import Broker
 from statusek.app.backoff import Backoff
 from statusek.core.errors import StoreFailure, TransientError
-from statusek.core.views import OUTBOX_PARTITIONS
 
 log = structlog.get_logger(__name__)
 

@@ -98,9 +98,11 @@ class Worker:
             relay.wake()
             sweeper.wake()
 
+        pipeline_task = asyncio.create_task(pipeline.run(), name="pipeline")
+        sweeper_task = asyncio.create_task(sweeper.run(), name="sweeper")
         tasks = [
-            asyncio.create_task(pipeline.run(), name="pipeline"),
-            asyncio.create_task(sweeper.run(), name="sweeper"),
+            pipeline_task,
+            sweeper_task,
             asyncio.create_task(relay.run(), name="relay"),
             asyncio.create_task(
                 store.listen_forever(
@@ -128,7 +130,7 @@ class Worker:
         sweeper.stop()
         try:
             await asyncio.wait_for(
-                asyncio.gather(tasks[0], tasks[1], queries.drain()), timeout=s.shutdown_timeout
+                asyncio.gather(pipeline_task, sweeper_task, queries.drain()), timeout=s.shutdown_timeout
             )
         except TimeoutError:
             log.warning("shutdown timeout: unfinished deliveries go back to the queue")

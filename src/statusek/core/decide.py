@@ -24,10 +24,6 @@ class Decision:
     state: InstanceState | None = None
     events: list[Event] = field(default_factory=list)
 
-    @property
-    def changed(self) -> bool:
-        return bool(self.events)
-
 
 @dataclass(frozen=True, slots=True)
 class Policy:

@@ -10,7 +10,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
-from uuid import UUID
 
 from statusek.core.codes import Code
 from statusek.core.instance import Event, EventKind, InstanceState, expire
@@ -118,10 +117,6 @@ def instance_view(state: InstanceState, model: StatusModel) -> InstanceView:
     )
 
 
-# Fixed: changing it while rows wait could split an instance across partitions.
-OUTBOX_PARTITIONS = 8
-
-
 @dataclass(frozen=True, slots=True)
 class Notification:
     """A message for `statusek.events`; `message_id` is stable across re-sends."""
@@ -131,11 +126,6 @@ class Notification:
     instance_token: str
     body: dict[str, Any]
     headers: dict[str, str]
-
-    @property
-    def partition(self) -> int:
-        """The outbox partition: every notification of an instance lands in the same one."""
-        return UUID(self.instance_token).int % OUTBOX_PARTITIONS
 
 
 def notification_for(event: Event, state: InstanceState) -> Notification | None:

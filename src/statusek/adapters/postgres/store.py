@@ -221,7 +221,14 @@ class Transaction:
                     "INSERT INTO outbox (message_id, type, instance_token, body, headers, partition)"
                     " VALUES ($1, $2, $3, $4, $5, $6)",
                     [
-                        (n.message_id, n.type, UUID(n.instance_token), n.body, n.headers, n.partition)
+                        (
+                            n.message_id,
+                            n.type,
+                            UUID(n.instance_token),
+                            n.body,
+                            n.headers,
+                            outbox_partition(n.instance_token),
+                        )
                         for n in notifications
                     ],
                 )
@@ -276,6 +283,13 @@ class Transaction:
 
 
 RELAY_LOCK = 0x5354_4F42  # arbitrary int4, shared by every replica's relay
+# Fixed: changing it while rows wait could split an instance across partitions.
+OUTBOX_PARTITIONS = 8
+
+
+def outbox_partition(instance_token: str) -> int:
+    """Every notification of an instance lands in the same partition."""
+    return UUID(instance_token).int % OUTBOX_PARTITIONS
 
 
 class Store:
