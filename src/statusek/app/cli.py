@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import structlog
@@ -13,10 +16,12 @@ from pydantic import ValidationError
 from statusek.adapters.model_files import load_models, model_files
 from statusek.adapters.postgres.migrate import migrate
 from statusek.app import remote
+from statusek.app.identity import Identity, version
 from statusek.app.logging import configure
 from statusek.app.settings import Settings
 from statusek.core.errors import StatusekError
 from statusek.core.model import ModelError
+from statusek.redact import mask_secrets, url_location
 
 EXIT_OK, EXIT_FAILURE, EXIT_UNAVAILABLE = 0, 1, 69
 
@@ -40,6 +45,29 @@ def cmd_worker(settings: Settings, _args: argparse.Namespace) -> int:
 
     run_worker(settings)
     return EXIT_OK
+
+
+def cmd_health(settings: Settings, args: argparse.Namespace) -> int:
+    """Ask the local worker's /readyz: the container HEALTHCHECK."""
+    if not settings.ops_port:
+        print("statusek health: STATUSEK_OPS_PORT is 0, the ops server is off", file=sys.stderr)
+        return EXIT_FAILURE
+    url = f"http://{args.host}:{settings.ops_port}/readyz"
+    try:
+        with urllib.request.urlopen(url, timeout=args.timeout):
+            print(f"ready ({url})")
+            return EXIT_OK
+    except urllib.error.HTTPError as e:
+        try:
+            problems = json.loads(e.read()).get("problems", {})
+            reason = "; ".join(f"{name}: {problem}" for name, problem in problems.items())
+        except (ValueError, AttributeError):
+            reason = f"HTTP {e.code}"
+        print(f"not ready: {reason}", file=sys.stderr)
+    except (urllib.error.URLError, OSError) as e:
+        cause = e.reason if isinstance(e, urllib.error.URLError) else e
+        print(f"not ready: no worker answers at {url} ({cause})", file=sys.stderr)
+    return EXIT_FAILURE
 
 
 def cmd_models_check(settings: Settings, args: argparse.Namespace) -> int:
@@ -69,15 +97,33 @@ def cmd_schemas(_settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_FAILURE if stale else EXIT_OK
 
 
+def _log_context(settings: Settings, command: str) -> dict[str, object]:
+    """Who wrote a log line: the process, and which broker and vhost it meant (no credentials)."""
+    me = Identity.current(command)
+    broker = url_location(settings.amqp_url)
+    return {
+        "host": me.host,
+        "pid": me.pid,
+        "version": version(),
+        "vhost": broker["path"] or "/",
+        "broker": f"{broker['host']}:{broker['port'] or 5672}",
+    }
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="statusek", description="Status-tracking worker on RabbitMQ and Postgres"
     )
+    parser.add_argument("--version", action="version", version=f"statusek {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("migrate", help="create or upgrade the database schema").set_defaults(func=cmd_migrate)
     sub.add_parser("worker", help="migrate, then run the worker until SIGTERM/SIGINT").set_defaults(
         func=cmd_worker
     )
+    health = sub.add_parser("health", help="exit 0 if the worker at STATUSEK_OPS_PORT is ready, else 1")
+    health.add_argument("--host", default="127.0.0.1", help="where the worker's ops server listens")
+    health.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for an answer")
+    health.set_defaults(func=cmd_health)
     models = sub.add_parser("models", help="status model files")
     models_sub = models.add_subparsers(dest="models_command", required=True)
     check = models_sub.add_parser("check", help="validate model files and print what is wrong")
@@ -96,14 +142,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = _settings()
-    configure(settings.log_level, settings.log_format)
+    configure(settings.log_level, settings.log_format, _log_context(settings, args.command))
     try:
         code: int = args.func(settings, args)
     except ModelError as e:
         print(f"statusek: {e}", file=sys.stderr)
         return EXIT_FAILURE
     except StatusekError as e:
-        structlog.get_logger().error("fatal", error=str(e))
+        structlog.get_logger().error("fatal", error=mask_secrets(str(e)))
         return EXIT_UNAVAILABLE
     except KeyboardInterrupt:
         return EXIT_OK

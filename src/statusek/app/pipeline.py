@@ -27,6 +27,8 @@ from statusek.adapters.rabbitmq.broker import Broker
 from statusek.adapters.rabbitmq.parser import Envelope, parse_delivery
 from statusek.app import settle
 from statusek.app.backoff import Backoff
+from statusek.app.metrics import Metrics
+from statusek.core.codes import Code
 from statusek.core.decide import Policy, decide
 from statusek.core.errors import InvalidMessage, StoreFailure, TransientError
 from statusek.core.instance import Event, InstanceState
@@ -58,6 +60,8 @@ class CommandPipeline:
         on_deadline: Callable[[datetime], None] = lambda _: None,
         on_committed: Callable[[], None] = lambda: None,
         fault_hooks: bool = False,
+        metrics: Metrics | None = None,
+        delivery_limit: int | None = None,
     ):
         self._store = store
         self._broker = broker
@@ -68,11 +72,15 @@ class CommandPipeline:
         self._on_deadline = on_deadline
         self._on_committed = on_committed
         self._fault_hooks = fault_hooks
+        self._metrics = metrics or Metrics()
+        self._delivery_limit = delivery_limit
         self._inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
         self._stopping = False
         self.applied = 0
 
     async def on_message(self, delivery: AbstractIncomingMessage) -> None:
+        # Only the single active consumer ever gets a delivery.
+        self._metrics.active_consumer.set(1)
         await self._inbox.put(delivery)
 
     async def run(self) -> None:
@@ -91,7 +99,7 @@ class CommandPipeline:
                 # Never let one window stop the worker; what was not acked comes back.
                 log.exception("window failed; its deliveries go back to the queue", size=len(window))
                 with contextlib.suppress(Exception):
-                    await settle.requeue_all(window)
+                    await self._requeue(window)
 
     def stop(self) -> None:
         """Finish the window in progress and take no other.
@@ -115,9 +123,11 @@ class CommandPipeline:
                 valid.append((d, parse_delivery(d, COMMANDS, self._max_body)))
             except InvalidMessage as e:
                 invalid.append((d, e))
+        if self._fault_hooks:
+            _fail_if_asked(deliveries)
         outcomes, failed = await self._apply_with_retry(valid)
         if outcomes is None:
-            await settle.requeue_all(deliveries)
+            await self._requeue(deliveries)
             return
         invalid.extend(failed)
         try:
@@ -131,12 +141,17 @@ class CommandPipeline:
             # The effects are committed; unacked deliveries come back and get
             # their stored reply (message_id) or a rule's answer.
             log.warning("could not answer or ack after commit", error=str(e))
-        elapsed_ms = round((time.perf_counter() - started) * 1000, 2)
+        elapsed = time.perf_counter() - started
+        elapsed_ms = round(elapsed * 1000, 2)
+        self._metrics.window_size.observe(len(deliveries))
         for o in outcomes:
+            self._metrics.commands.labels(routing_key=o.envelope.kind, code=o.reply.code).inc()
+            self._metrics.command_duration.observe(elapsed)
             log.info(
                 "command",
                 routing_key=o.envelope.kind,
                 message_id=o.envelope.message_id,
+                correlation_id=o.envelope.correlation_id,
                 instance_token=o.reply.data.get("instance_token")
                 or str(getattr(o.envelope.body, "instance_token", None)),
                 code=o.reply.code,
@@ -146,12 +161,24 @@ class CommandPipeline:
                 duration_ms=elapsed_ms,
             )
         for d, error in invalid:
+            self._metrics.dead_lettered.labels(reason=error.reason).inc()
+            self._metrics.commands.labels(routing_key=d.routing_key or "", code=Code.INVALID_MESSAGE).inc()
             log.warning(
                 "dead-lettered",
                 routing_key=d.routing_key,
                 message_id=d.message_id,
+                correlation_id=d.correlation_id,
                 reason=error.reason,
                 detail=error.detail,
+            )
+
+    async def _requeue(self, deliveries: Sequence[AbstractIncomingMessage]) -> None:
+        last = await settle.requeue_all(deliveries, self._delivery_limit)
+        if last:
+            # The broker dead-letters these itself (reason delivery_limit); count them here.
+            self._metrics.dead_lettered.labels(reason="delivery-limit").inc(last)
+            log.error(
+                "poison commands given back for the last time; the broker dead-letters them", count=last
             )
 
     async def _apply_with_retry(
@@ -209,6 +236,13 @@ class CommandPipeline:
 
 
 FAULT_HEADER = "x-statusek-test-fault"
+
+
+def _fail_if_asked(deliveries: Sequence[AbstractIncomingMessage]) -> None:
+    """Test-only: a poison command, failing its whole window every time it is delivered."""
+    for delivery in deliveries:
+        if (delivery.headers or {}).get(FAULT_HEADER) == "fail-window":
+            raise RuntimeError(f"fault hook: window with {delivery.message_id} fails")
 
 
 def _crash_if_asked(valid: list[tuple[AbstractIncomingMessage, Envelope]]) -> None:

@@ -12,6 +12,8 @@ from statusek.adapters.postgres.store import Store
 from statusek.adapters.rabbitmq.broker import Broker
 from statusek.adapters.rabbitmq.parser import parse_delivery
 from statusek.app import settle
+from statusek.app.metrics import Metrics
+from statusek.core.codes import Code
 from statusek.core.errors import InvalidMessage, StoreFailure, TransientError
 from statusek.core.messages import QUERIES, InstanceQuery, StatusQuery
 from statusek.core.views import answer
@@ -20,8 +22,9 @@ log = structlog.get_logger(__name__)
 
 
 class QueryHandler:
-    def __init__(self, store: Store, broker: Broker, *, max_body_bytes: int):
+    def __init__(self, store: Store, broker: Broker, *, max_body_bytes: int, metrics: Metrics | None = None):
         self._store = store
+        self._metrics = metrics or Metrics()
         self._broker = broker
         self._max_body = max_body_bytes
         self._in_flight: set[asyncio.Task[None]] = set()
@@ -42,7 +45,9 @@ class QueryHandler:
 
     async def _handle(self, delivery: AbstractIncomingMessage) -> None:
         started = time.perf_counter()
-        structlog.contextvars.bind_contextvars(message_id=delivery.message_id)
+        structlog.contextvars.bind_contextvars(
+            message_id=delivery.message_id, correlation_id=delivery.correlation_id
+        )
         try:
             envelope = parse_delivery(delivery, QUERIES, self._max_body)
             query = envelope.body
@@ -54,6 +59,7 @@ class QueryHandler:
             reply = answer(envelope.kind, query, state, model, events, now)
             await settle.answer(self._broker, delivery, reply)
             await delivery.ack()
+            self._metrics.queries.labels(routing_key=envelope.kind, code=reply.code).inc()
             log.info(
                 "query",
                 routing_key=envelope.kind,
@@ -63,10 +69,14 @@ class QueryHandler:
         except InvalidMessage as e:
             await settle.dead_letter(self._broker, delivery, e)
             await delivery.ack()
+            self._metrics.dead_lettered.labels(reason=e.reason).inc()
+            self._metrics.queries.labels(
+                routing_key=delivery.routing_key or "", code=Code.INVALID_MESSAGE
+            ).inc()
             log.warning("dead-lettered", routing_key=delivery.routing_key, reason=e.reason, detail=e.detail)
         except (TransientError, StoreFailure) as e:
             log.warning("query failed, requeued", error=str(e))
             await asyncio.sleep(0.5)
             await settle.requeue_all([delivery])
         finally:
-            structlog.contextvars.unbind_contextvars("message_id", "instance_token")
+            structlog.contextvars.unbind_contextvars("message_id", "correlation_id", "instance_token")

@@ -38,8 +38,25 @@ class Settings(BaseSettings):
     outbox_batch: int = Field(default=500, gt=0)
     outbox_poll: float = Field(default=1.0, gt=0)
     idempotency_window: float = Field(default=7 * 24 * 3600, gt=0, description="Seconds.")
-    retry_backoff_max: float = Field(default=5.0, gt=0)
+    # Also bounds how long a worker stays unready after RabbitMQ comes back.
+    retry_backoff_max: float = Field(default=2.0, gt=0)
     shutdown_timeout: float = Field(default=10.0, gt=0)
+
+    # Broker limits, declared as queue arguments (deploy/rabbitmq/definitions.json has the same as policies).
+    command_delivery_limit: int = Field(
+        default=20, gt=0, description="Deliveries of one command before the broker dead-letters it."
+    )
+    holding_max_length: int = Field(
+        default=100_000, gt=0, description="Messages kept in statusek.dead-letter and statusek.rejected."
+    )
+    query_ttl: float = Field(default=60.0, gt=0, description="Seconds a query may wait in its queue.")
+    dead_letter_body_bytes: int = Field(
+        default=64 * 1024, ge=0, description="Bytes of a dead-lettered body kept; the rest is cut."
+    )
+
+    # Health, readiness and metrics over HTTP; 0 turns the server off.
+    ops_port: int = Field(default=9464, ge=0, le=65535)
+    ops_host: str = "0.0.0.0"
 
     housekeeping_every: float = Field(default=600, gt=0, description="Seconds between expiry passes.")
     # Test-only: honour the x-statusek-test-fault header (crash between commit and ack).

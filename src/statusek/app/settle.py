@@ -78,11 +78,27 @@ async def ack_all(deliveries: Sequence[AbstractIncomingMessage]) -> int:
     return stale
 
 
-async def requeue_all(deliveries: Sequence[AbstractIncomingMessage]) -> None:
-    """Give deliveries back (transient trouble or shutdown); never drops them."""
+async def requeue_all(
+    deliveries: Sequence[AbstractIncomingMessage], delivery_limit: int | None = None
+) -> int:
+    """Give deliveries back (transient trouble or shutdown); never drops them.
+
+    Returns how many were given back for the last time: a quorum queue counts
+    deliveries (`x-delivery-count`) and dead-letters a message past
+    `delivery_limit` instead of delivering it again.
+    """
+    last = 0
     for d in deliveries:
         if _open_channel(d) is not None:
             await d.nack(requeue=True)
+            if delivery_limit is not None and _delivery_count(d) + 1 > delivery_limit:
+                last += 1
+    return last
+
+
+def _delivery_count(delivery: AbstractIncomingMessage) -> int:
+    count = (delivery.headers or {}).get("x-delivery-count", 0)
+    return count if isinstance(count, int) else 0
 
 
 def is_live(delivery: AbstractIncomingMessage) -> bool:

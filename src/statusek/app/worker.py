@@ -14,8 +14,11 @@ import structlog
 from statusek.adapters.model_files import load_models
 from statusek.adapters.postgres.migrate import migrate
 from statusek.adapters.postgres.store import DEADLINE_CHANNEL, OUTBOX_CHANNEL, Store
-from statusek.adapters.rabbitmq.broker import Broker, Consumer, Names
+from statusek.adapters.rabbitmq.broker import Broker, Consumer, Limits, Names
 from statusek.app.backoff import Backoff
+from statusek.app.identity import Identity
+from statusek.app.metrics import Metrics
+from statusek.app.ops import OpsServer
 from statusek.app.pipeline import CommandPipeline
 from statusek.app.queries import QueryHandler
 from statusek.app.relay import OutboxRelay
@@ -36,6 +39,14 @@ class Worker:
         self.started = asyncio.Event()
         self._commands_consumer: Consumer | None = None
         self._queries_consumer: Consumer | None = None
+        self.identity = Identity.current("worker")
+        self.metrics = Metrics()
+        self.ops: OpsServer | None = None
+        self._store: Store | None = None
+        self._broker: Broker | None = None
+        self._consuming = False
+        # The last reason a dependency could not be reached, for /readyz.
+        self._waiting: dict[str, str] = {}
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -47,20 +58,90 @@ class Worker:
             log.error("invalid model", error=str(error))
         if errors:
             raise errors[0]
-        await _until_available("postgres", lambda: migrate(s.database_url), s.retry_backoff_max)
-        store = await _until_available(
-            "postgres", lambda: Store.open(s.database_url, max_size=s.db_pool_size), s.retry_backoff_max
-        )
+        if s.ops_port:
+            # First, so that probes see why the worker is not ready while it waits.
+            self.ops = OpsServer(
+                s.ops_host,
+                s.ops_port,
+                self.metrics,
+                self._readiness_checks(),
+                before_scrape=self._refresh_gauges,
+            )
+            await self.ops.start()
         try:
-            versions = await store.sync_models(models)
-            log.info("models loaded", models=versions)
-            broker = Broker(s.amqp_url, self.names)
+            await self._until_available("postgres", lambda: migrate(s.database_url))
+            store = await self._until_available(
+                "postgres", lambda: Store.open(s.database_url, max_size=s.db_pool_size)
+            )
             try:
-                await self._serve(store, broker)
+                versions = await store.sync_models(models)
+                log.info("models loaded", models=versions)
+                self._store = store
+                broker = Broker(
+                    s.amqp_url,
+                    self.names,
+                    name=self.identity.connection_name,
+                    limits=Limits(
+                        delivery_limit=s.command_delivery_limit,
+                        holding_max_length=s.holding_max_length,
+                        query_ttl_ms=round(s.query_ttl * 1000),
+                        dead_letter_body_bytes=s.dead_letter_body_bytes,
+                    ),
+                )
+                self._broker = broker
+                try:
+                    await self._serve(store, broker)
+                finally:
+                    await broker.close()
             finally:
-                await broker.close()
+                self._store = None
+                await store.close()
         finally:
-            await store.close()
+            if self.ops is not None:
+                await self.ops.close()
+
+    def _readiness_checks(self) -> dict[str, Callable[[], Awaitable[str | None]]]:
+        async def postgres() -> str | None:
+            if self._store is None:
+                return self._waiting.get("postgres", "connecting")
+            await self._store.ping()
+            return None
+
+        async def rabbitmq() -> str | None:
+            if self._broker is None or not self._broker.is_open:
+                return self._waiting.get("rabbitmq", "connecting")
+            return None
+
+        async def consumer() -> str | None:
+            if self._stop.is_set():
+                return "shutting down"
+            return None if self._consuming else "not consuming"
+
+        return {"postgres": postgres, "rabbitmq": rabbitmq, "consumer": consumer}
+
+    async def _refresh_gauges(self) -> None:
+        store, broker = self._store, self._broker
+        if store is not None:
+            backlog = await store.backlog()
+            self.metrics.outbox_backlog.set(backlog.outbox_rows)
+            self.metrics.outbox_oldest_age.set(backlog.outbox_oldest_age)
+            self.metrics.sweeper_lag.set(backlog.sweeper_lag)
+        if broker is not None and broker.is_open:
+            for queue, ready in (await broker.queue_depths()).items():
+                self.metrics.queue_messages.labels(queue=queue).set(ready)
+
+    async def _until_available(self, what: str, connect: Callable[[], Awaitable[T]]) -> T:
+        """Wait for a dependency at start rather than dying: it may start after us."""
+        backoff = Backoff(self.settings.retry_backoff_max, first=0.5)
+        while True:
+            try:
+                result = await connect()
+                self._waiting.pop(what, None)
+                return result
+            except TransientError as e:
+                self._waiting[what] = str(e)
+                log.warning("waiting for dependency", dependency=what, error=str(e))
+                await backoff.wait()
 
     async def _serve(self, store: Store, broker: Broker) -> None:
         s = self.settings
@@ -84,8 +165,10 @@ class Worker:
             on_deadline=sweeper.deadline_announced,
             on_committed=relay.wake,
             fault_hooks=s.fault_hooks,
+            metrics=self.metrics,
+            delivery_limit=s.command_delivery_limit,
         )
-        queries = QueryHandler(store, broker, max_body_bytes=s.max_body_bytes)
+        queries = QueryHandler(store, broker, max_body_bytes=s.max_body_bytes, metrics=self.metrics)
 
         def on_notify(channel: str, payload: str) -> None:
             if channel == OUTBOX_CHANNEL:
@@ -94,7 +177,13 @@ class Worker:
                 with contextlib.suppress(ValueError):
                     sweeper.deadline_announced(datetime.fromisoformat(payload))
 
+        listens = 0
+
         def on_listening() -> None:
+            nonlocal listens
+            listens += 1
+            if listens > 1:
+                self.metrics.reconnects.labels(dependency="postgres").inc()
             relay.wake()
             sweeper.wake()
 
@@ -119,6 +208,7 @@ class Worker:
             if task is not stop_wait and task.exception():
                 log.error("component crashed", component=task.get_name(), exc_info=task.exception())
         log.info("stopping: finishing in-flight work")
+        self._consuming = False
         # arq-style drain: take nothing new, finish what is in progress, then close.
         consuming.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -164,13 +254,19 @@ class Worker:
                     self.names.queries, s.query_concurrency, queries.on_message
                 )
             except TransientError as e:
+                self._waiting["rabbitmq"] = str(e)
                 log.warning("waiting for rabbitmq", error=str(e))
                 await backoff.wait()
                 continue
             backoff.reset()
+            self._waiting.pop("rabbitmq", None)
+            self._consuming = True
             log.info("consuming", commands=self.names.commands, queries=self.names.queries)
             self.started.set()
             await broker.closed()
+            self._consuming = False
+            self.metrics.active_consumer.set(0)
+            self.metrics.reconnects.labels(dependency="rabbitmq").inc()
             log.warning("rabbitmq connection lost; reconnecting")
 
     async def _housekeeping(self, store: Store) -> None:
@@ -183,17 +279,6 @@ class Worker:
             except TransientError as e:
                 log.warning("housekeeping failed, will retry", error=str(e))
             await asyncio.sleep(self.settings.housekeeping_every)
-
-
-async def _until_available(what: str, connect: Callable[[], Awaitable[T]], cap: float) -> T:
-    """Wait for a dependency at start rather than dying: it may start after us."""
-    backoff = Backoff(cap, first=0.5)
-    while True:
-        try:
-            return await connect()
-        except TransientError as e:
-            log.warning("waiting for dependency", dependency=what, error=str(e))
-            await backoff.wait()
 
 
 def run_worker(settings: Settings) -> None:

@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 import asyncpg
 
 from statusek.core.errors import StoreFailure, StoreUnavailable
+from statusek.redact import mask_secrets
 
 # Errors after which the same transaction will succeed once retried.
 _TRANSIENT: tuple[type[BaseException], ...] = (
@@ -32,6 +33,6 @@ async def translated() -> AsyncIterator[None]:
     try:
         yield
     except _TRANSIENT as e:
-        raise StoreUnavailable(f"postgres unavailable: {type(e).__name__}: {e}") from e
+        raise StoreUnavailable(mask_secrets(f"postgres unavailable: {type(e).__name__}: {e}")) from e
     except asyncpg.PostgresError as e:
-        raise StoreFailure(f"postgres refused: {type(e).__name__}: {e}") from e
+        raise StoreFailure(mask_secrets(f"postgres refused: {type(e).__name__}: {e}")) from e

@@ -73,6 +73,15 @@ def _event(row: Mapping[str, Any]) -> Event:
 
 
 @dataclass(frozen=True, slots=True)
+class Backlog:
+    """Work committed but not yet done, for metrics and alerts."""
+
+    outbox_rows: int
+    outbox_oldest_age: float  # seconds; 0 when the outbox is empty
+    sweeper_lag: float  # seconds past the oldest deadline not yet finished; 0 when none is overdue
+
+
+@dataclass(frozen=True, slots=True)
 class OutboxRow:
     id: int
     notification: Notification
@@ -325,6 +334,27 @@ class Store:
         async with translated():
             value: datetime = await self._pool.fetchval("SELECT clock_timestamp()")
         return value
+
+    async def ping(self) -> None:
+        """Raise unless the database answers a query through the pool."""
+        async with translated():
+            await self._pool.fetchval("SELECT 1")
+
+    async def backlog(self) -> Backlog:
+        # The outbox holds a few rows while the relay keeps up, and the deadline
+        # minimum is a lookup in the partial index of open instances.
+        async with translated():
+            row = await self._pool.fetchrow(
+                "SELECT (SELECT count(*) FROM outbox) AS rows,"
+                " (SELECT extract(epoch FROM clock_timestamp() - min(created_at)) FROM outbox) AS oldest,"
+                " (SELECT extract(epoch FROM clock_timestamp() - min(next_deadline)) FROM instances"
+                "  WHERE next_deadline IS NOT NULL) AS lag"
+            )
+        return Backlog(
+            outbox_rows=int(row["rows"]),
+            outbox_oldest_age=max(0.0, float(row["oldest"] or 0)),
+            sweeper_lag=max(0.0, float(row["lag"] or 0)),
+        )
 
     async def read_instance(
         self, token: UUID, *, with_events: bool

@@ -11,6 +11,7 @@ import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import aio_pika
@@ -28,6 +29,7 @@ from pamqp.common import FieldTable
 from statusek.core.errors import BrokerUnavailable
 from statusek.core.messages import COMMANDS, QUERIES, Reply
 from statusek.core.views import Notification
+from statusek.redact import mask_secrets
 
 log = structlog.get_logger(__name__)
 
@@ -46,12 +48,32 @@ async def translated() -> AsyncIterator[None]:
     try:
         yield
     except _BROKER_ERRORS as e:
-        raise BrokerUnavailable(f"rabbitmq unavailable: {type(e).__name__}: {e}") from e
+        raise BrokerUnavailable(mask_secrets(f"rabbitmq unavailable: {describe(e)}")) from e
 
 
-# One active consumer at a time keeps commands in publish order across
-# replicas; the others stand by (README, "Ordering").
-COMMANDS_QUEUE_ARGUMENTS: FieldTable = {"x-queue-type": "quorum", "x-single-active-consumer": True}
+def describe(e: BaseException) -> str:
+    """One line for an aiormq error; its repr of a Connection.Close frame says nothing to a person."""
+    if isinstance(e, aiormq.exceptions.ProbableAuthenticationError):
+        return (
+            "the broker closed the connection during login: wrong user or password, or no access to the vhost"
+        )
+    if isinstance(e, aiormq.exceptions.IncompatibleProtocolError) or "Connection.Close" in str(e):
+        return "the broker refused the connection: the vhost does not exist or the user may not use it"
+    return f"{type(e).__name__}: {e}"
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Bounds on the queues, declared as queue arguments (policies may tighten them)."""
+
+    delivery_limit: int = 20
+    holding_max_length: int = 100_000
+    query_ttl_ms: int = 60_000
+    dead_letter_body_bytes: int = 64 * 1024
+
+
+ORIGINAL_SIZE_HEADER = "x-statusek-original-size"
+TRUNCATED_HEADER = "x-statusek-truncated"
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +81,7 @@ class Names:
     commands: str = "statusek.commands"
     queries: str = "statusek.queries"
     events: str = "statusek.events"
-    dead_letter: str = "statusek.dead-letter"
+    dead_letter: str = "statusek.dead-letter"  # a queue, and the broker's dead-letter exchange
     rejected: str = "statusek.rejected"
 
     def unrouted(self, exchange: str) -> str:
@@ -93,9 +115,18 @@ class Broker:
     that the peer closed during the handshake.
     """
 
-    def __init__(self, url: str, names: Names, *, name: str = "statusek", connect_timeout: float = 10):
+    def __init__(
+        self,
+        url: str,
+        names: Names,
+        *,
+        name: str = "statusek",
+        limits: Limits | None = None,
+        connect_timeout: float = 10,
+    ):
         self.url = url
         self.names = names
+        self.limits = limits or Limits()
         self._name = name
         self._connect_timeout = connect_timeout
         self.connection: AbstractConnection | None = None
@@ -104,8 +135,10 @@ class Broker:
         self._events: AbstractExchange | None = None
 
     @classmethod
-    async def connect(cls, url: str, names: Names, *, name: str = "statusek") -> Broker:
-        broker = cls(url, names, name=name)
+    async def connect(
+        cls, url: str, names: Names, *, name: str = "statusek", limits: Limits | None = None
+    ) -> Broker:
+        broker = cls(url, names, name=name, limits=limits)
         await broker.open()
         return broker
 
@@ -142,18 +175,34 @@ class Broker:
 
     async def declare(self) -> None:
         """Declare the whole topology; idempotent, so every replica does it at start."""
-        n = self.names
+        n, limits = self.names, self.limits
+        # A poison command (one that keeps failing its window) is given back at most
+        # `delivery_limit` times, then the broker dead-letters it itself (x-death
+        # header, reason delivery_limit), at least once.
+        commands_arguments: FieldTable = {
+            "x-queue-type": "quorum",
+            # One active consumer at a time keeps commands in publish order across
+            # replicas; the others stand by (README, "Ordering").
+            "x-single-active-consumer": True,
+            "x-delivery-limit": limits.delivery_limit,
+            "x-dead-letter-exchange": n.dead_letter,
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",
+        }
+        # Nobody waits for a query older than its caller's timeout.
+        queries_arguments: FieldTable = {"x-message-ttl": limits.query_ttl_ms}
+        # Holding queues keep the newest: an incident must not fill the broker's disk.
+        holding_arguments: FieldTable = {"x-max-length": limits.holding_max_length, "x-overflow": "drop-head"}
         async with translated():
-            channel = await self._require().channel()
+            connection = self._require()
+            channel = await connection.channel()
             try:
+                dead_letter = await channel.declare_exchange(
+                    n.dead_letter, aio_pika.ExchangeType.FANOUT, durable=True
+                )
                 for exchange, queue, keys, arguments in (
-                    (
-                        n.commands,
-                        n.commands,
-                        COMMANDS,
-                        COMMANDS_QUEUE_ARGUMENTS,
-                    ),
-                    (n.queries, n.queries, QUERIES, None),
+                    (n.commands, n.commands, COMMANDS, commands_arguments),
+                    (n.queries, n.queries, QUERIES, queries_arguments),
                 ):
                     # Unknown routing keys would be dropped by a direct exchange;
                     # the alternate exchange brings them to the worker to dead-letter.
@@ -166,15 +215,53 @@ class Broker:
                         durable=True,
                         arguments={"alternate-exchange": unrouted.name},
                     )
-                    q = await channel.declare_queue(queue, durable=True, arguments=arguments)
+                    channel, q = await self._declare_queue(channel, queue, arguments)
                     await q.bind(unrouted, routing_key="")
                     for key in keys:
                         await q.bind(direct, routing_key=key)
                 await channel.declare_exchange(n.events, aio_pika.ExchangeType.FANOUT, durable=True)
                 for queue in (n.dead_letter, n.rejected):
-                    await channel.declare_queue(queue, durable=True)
+                    channel, q = await self._declare_queue(channel, queue, holding_arguments)
+                    if queue == n.dead_letter:
+                        await q.bind(dead_letter, routing_key="")
             finally:
                 await channel.close()
+
+    async def _declare_queue(
+        self, channel: AbstractChannel, name: str, arguments: FieldTable
+    ) -> tuple[AbstractChannel, AbstractQueue]:
+        """Declare with our limits; a queue declared earlier with other arguments is kept as it is.
+
+        RabbitMQ refuses to change a queue's arguments (and closes the channel),
+        so a deployment from before the limits keeps running and is told how
+        to get them: a policy, or deleting the queue while no worker runs.
+        """
+        try:
+            return channel, await channel.declare_queue(name, durable=True, arguments=arguments)
+        except aiormq.exceptions.ChannelPreconditionFailed as e:
+            log.warning(
+                "queue exists with other arguments; its limits are not ours",
+                queue=name,
+                wanted=arguments,
+                error=str(e),
+                fix="apply the policies of deploy/rabbitmq/definitions.json, or delete the queue and restart",
+            )
+            channel = await self._require().channel()
+            return channel, await channel.declare_queue(name, passive=True)
+
+    async def queue_depths(self) -> dict[str, int]:
+        """Ready messages per statusek queue, from passive declarations."""
+        n = self.names
+        depths: dict[str, int] = {}
+        async with translated():
+            channel = await self._require().channel()
+            try:
+                for name in (n.commands, n.queries, n.dead_letter, n.rejected):
+                    q = await channel.declare_queue(name, passive=True)
+                    depths[name] = int(q.declaration_result.message_count or 0)
+            finally:
+                await channel.close()
+        return depths
 
     def _require(self) -> AbstractConnection:
         if self.connection is None or not self.is_open:
@@ -213,12 +300,23 @@ class Broker:
         )
 
     async def park(self, queue: str, original: AbstractIncomingMessage, headers: Mapping[str, Any]) -> None:
-        """Copy a delivery to a holding queue with the reason in its headers."""
+        """Copy a delivery to a holding queue with the reason in its headers.
+
+        The copy is timestamped and carries the body's original size; a body
+        over `dead_letter_body_bytes` is cut (a 1 MB refusal is not worth 1 MB).
+        """
+        body = original.body
+        cut = len(body) > self.limits.dead_letter_body_bytes
+        marks: dict[str, Any] = {ORIGINAL_SIZE_HEADER: len(body)}
+        if cut:
+            marks[TRUNCATED_HEADER] = True
+            body = body[: self.limits.dead_letter_body_bytes]
         await self._publish_default(
             queue,
             aio_pika.Message(
-                original.body,
-                headers={**(original.headers or {}), **headers},
+                body,
+                headers={**(original.headers or {}), **headers, **marks},
+                timestamp=datetime.now(UTC),
                 content_type=original.content_type,
                 correlation_id=original.correlation_id,
                 message_id=original.message_id,

@@ -1,0 +1,108 @@
+"""Prometheus metrics of one worker, on a registry of its own.
+
+A registry per worker (rather than the process-global one) lets tests run
+several workers in one process and read each one's figures.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from statusek.app.identity import version
+
+__all__ = ["CONTENT_TYPE", "METRIC_NAMES", "Metrics"]
+
+# Latencies of a window are milliseconds when idle and grow with queueing.
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_WINDOW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.commands = Counter(
+            "statusek_commands",
+            "Commands answered, by routing key and reply code.",
+            ["routing_key", "code"],
+            registry=r,
+        )
+        self.command_duration = Histogram(
+            "statusek_command_duration_seconds",
+            "From the start of a command's window to its reply and ack.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.window_size = Histogram(
+            "statusek_window_size",
+            "Deliveries applied in one transaction.",
+            buckets=_WINDOW_BUCKETS,
+            registry=r,
+        )
+        self.queries = Counter(
+            "statusek_queries",
+            "Queries answered, by routing key and reply code.",
+            ["routing_key", "code"],
+            registry=r,
+        )
+        self.dead_lettered = Counter(
+            "statusek_dead_lettered",
+            "Deliveries sent to statusek.dead-letter, by reason (delivery-limit: by the broker).",
+            ["reason"],
+            registry=r,
+        )
+        self.reconnects = Counter(
+            "statusek_reconnects",
+            "Connections lost and made again, by dependency.",
+            ["dependency"],
+            registry=r,
+        )
+        self.outbox_backlog = Gauge(
+            "statusek_outbox_backlog", "Notifications committed but not yet published.", registry=r
+        )
+        self.outbox_oldest_age = Gauge(
+            "statusek_outbox_oldest_age_seconds", "Age of the oldest unpublished notification.", registry=r
+        )
+        self.sweeper_lag = Gauge(
+            "statusek_sweeper_lag_seconds",
+            "Now minus the oldest deadline not yet finished (0 if none).",
+            registry=r,
+        )
+        self.active_consumer = Gauge(
+            "statusek_active_consumer",
+            "1 while this replica holds statusek.commands; set at its first delivery there.",
+            registry=r,
+        )
+        self.queue_messages = Gauge(
+            "statusek_queue_messages", "Ready messages per statusek queue.", ["queue"], registry=r
+        )
+        self.ready = Gauge("statusek_ready", "1 while /readyz answers 200.", registry=r)
+        self.build_info = Gauge(
+            "statusek_build_info", "Always 1; the version as a label.", ["version"], registry=r
+        )
+        self.build_info.labels(version=version()).set(1)
+        for dependency in ("rabbitmq", "postgres"):
+            self.reconnects.labels(dependency=dependency)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+METRIC_NAMES = frozenset(
+    {
+        "statusek_commands_total",
+        "statusek_command_duration_seconds",
+        "statusek_window_size",
+        "statusek_queries_total",
+        "statusek_dead_lettered_total",
+        "statusek_reconnects_total",
+        "statusek_outbox_backlog",
+        "statusek_outbox_oldest_age_seconds",
+        "statusek_sweeper_lag_seconds",
+        "statusek_active_consumer",
+        "statusek_queue_messages",
+        "statusek_ready",
+        "statusek_build_info",
+    }
+)
