@@ -50,6 +50,8 @@ def worker_env(amqp_url: str, database_url: str, models_path: str) -> dict[str, 
         "STATUSEK_DATABASE_URL": database_url,
         "STATUSEK_MODELS_PATH": models_path,
         "STATUSEK_LOG_FORMAT": "json",
+        # Many workers share this host in tests; ops tests give theirs a free port.
+        "STATUSEK_OPS_PORT": "0",
     }
 
 

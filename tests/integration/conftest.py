@@ -29,6 +29,7 @@ def settings(amqp_url: str, database_url: str, models_path: str) -> Settings:
         models_path=models_path,
         sweep_max_sleep=2.0,
         log_level="WARNING",
+        ops_port=0,
     )
 
 

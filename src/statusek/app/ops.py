@@ -55,7 +55,7 @@ class OpsServer:
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._serve, self._host, self._port)
-        log.info("ops server listening", host=self._host, port=self.port)
+        log.info("ops server listening", listen=f"{self._host}:{self.port}")
 
     async def close(self) -> None:
         if self._server is not None:

@@ -61,7 +61,6 @@ class CommandPipeline:
         on_committed: Callable[[], None] = lambda: None,
         fault_hooks: bool = False,
         metrics: Metrics | None = None,
-        delivery_limit: int | None = None,
     ):
         self._store = store
         self._broker = broker
@@ -73,7 +72,6 @@ class CommandPipeline:
         self._on_committed = on_committed
         self._fault_hooks = fault_hooks
         self._metrics = metrics or Metrics()
-        self._delivery_limit = delivery_limit
         self._inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
         self._stopping = False
         self.applied = 0
@@ -173,7 +171,7 @@ class CommandPipeline:
             )
 
     async def _requeue(self, deliveries: Sequence[AbstractIncomingMessage]) -> None:
-        last = await settle.requeue_all(deliveries, self._delivery_limit)
+        last = await settle.requeue_all(deliveries, self._broker.delivery_limit_in_force)
         if last:
             # The broker dead-letters these itself (reason delivery_limit); count them here.
             self._metrics.dead_lettered.labels(reason="delivery-limit").inc(last)

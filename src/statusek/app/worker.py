@@ -166,7 +166,6 @@ class Worker:
             on_committed=relay.wake,
             fault_hooks=s.fault_hooks,
             metrics=self.metrics,
-            delivery_limit=s.command_delivery_limit,
         )
         queries = QueryHandler(store, broker, max_body_bytes=s.max_body_bytes, metrics=self.metrics)
 

@@ -127,6 +127,8 @@ class Broker:
         self.url = url
         self.names = names
         self.limits = limits or Limits()
+        # Known only when our declaration of the command queue was accepted.
+        self.delivery_limit_in_force: int | None = None
         self._name = name
         self._connect_timeout = connect_timeout
         self.connection: AbstractConnection | None = None
@@ -215,13 +217,15 @@ class Broker:
                         durable=True,
                         arguments={"alternate-exchange": unrouted.name},
                     )
-                    channel, q = await self._declare_queue(channel, queue, arguments)
+                    channel, q, accepted = await self._declare_queue(channel, queue, arguments)
+                    if queue == n.commands:
+                        self.delivery_limit_in_force = limits.delivery_limit if accepted else None
                     await q.bind(unrouted, routing_key="")
                     for key in keys:
                         await q.bind(direct, routing_key=key)
                 await channel.declare_exchange(n.events, aio_pika.ExchangeType.FANOUT, durable=True)
                 for queue in (n.dead_letter, n.rejected):
-                    channel, q = await self._declare_queue(channel, queue, holding_arguments)
+                    channel, q, _ = await self._declare_queue(channel, queue, holding_arguments)
                     if queue == n.dead_letter:
                         await q.bind(dead_letter, routing_key="")
             finally:
@@ -229,7 +233,7 @@ class Broker:
 
     async def _declare_queue(
         self, channel: AbstractChannel, name: str, arguments: FieldTable
-    ) -> tuple[AbstractChannel, AbstractQueue]:
+    ) -> tuple[AbstractChannel, AbstractQueue, bool]:
         """Declare with our limits; a queue declared earlier with other arguments is kept as it is.
 
         RabbitMQ refuses to change a queue's arguments (and closes the channel),
@@ -237,7 +241,7 @@ class Broker:
         to get them: a policy, or deleting the queue while no worker runs.
         """
         try:
-            return channel, await channel.declare_queue(name, durable=True, arguments=arguments)
+            return channel, await channel.declare_queue(name, durable=True, arguments=arguments), True
         except aiormq.exceptions.ChannelPreconditionFailed as e:
             log.warning(
                 "queue exists with other arguments; its limits are not ours",
@@ -247,7 +251,7 @@ class Broker:
                 fix="apply the policies of deploy/rabbitmq/definitions.json, or delete the queue and restart",
             )
             channel = await self._require().channel()
-            return channel, await channel.declare_queue(name, passive=True)
+            return channel, await channel.declare_queue(name, passive=True), False
 
     async def queue_depths(self) -> dict[str, int]:
         """Ready messages per statusek queue, from passive declarations."""

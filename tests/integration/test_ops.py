@@ -1,0 +1,251 @@
+"""The ops interface of a worker process: probes, metrics, limits, identity."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+import uuid
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from statusek.adapters.rabbitmq.broker import ORIGINAL_SIZE_HEADER, TRUNCATED_HEADER
+from tests.integration.conftest import Cluster
+from tests.integration.faults import proxied
+from tests.integration.wire import Wire
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _get(port: int, path: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+    except OSError:
+        return 0, b""
+
+
+async def get(port: int, path: str) -> tuple[int, bytes]:
+    return await asyncio.to_thread(_get, port, path)
+
+
+async def wait_status(port: int, status: int, timeout: float) -> tuple[float, bytes]:
+    """Poll /readyz until it answers `status`; returns the seconds it took and the body."""
+    started = time.monotonic()
+    while True:
+        code, body = await get(port, "/readyz")
+        if code == status:
+            return time.monotonic() - started, body
+        if time.monotonic() - started > timeout:
+            raise TimeoutError(f"/readyz did not answer {status} within {timeout} s (last {code} {body!r})")
+        await asyncio.sleep(0.1)
+
+
+async def metrics(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    code, body = await get(port, "/metrics")
+    assert code == 200
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(body.decode())
+        for sample in family.samples
+    }
+
+
+def start_worker(cluster: Cluster, **env: str) -> int:
+    port = free_port()
+    cluster.start(1, STATUSEK_OPS_PORT=str(port), **env)
+    return port
+
+
+async def test_livez_answers_while_the_loop_runs(cluster: Cluster) -> None:
+    """/livez is 200 as soon as the worker process is up."""
+    port = start_worker(cluster)
+    await wait_status(port, 200, timeout=30)
+    assert await get(port, "/livez") == (200, b'{"status": "ok"}\n')
+
+
+async def test_readyz_names_what_is_missing(cluster: Cluster) -> None:
+    """A worker that cannot log in to RabbitMQ is not ready, and /readyz says why."""
+    wrong = cluster.env["STATUSEK_AMQP_URL"].replace("guest:guest@", "guest:not-the-password@")
+    port = start_worker(cluster, STATUSEK_AMQP_URL=wrong)
+    _, body = await wait_status(port, 503, timeout=30)
+    deadline = time.monotonic() + 20
+    while "rabbitmq" not in json.loads(body)["problems"] or "password" not in body.decode():
+        assert time.monotonic() < deadline, body
+        await asyncio.sleep(0.2)
+        _, body = await get(port, "/readyz")
+    assert "not-the-password" not in body.decode()
+
+
+async def test_readyz_follows_postgres(cluster: Cluster) -> None:
+    """/readyz turns 503 within 5 s of Postgres going away and 200 within 5 s of its return."""
+    proxy, db_url = await proxied(cluster.env["STATUSEK_DATABASE_URL"], 5432)
+    try:
+        port = start_worker(cluster, STATUSEK_DATABASE_URL=db_url)
+        await wait_status(port, 200, timeout=30)
+        proxy.block()
+        down, body = await wait_status(port, 503, timeout=5)
+        assert "postgres" in json.loads(body)["problems"]
+        await asyncio.sleep(3)
+        proxy.unblock()
+        up, _ = await wait_status(port, 200, timeout=5)
+        print(f"postgres: 503 after {down:.2f} s, 200 again after {up:.2f} s")
+    finally:
+        await proxy.close()
+
+
+async def test_readyz_follows_rabbitmq(cluster: Cluster) -> None:
+    """/readyz turns 503 within 5 s of RabbitMQ going away and 200 within 5 s of its return."""
+    proxy, amqp_url = await proxied(cluster.env["STATUSEK_AMQP_URL"], 5672)
+    try:
+        port = start_worker(cluster, STATUSEK_AMQP_URL=amqp_url)
+        await wait_status(port, 200, timeout=30)
+        proxy.block()
+        down, body = await wait_status(port, 503, timeout=5)
+        assert "rabbitmq" in json.loads(body)["problems"]
+        await asyncio.sleep(10)  # long enough for the reconnect backoff to reach its cap
+        proxy.unblock()
+        up, _ = await wait_status(port, 200, timeout=5)
+        print(f"rabbitmq: 503 after {down:.2f} s, 200 again after {up:.2f} s")
+        figures = await metrics(port)
+        assert figures[("statusek_reconnects_total", (("dependency", "rabbitmq"),))] >= 1
+    finally:
+        await proxy.close()
+
+
+async def test_metrics_move_with_the_commands_sent(cluster: Cluster) -> None:
+    """Counters and histograms on /metrics count exactly the commands answered."""
+    port = start_worker(cluster)
+    await wait_status(port, 200, timeout=30)
+    tokens = [str(uuid.uuid4()) for _ in range(20)]
+    for token in tokens:
+        reply = await cluster.wire.request(
+            "create", {"object_name": "2-POINT LINE TASK", "instance_token": token}
+        )
+        assert reply["status"] is True
+    for token in tokens[:5]:
+        reply = await cluster.wire.request("set-status", {"instance_token": token, "status_name": "FINISHED"})
+        assert reply["code"] == "NOT_ALL_PREVIOUS_MANDATORY_STATUSES_ARE_SET"
+    await cluster.wire.request("create", b"{not json")
+    await cluster.wire.query("is-finished", {"instance_token": tokens[0]})
+
+    figures = await metrics(port)
+    assert figures[("statusek_commands_total", (("code", "SUCCESS"), ("routing_key", "create")))] == 20
+    rejected = (("code", "NOT_ALL_PREVIOUS_MANDATORY_STATUSES_ARE_SET"), ("routing_key", "set-status"))
+    assert figures[("statusek_commands_total", rejected)] == 5
+    assert figures[("statusek_dead_lettered_total", (("reason", "invalid-json"),))] == 1
+    assert figures[("statusek_queries_total", (("code", "SUCCESS"), ("routing_key", "is-finished")))] == 1
+    assert figures[("statusek_command_duration_seconds_count", ())] == 25
+    assert figures[("statusek_window_size_sum", ())] == 26
+    assert figures[("statusek_active_consumer", ())] == 1
+    assert figures[("statusek_ready", ())] == 1
+    assert figures[("statusek_queue_messages", (("queue", "statusek.dead-letter"),))] == 1
+
+
+async def test_poison_commands_end_in_dead_letter_after_the_delivery_limit(cluster: Cluster) -> None:
+    """50 commands failing their window every time are dead-lettered by the broker; the worker stays ready."""
+    port = start_worker(cluster, STATUSEK_FAULT_HOOKS="true")
+    await wait_status(port, 200, timeout=30)
+    poison = [uuid.uuid4().hex for _ in range(50)]
+    for message_id in poison:
+        await cluster.wire.send(
+            "create",
+            {"object_name": "2-POINT LINE TASK"},
+            reply=False,
+            message_id=message_id,
+            headers={"x-statusek-test-fault": "fail-window"},
+        )
+    deaths: dict[str, Any] = {}
+    deadline = time.monotonic() + 60
+    while len(deaths) < len(poison):
+        assert time.monotonic() < deadline, f"{len(deaths)} of {len(poison)} dead-lettered"
+        code, _ = await get(port, "/readyz")
+        assert code == 200
+        message = await cluster.wire.parked("statusek.dead-letter", poison[len(deaths)], timeout=60)
+        deaths[message.message_id or ""] = (message.headers or {})["x-death"]
+    for x_death in deaths.values():
+        assert x_death[0]["reason"] == "delivery_limit"
+        assert x_death[0]["queue"] == "statusek.commands"
+    figures = await metrics(port)
+    assert figures[("statusek_dead_lettered_total", (("reason", "delivery-limit"),))] == 50
+    assert (await get(port, "/readyz"))[0] == 200
+
+
+async def test_dead_letter_copies_are_timestamped_sized_and_cut(wire: Wire) -> None:
+    """A 1 MB refused body is kept as its first 64 KiB, with its size and a timestamp."""
+    message_id = uuid.uuid4().hex
+    await wire.send("create", b"x" * 1_000_000, reply=False, message_id=message_id)
+    copy = await wire.parked("statusek.dead-letter", message_id)
+    headers = copy.headers or {}
+    assert headers["x-statusek-reason"] == "too-large"
+    assert headers[ORIGINAL_SIZE_HEADER] == 1_000_000
+    assert headers[TRUNCATED_HEADER] is True
+    assert len(copy.body) == 64 * 1024
+    assert copy.timestamp is not None
+
+
+async def test_connection_names_tell_replicas_apart(cluster: Cluster) -> None:
+    """Each replica's connection reads `statusek worker host:pid` in the management UI."""
+    procs = cluster.start(2)
+    await cluster.wait_for_consumers(2)
+    out = subprocess.run(
+        [
+            "rabbitmqctl",
+            "-q",
+            "list_connections",
+            "-p",
+            cluster.vhost,
+            "client_properties",
+            "--formatter",
+            "json",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    names = {
+        dict((k, v) for k, _, v in c["client_properties"]).get("connection_name") for c in json.loads(out)
+    }
+    host = socket.gethostname()
+    assert {f"statusek worker {host}:{p.pid}" for p in procs} <= names
+
+
+async def test_log_lines_carry_identity_and_no_password(cluster: Cluster) -> None:
+    """Every worker log line names host, pid, version, vhost and broker, and never the password."""
+    wrong = cluster.env["STATUSEK_AMQP_URL"].replace("guest:guest@", "guest:hunter2-secret@")
+    port = start_worker(cluster, STATUSEK_AMQP_URL=wrong)
+    await wait_status(port, 503, timeout=30)
+    await asyncio.sleep(3)
+    cluster.stop()
+    lines = cluster.log_lines()
+    assert lines
+    for line in lines:
+        assert {"host", "pid", "version", "vhost", "broker"} <= line.keys(), line
+        assert line["vhost"] == cluster.vhost
+    text = "\n".join(p.read_text() for p in cluster.logs.glob("worker-*.log"))
+    assert "hunter2-secret" not in text
+    assert "waiting for rabbitmq" in text
+
+
+async def test_a_queue_declared_with_other_limits_is_kept(cluster: Cluster) -> None:
+    """A command queue declared earlier with other limits is used as it is, with a warning naming the fix."""
+    port = start_worker(cluster, STATUSEK_COMMAND_DELIVERY_LIMIT="7")
+    await wait_status(port, 200, timeout=30)
+    cluster.stop()
+    warnings = [line for line in cluster.log_lines() if line["event"].startswith("queue exists with other")]
+    assert [w["queue"] for w in warnings] == ["statusek.commands"]
+    assert "definitions.json" in str(warnings[0]["fix"])
