@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Start the local PostgreSQL and RabbitMQ if they are not running; wait until both answer.
+# Start the local PostgreSQL and RabbitMQ if they are not running (with the management UI); wait until both answer.
 set -euo pipefail
 
 if ! pg_isready -q -h 127.0.0.1 -p 5432; then
@@ -14,4 +14,9 @@ if ! rabbitmqctl -q status >/dev/null 2>&1; then
   rabbitmq-server -detached
 fi
 rabbitmqctl -q await_startup --timeout 120
+# The management UI is how operators look at dead letters (and what the browser test drives).
+if ! rabbitmq-plugins -q list -e -m | grep -qx rabbitmq_management; then
+  echo "enabling rabbitmq_management"
+  rabbitmq-plugins -q enable rabbitmq_management >/dev/null
+fi
 echo "services are up"

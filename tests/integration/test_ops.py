@@ -6,6 +6,7 @@ import asyncio
 import json
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -16,6 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from statusek.adapters.rabbitmq.broker import ORIGINAL_SIZE_HEADER, TRUNCATED_HEADER
+from statusek.app.identity import version
 from tests.integration.conftest import Cluster
 from tests.integration.faults import proxied
 from tests.integration.wire import Wire
@@ -249,3 +251,31 @@ async def test_a_queue_declared_with_other_limits_is_kept(cluster: Cluster) -> N
     warnings = [line for line in cluster.log_lines() if line["event"].startswith("queue exists with other")]
     assert [w["queue"] for w in warnings] == ["statusek.commands"]
     assert "definitions.json" in str(warnings[0]["fix"])
+
+
+async def test_health_exits_0_for_a_ready_worker_and_1_otherwise(cluster: Cluster) -> None:
+    """`statusek health` (the container HEALTHCHECK) follows /readyz and prints why when not ready."""
+    port = start_worker(cluster)
+    env = {**cluster.env, "STATUSEK_OPS_PORT": str(port)}
+
+    def health(**extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "statusek", "health"],
+            env={**env, **extra},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+
+    await wait_status(port, 200, timeout=30)
+    ready = await asyncio.to_thread(health)
+    assert (ready.returncode, ready.stdout.split()[0]) == (0, "ready")
+    nobody = await asyncio.to_thread(health, STATUSEK_OPS_PORT=str(free_port()))
+    assert nobody.returncode == 1
+    assert nobody.stderr.startswith("not ready: no worker answers at http://127.0.0.1:")
+
+
+async def test_version_prints_the_package_version() -> None:
+    """`statusek --version` prints the installed version."""
+    out = subprocess.run([sys.executable, "-m", "statusek", "--version"], capture_output=True, text=True)
+    assert (out.returncode, out.stdout) == (0, f"statusek {version()}\n")
