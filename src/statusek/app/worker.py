@@ -228,6 +228,7 @@ class Worker:
         if self._commands_consumer is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._commands_consumer.close(), 2)
+        self.metrics.active_consumer.set(0)
         relay.stop()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(relay.flush(), timeout=max(1.0, s.shutdown_timeout / 2))
