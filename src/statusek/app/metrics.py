@@ -13,6 +13,16 @@ from statusek.app.identity import version
 
 __all__ = ["CONTENT_TYPE", "METRIC_NAMES", "Metrics"]
 
+DEAD_LETTER_REASONS = (
+    "invalid-json",
+    "schema-violation",
+    "unknown-routing-key",
+    "too-large",
+    "store-failure",
+    "internal-error",
+    "delivery-limit",
+)
+
 # Latencies of a window are milliseconds when idle and grow with queueing.
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _WINDOW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -82,8 +92,11 @@ class Metrics:
             "statusek_build_info", "Always 1; the version as a label.", ["version"], registry=r
         )
         self.build_info.labels(version=version()).set(1)
+        # Series exist from the start at 0, so that increase() sees their first event.
         for dependency in ("rabbitmq", "postgres"):
             self.reconnects.labels(dependency=dependency)
+        for reason in DEAD_LETTER_REASONS:
+            self.dead_lettered.labels(reason=reason)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
