@@ -174,7 +174,7 @@ class Stack:
         return {n["IPAddress"] for n in networks if n.get("IPAddress")}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """deploy/compose.yaml up, both workers healthy; torn down with its volumes whatever happens."""
     problem = docker_problem()
