@@ -3,28 +3,37 @@
 Debian's chromium (deploy/browser/install-chromium.sh) is driven by playwright
 through `executable_path`; playwright's own browser downloads are not used.
 Without chromium the tests are skipped, unless STATUSEK_REQUIRE_BROWSER=1.
-Screenshots go to STATUSEK_TEST_ARTIFACTS (default `.artifacts/browser/`).
+The UI is the one of the session's broker (`services`: STATUSEK_TEST_MANAGEMENT_URL,
+default http://127.0.0.1:15672/, or the broker container's); a UI that does not
+answer fails the tests.
+Screenshots go to STATUSEK_TEST_ARTIFACTS (default `.artifacts/browser/`),
+one folder per test, with `failed.png` and `failed.html` of the page a test
+failed on.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
 import json
 import os
-import urllib.error
+import shutil
+import time
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Generator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import pytest
-from playwright.async_api import Browser, Page, async_playwright
+from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Error as PlaywrightError
 
 from statusek.app.settings import Settings
 from statusek.app.worker import Worker
-from statusek.testing import fresh_database, fresh_vhost
-from tests.conftest import AMQP_URL, DATABASE_URL, ROOT, SHIPPED_MODELS
+from statusek.testing import Services, fresh_database, fresh_vhost
+from tests.conftest import ROOT, SHIPPED_MODELS
 
 CHROMIUM = os.environ.get("STATUSEK_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -37,15 +46,18 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-MANAGEMENT_URL = os.environ.get("STATUSEK_TEST_MANAGEMENT_URL", "http://127.0.0.1:15672/")
 ARTIFACTS = Path(os.environ.get("STATUSEK_TEST_ARTIFACTS", ROOT / ".artifacts" / "browser"))
 # Every wait on the UI is bounded: a page that does not answer fails the test, never hangs it.
 UI_TIMEOUT_MS = 15_000
+MANAGEMENT_WAIT_S = 30
+expect.set_options(timeout=UI_TIMEOUT_MS)
+
+FAILED = pytest.StashKey[bool]()
 
 
 @dataclass(frozen=True)
 class Stack:
-    """A running worker on a fresh vhost and database, as an operator of the UI sees it."""
+    """A running worker on a fresh vhost and database, and the broker user an operator logs in as."""
 
     amqp_url: str
     vhost: str
@@ -54,17 +66,13 @@ class Stack:
     worker: Worker
 
 
-@pytest.hookimpl(wrapper=True, tryfirst=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[pytest.TestReport]:
-    # The page fixture keeps a screenshot of the page a test failed on.
-    report: pytest.TestReport = yield
-    item.stash.setdefault(FAILED, False)
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    # Seen by the page fixture's teardown, which keeps the page a test failed on.
+    report = yield
     if report.failed:
         item.stash[FAILED] = True
     return report
-
-
-FAILED = pytest.StashKey[bool]()
 
 
 @pytest.fixture(scope="session")
@@ -72,49 +80,49 @@ def chromium() -> str:
     """Debian's chromium, or a skip (a failure under STATUSEK_REQUIRE_BROWSER=1)."""
     if os.access(CHROMIUM, os.X_OK):
         return CHROMIUM
-    reason = f"no chromium at {CHROMIUM} (install it with deploy/browser/install-chromium.sh)"
+    reason = f"no chromium at {CHROMIUM} (deploy/browser/install-chromium.sh installs it)"
     if os.environ.get("STATUSEK_REQUIRE_BROWSER") == "1":
         pytest.fail(f"STATUSEK_REQUIRE_BROWSER=1 but {reason}", pytrace=False)
     pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")
-def artifacts() -> Path:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    return ARTIFACTS
+def management_url(services: Services) -> str:
+    """The management UI, checked to answer before a browser is pointed at it.
 
-
-@pytest.fixture(scope="session")
-def management_url() -> str:
-    """The management UI, checked to answer before a browser is pointed at it."""
-    parts = urlsplit(AMQP_URL)
-    request = urllib.request.Request(MANAGEMENT_URL.rstrip("/") + "/api/overview")
+    A broker container's UI may come up a little after its AMQP port, hence a few tries.
+    """
+    url = services.management_url
+    parts = urlsplit(services.amqp_url)
     credentials = f"{unquote(parts.username or 'guest')}:{unquote(parts.password or 'guest')}"
-    request.add_header("Authorization", "Basic " + _b64(credentials))
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            version = json.load(response).get("management_version")
-    except (urllib.error.URLError, OSError, ValueError) as e:
-        pytest.fail(
-            f"the RabbitMQ management UI does not answer at {MANAGEMENT_URL} ({e}); "
-            "enable it with `rabbitmq-plugins enable rabbitmq_management`",
-            pytrace=False,
-        )
-    assert version, f"{MANAGEMENT_URL}api/overview gave no management_version"
-    return MANAGEMENT_URL
-
-
-def _b64(text: str) -> str:
-    import base64
-
-    return base64.b64encode(text.encode()).decode()
+    request = urllib.request.Request(
+        url.rstrip("/") + "/api/overview",
+        headers={"Authorization": "Basic " + base64.b64encode(credentials.encode()).decode()},
+    )
+    deadline = time.monotonic() + MANAGEMENT_WAIT_S
+    while True:
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                version = json.load(response).get("management_version")
+            break
+        except (OSError, ValueError) as e:
+            if time.monotonic() > deadline:
+                pytest.fail(
+                    f"the RabbitMQ management UI does not answer at {url} ({e}); "
+                    "it needs `rabbitmq-plugins enable rabbitmq_management`",
+                    pytrace=False,
+                )
+            time.sleep(0.5)
+    if not version:
+        pytest.fail(f"{url} answers, but not as the RabbitMQ management API", pytrace=False)
+    return url
 
 
 @pytest.fixture(scope="session")
-async def stack() -> AsyncIterator[Stack]:
-    """A worker of its own: the UI test must not share queues with other tests."""
-    with fresh_vhost(AMQP_URL, prefix="statusek-ui") as amqp_url:
-        async with fresh_database(DATABASE_URL, prefix="statusek_ui") as database_url:
+async def stack(services: Services) -> AsyncIterator[Stack]:
+    """A worker of its own: what the operator finds in the queues is this test's doing only."""
+    with fresh_vhost(services.amqp_url, prefix="statusek-ui", admin=services.rabbit) as amqp_url:
+        async with fresh_database(services.database_url, prefix="statusek_ui") as database_url:
             settings = Settings(
                 amqp_url=amqp_url,
                 database_url=database_url,
@@ -128,7 +136,11 @@ async def stack() -> AsyncIterator[Stack]:
             await asyncio.wait([task, started], timeout=60, return_when=asyncio.FIRST_COMPLETED)
             if task.done():
                 task.result()
-            assert started.done(), "the worker did not start within 60 s"
+            if not started.done():
+                started.cancel()
+                worker.request_stop()
+                await asyncio.wait_for(task, 30)
+                pytest.fail("the worker did not start within 60 s", pytrace=False)
             parts = urlsplit(amqp_url)
             try:
                 yield Stack(
@@ -156,17 +168,28 @@ async def browser(chromium: str) -> AsyncIterator[Browser]:
 
 
 @pytest.fixture
+def artifacts(request: pytest.FixtureRequest) -> Path:
+    """This test's folder of screenshots, emptied first so that it shows the last run only."""
+    name: str = request.node.name
+    folder = ARTIFACTS / name
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    return folder
+
+
+@pytest.fixture
 async def page(browser: Browser, artifacts: Path, request: pytest.FixtureRequest) -> AsyncIterator[Page]:
-    """A fresh browser context per test; the page a test fails on is kept as a screenshot."""
-    context = await browser.new_context(viewport={"width": 1280, "height": 900}, device_scale_factor=1)
+    """A fresh browser context (no cookies, no UI preferences) per test."""
+    context = await browser.new_context(viewport={"width": 1280, "height": 900})
     context.set_default_timeout(UI_TIMEOUT_MS)
     context.set_default_navigation_timeout(UI_TIMEOUT_MS)
     page = await context.new_page()
     try:
         yield page
     finally:
+        # Best effort: a browser that died with the test has nothing left to show.
         if request.node.stash.get(FAILED, False):
-            name = request.node.name
-            await page.screenshot(path=artifacts / f"{name}-failed.png", full_page=True, timeout=10_000)
-            (artifacts / f"{name}-failed.html").write_text(await page.content())
+            with contextlib.suppress(PlaywrightError):
+                await page.screenshot(path=artifacts / "failed.png", full_page=True, timeout=UI_TIMEOUT_MS)
+                (artifacts / "failed.html").write_text(await page.content())
         await context.close()

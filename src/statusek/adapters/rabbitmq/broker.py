@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import aio_pika
 import aiormq
@@ -29,7 +30,7 @@ from pamqp.common import FieldTable
 from statusek.core.errors import BrokerUnavailable
 from statusek.core.messages import COMMANDS, QUERIES, Reply
 from statusek.core.views import Notification
-from statusek.redact import mask_secrets
+from statusek.redact import mask_secrets, url_location
 
 log = structlog.get_logger(__name__)
 
@@ -51,14 +52,38 @@ async def translated() -> AsyncIterator[None]:
         raise BrokerUnavailable(mask_secrets(f"rabbitmq unavailable: {describe(e)}")) from e
 
 
-def describe(e: BaseException) -> str:
-    """One line for an aiormq error; its repr of a Connection.Close frame says nothing to a person."""
+def describe(e: BaseException, url: str | None = None) -> str:
+    """One line for an aiormq error; its repr of a Connection.Close frame says nothing to a person.
+
+    Given the URL that was dialled, the line names the user, vhost, host and
+    port concerned (never the password).
+    """
+    where = url_location(url) if url else None
     if isinstance(e, aiormq.exceptions.ProbableAuthenticationError):
+        if where is not None:
+            user = urlsplit(url or "").username or "guest"
+            return f"the broker refused the login of user {user!r}: wrong user or password"
         return (
             "the broker closed the connection during login: wrong user or password, or no access to the vhost"
         )
     if isinstance(e, aiormq.exceptions.IncompatibleProtocolError) or "Connection.Close" in str(e):
+        if where is not None:
+            user = urlsplit(url or "").username or "guest"
+            vhost = where["path"] or "/"
+            return f"the broker refused vhost {vhost!r}: it does not exist, or user {user!r} may not use it"
         return "the broker refused the connection: the vhost does not exist or the user may not use it"
+    if isinstance(e, asyncio.TimeoutError):
+        return "no answer from the broker in time (a firewall, or the wrong host or port?)"
+    errno = e.args[0] if isinstance(e, aiormq.exceptions.AMQPConnectionError) and e.args else None
+    if errno == 111 or isinstance(e, ConnectionRefusedError):
+        return "connection refused: nothing listens there (is RabbitMQ running, and is the port right?)"
+    if errno in (-2, -3, -5):
+        host = where["host"] if where is not None else "the host"
+        return f"{host!r} is not a known host name"
+    if "connection reset" in str(e).lower():
+        return "the connection was reset (the broker went away, or something in between cut the link)"
+    if "unexpectedly closed" in str(e):
+        return "the server closed the connection at once: is this RabbitMQ's AMQP port (5672)?"
     return f"{type(e).__name__}: {e}"
 
 
@@ -325,7 +350,9 @@ class Broker:
                 correlation_id=original.correlation_id,
                 message_id=original.message_id,
                 reply_to=original.reply_to,
-                type=original.type,
+                # A replay ("Move messages", a shovel) arrives with another routing key;
+                # the type still names the command.
+                type=original.type or original.routing_key,
                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             ),
         )
