@@ -1,7 +1,10 @@
 """Shared fixtures: real RabbitMQ and Postgres, isolated per test session.
 
-Each session gets its own RabbitMQ vhost and its own database, both removed
-afterwards. Tests isolate themselves further by using fresh instance tokens.
+The broker and database server are the local ones, or containers started for
+the session (STATUSEK_TEST_BACKEND=containers, or by itself when the local
+services do not answer but Docker does; see statusek.testing). Each session gets
+its own RabbitMQ vhost and its own database, both removed afterwards. Tests
+isolate themselves further by using fresh instance tokens.
 """
 
 from __future__ import annotations
@@ -12,27 +15,45 @@ from pathlib import Path
 
 import pytest
 
-from statusek.testing import LOCAL_ADMIN_DATABASE_URL, LOCAL_AMQP_URL, fresh_database, fresh_vhost
+from statusek.testing import (
+    LOCAL_ADMIN_DATABASE_URL,
+    LOCAL_AMQP_URL,
+    Services,
+    backing_services,
+    fresh_database,
+    fresh_vhost,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_MODELS = ROOT / "tests" / "models"
 SHIPPED_MODELS = ROOT / "src" / "statusek" / "models"
 
+# The local services only: fixtures use `services`, which may be containers instead.
 AMQP_URL = os.environ.get("STATUSEK_TEST_AMQP_URL", LOCAL_AMQP_URL)
 DATABASE_URL = os.environ.get("STATUSEK_TEST_DATABASE_URL", LOCAL_ADMIN_DATABASE_URL)
 
+_USED: list[Services] = []
+
 
 @pytest.fixture(scope="session")
-def amqp_url() -> Iterator[str]:
+def services() -> Iterator[Services]:
+    """The session's broker and database server (and the `rabbitmqctl` that manages the broker)."""
+    with backing_services() as services:
+        _USED.append(services)
+        yield services
+
+
+@pytest.fixture(scope="session")
+def amqp_url(services: Services) -> Iterator[str]:
     """A fresh vhost for the session's in-process worker."""
-    with fresh_vhost(AMQP_URL) as url:
+    with fresh_vhost(services.amqp_url, admin=services.rabbit) as url:
         yield url
 
 
 @pytest.fixture(scope="session")
-async def database_url() -> AsyncIterator[str]:
+async def database_url(services: Services) -> AsyncIterator[str]:
     """A fresh database for the session's in-process worker."""
-    async with fresh_database(DATABASE_URL) as url:
+    async with fresh_database(services.database_url) as url:
         yield url
 
 
@@ -56,9 +77,14 @@ def worker_env(amqp_url: str, database_url: str, models_path: str) -> dict[str, 
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """Print the counts of every fault-injection and deadline scenario that ran."""
+    """Print the backing services used, and the counts of every fault-injection and deadline scenario."""
     from tests.integration.faults import REPORTS
 
+    for used in _USED:
+        terminalreporter.write_line(
+            f"backing services: {used.backend} (RabbitMQ {used.amqp_url.split('@')[-1]}, "
+            f"Postgres {used.database_url.split('@')[-1]})"
+        )
     if REPORTS:
         terminalreporter.section("fault injection and deadline report")
         for report in REPORTS:

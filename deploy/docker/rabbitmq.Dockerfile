@@ -6,14 +6,17 @@ FROM ${BASE_IMAGE}
 
 # The base image lists only the main suite; security and point-release updates matter for a server.
 # policy-rc.d keeps the package's maintainer scripts from starting a broker during the build.
+# Documentation and translations are left out (dpkg path-exclude).
 RUN set -eux; \
     printf '%s\n' 'deb http://deb.debian.org/debian bookworm-updates main' \
         'deb http://deb.debian.org/debian-security bookworm-security main' > /etc/apt/sources.list.d/updates.list; \
+    printf '%s\n' 'path-exclude=/usr/share/doc/*' 'path-exclude=/usr/share/man/*' \
+        'path-exclude=/usr/share/locale/*' > /etc/dpkg/dpkg.cfg.d/no-docs; \
     printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; \
     apt-get update; \
     DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends rabbitmq-server; \
     rm -f /usr/sbin/policy-rc.d; \
-    apt-get clean; rm -rf /var/lib/apt/lists/* /var/log/apt/* /var/log/dpkg.log /usr/share/doc/* /usr/share/man/*; \
+    apt-get clean; rm -rf /var/lib/apt/lists/* /var/log/apt/* /var/log/dpkg.log; \
     rabbitmq-plugins enable --offline rabbitmq_management rabbitmq_consistent_hash_exchange; \
     mkdir -p /etc/rabbitmq/conf.d; \
     rm -rf /var/lib/rabbitmq/mnesia /var/log/rabbitmq/*; \

@@ -14,8 +14,7 @@ import pytest
 from statusek.adapters.rabbitmq.broker import Broker, Names
 from statusek.app.settings import Settings
 from statusek.app.worker import Worker
-from statusek.testing import fresh_database, fresh_vhost
-from tests.conftest import AMQP_URL, DATABASE_URL
+from statusek.testing import RabbitAdmin, Services, fresh_database, fresh_vhost
 from tests.integration.wire import Wire
 
 pytestmark = pytest.mark.integration
@@ -57,10 +56,11 @@ async def wire(worker: Worker, amqp_url: str) -> AsyncIterator[Wire]:
 class Cluster:
     """Worker processes on a vhost and database of their own, started by the test."""
 
-    def __init__(self, env: dict[str, str], vhost: str, logs: Path):
+    def __init__(self, env: dict[str, str], vhost: str, logs: Path, rabbit: RabbitAdmin):
         self.env = env
         self.vhost = vhost
         self.logs = logs
+        self.rabbit = rabbit  # `rabbitmqctl` where the broker runs
         self.wire: Wire = None  # type: ignore[assignment]
         self.workers: list[subprocess.Popen[bytes]] = []
 
@@ -100,27 +100,7 @@ class Cluster:
 
     def queue_depths(self) -> dict[str, tuple[int, int]]:
         """Queue name -> (ready, unacked), from the broker itself."""
-        out = subprocess.run(
-            [
-                "rabbitmqctl",
-                "-q",
-                "list_queues",
-                "-p",
-                self.vhost,
-                "name",
-                "messages_ready",
-                "messages_unacknowledged",
-                "--no-table-headers",
-            ],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
-        depths = {}
-        for line in out.splitlines():
-            name, ready, unacked = line.split()
-            depths[name] = (int(ready), int(unacked))
-        return depths
+        return self.rabbit.list_queues(self.vhost)
 
     def log_lines(self) -> list[dict[str, object]]:
         lines = []
@@ -142,17 +122,17 @@ class Cluster:
 
 
 @pytest.fixture
-async def cluster(worker_env: dict[str, str], tmp_path: Path) -> AsyncIterator[Cluster]:
+async def cluster(services: Services, worker_env: dict[str, str], tmp_path: Path) -> AsyncIterator[Cluster]:
     """A vhost and a database of their own; the test starts the workers it needs."""
-    async with fresh_database(DATABASE_URL) as db_url:
-        with fresh_vhost(AMQP_URL) as url:
+    async with fresh_database(services.database_url) as db_url:
+        with fresh_vhost(services.amqp_url, admin=services.rabbit) as url:
             broker = await Broker.connect(url, Names())
             try:
                 await broker.declare()
             finally:
                 await broker.close()
             env = {**worker_env, "STATUSEK_AMQP_URL": url, "STATUSEK_DATABASE_URL": db_url}
-            cluster = Cluster(env, unquote(urlsplit(url).path[1:]), tmp_path)
+            cluster = Cluster(env, unquote(urlsplit(url).path[1:]), tmp_path, services.rabbit)
             cluster.wire = await Wire.open(url)
             try:
                 yield cluster
