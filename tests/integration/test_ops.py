@@ -204,21 +204,9 @@ async def test_connection_names_tell_replicas_apart(cluster: Cluster) -> None:
     """Each replica's connection reads `statusek worker host:pid` in the management UI."""
     procs = cluster.start(2)
     await cluster.wait_for_consumers(2)
-    out = subprocess.run(
-        [
-            "rabbitmqctl",
-            "-q",
-            "list_connections",
-            "-p",
-            cluster.vhost,
-            "client_properties",
-            "--formatter",
-            "json",
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
+    out = cluster.rabbit.rabbitmqctl(
+        "list_connections", "-p", cluster.vhost, "client_properties", "--formatter", "json"
+    )
     names = {
         dict((k, v) for k, _, v in c["client_properties"]).get("connection_name") for c in json.loads(out)
     }
