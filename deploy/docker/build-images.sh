@@ -87,15 +87,20 @@ if want worker; then
     # The context holds nothing but wheels/: statusek's wheel and every dependency's.
     ctx=$(mktemp -d)
     trap 'rm -f "$LOG"; rm -rf "$ctx"' EXIT
-    if ! "$python" -m pip wheel -q --wheel-dir "$ctx/wheels" "$ROOT" >"$LOG" 2>&1; then
+    # Dependencies exactly as locked (with their hashes), then statusek itself without dependencies.
+    if ! { "$python" -m pip wheel -q --wheel-dir "$ctx/wheels" --require-hashes -r requirements.lock &&
+      "$python" -m pip wheel -q --no-deps --wheel-dir "$ctx/wheels" "$ROOT"; } >"$LOG" 2>&1; then
       tail -n 40 "$LOG" >&2
       echo "pip wheel failed" >&2
       exit 1
     fi
+    rm -rf "$ROOT/build"
     version=$("$python" -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')
     revision=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
     build "$image" -f deploy/Dockerfile --build-arg "BASE_IMAGE=$BASE" \
       --build-arg "VERSION=$version" --build-arg "REVISION=$revision" "$ctx"
+    # The legacy builder leaves the builder stage behind as a dangling image.
+    docker image prune -f --filter label=statusek.stage=builder >/dev/null
     report "$image" built
   fi
 fi
