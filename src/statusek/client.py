@@ -1,12 +1,23 @@
 """An asyncio client for statusek's wire contract (aio-pika under the hood).
 
-    async with Client.connect("amqp://guest:guest@localhost/") as client:
+    async with await Client.connect("amqp://guest:guest@localhost/") as client:
         token = await client.create("2-POINT LINE TASK")
         reason = await client.wait_finished(token, timeout=60)
 
-Commands are published persistent, with publisher confirms and a
-`message_id`, so a retried call is applied once. Replies come back on
-RabbitMQ's direct reply-to pseudo-queue.
+Every request is bounded: it waits at most `timeout` seconds for its answer
+and carries a little less than that as its AMQP expiration, so a request
+nobody took in time is dropped by the broker and never applied after its
+caller gave up. Commands are published persistent, with publisher confirms
+and a `message_id`, so a repeat of the same request is applied once.
+Replies come back on RabbitMQ's direct reply-to pseudo-queue.
+
+The client keeps its own link to the broker and makes it again when it is
+lost: a request waiting for its answer is published again on the new link,
+with the same `message_id` (the worker answers a repeat with its stored
+reply), `wait_finished` asks again whether the instance finished meanwhile,
+and `notifications()` raises `NotificationsInterrupted`, since what was
+published while the link was down is gone. Nothing waits beyond its bound:
+when the link does not come back in time the call raises `BrokerUnreachable`.
 """
 
 from __future__ import annotations
@@ -15,97 +26,204 @@ import asyncio
 import contextlib
 import json
 import os
+import socket
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
+from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple, cast
+from urllib.parse import urlsplit
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
+import aiormq
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange, AbstractIncomingMessage
 
-from statusek.core.codes import Code
+from statusek.adapters.rabbitmq.broker import describe
+from statusek.exceptions import (
+    BrokerUnreachable,
+    InstanceFinishedError,
+    InstanceNotFound,
+    InvalidRequest,
+    InvalidURL,
+    NoAnswerError,
+    NotificationsInterrupted,
+    StatusekClientError,
+    StatusekRejected,
+    StatusNotReady,
+    TokenConflict,
+    TopologyNotFound,
+    WaitTimeoutError,
+    rejection,
+)
+from statusek.redact import mask_url, url_location
+
+__all__ = [
+    "BrokerUnreachable",
+    "Client",
+    "Created",
+    "Heartbeat",
+    "InstanceFinishedError",
+    "InstanceNotFound",
+    "InvalidRequest",
+    "InvalidURL",
+    "NoAnswerError",
+    "NotificationsInterrupted",
+    "StatusNotReady",
+    "StatusekClientError",
+    "StatusekRejected",
+    "TokenConflict",
+    "TopologyNotFound",
+    "WaitTimeoutError",
+    "rejection",
+]
 
 REPLY_TO = "amq.rabbitmq.reply-to"
 DEFAULT_URL = "amqp://guest:guest@localhost:5672/"
+# The message of a create answered for a token that exists with the same arguments.
+ALREADY_EXISTS = "Instance already exists"
+
+# Everything aio-pika and aiormq raise when a link or a channel goes away.
+_LINK_ERRORS: tuple[type[BaseException], ...] = aio_pika.exceptions.CONNECTION_EXCEPTIONS
+_LINK_ERRORS_OR_TIMEOUT: tuple[type[BaseException], ...] = (TimeoutError, *_LINK_ERRORS)
 
 
-class StatusekRejected(Exception):
-    """The worker answered with a code other than SUCCESS."""
-
-    def __init__(self, code: str, message: str, data: dict[str, Any] | None = None):
-        self.code = code
-        self.message = message
-        self.data = data or {}
-        super().__init__(f"{code}: {message}")
-
-
-class InstanceNotFound(StatusekRejected):
-    """INSTANCE_TOKEN_IS_NOT_FOUND or OBJECT_NAME_IS_NOT_FOUND."""
-
-
-class InstanceFinishedError(StatusekRejected):
-    """INSTANCE_IS_FINISHED: the instance accepts no more statuses or pings."""
+def check_url(url: str) -> None:
+    """Raise InvalidURL unless `url` is an AMQP URL with a host."""
+    parts = urlsplit(url)
+    try:
+        port_ok = parts.port is None or 0 < parts.port < 65536
+    except ValueError:
+        port_ok = False
+    if parts.scheme not in ("amqp", "amqps") or not parts.hostname or not port_ok:
+        raise InvalidURL(
+            f"{mask_url(url)!r} is not an AMQP URL: expected amqp://user:password@host:5672/vhost"
+        )
 
 
-class StatusNotReady(StatusekRejected):
-    """A status rule refused the status (checks 3 to 7 of SPEC section 3)."""
+def expiration_for(seconds: float) -> float:
+    """How long a request may wait in its queue when its caller waits `seconds` for the answer.
+
+    A little less than `seconds` (a fifth, at most one second less), so that a
+    worker that takes the request just before it expires still has time to
+    answer before the caller gives up.
+    """
+    return max(0.001, seconds - min(1.0, seconds / 5))
 
 
-class TokenConflict(StatusekRejected):
-    """INSTANCE_TOKEN_CONFLICT."""
+class Created(NamedTuple):
+    """What `create_instance` returns."""
+
+    token: str
+    created: bool  # False: the token existed with the same arguments; nothing changed
 
 
-class InvalidRequest(StatusekRejected):
-    """INVALID_MESSAGE: the request broke the contract (a bug in the caller)."""
+@dataclass(eq=False)
+class _Link:
+    """One connection to the broker with the client's channels on it."""
+
+    connection: AbstractConnection
+    channel: AbstractChannel
+    lost: asyncio.Event
+    exchanges: dict[str, AbstractExchange] = field(default_factory=dict)
+    events: AbstractChannel | None = None
+
+    @property
+    def up(self) -> bool:
+        return not self.lost.is_set()
+
+    async def close(self) -> None:
+        self.lost.set()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.connection.close(), 2)
 
 
-_FAMILIES: dict[str, type[StatusekRejected]] = {
-    Code.INSTANCE_TOKEN_IS_NOT_FOUND: InstanceNotFound,
-    Code.OBJECT_NAME_IS_NOT_FOUND: InstanceNotFound,
-    Code.INSTANCE_IS_FINISHED: InstanceFinishedError,
-    Code.STATUS_NAME_IS_NOT_FOUND_FOR_OBJECT: StatusNotReady,
-    Code.NOT_ALL_PREVIOUS_MANDATORY_STATUSES_ARE_SET: StatusNotReady,
-    Code.NO_PREVIOUS_OPTIONAL_STATUS_IS_SET: StatusNotReady,
-    Code.AT_LEAST_ONE_NEXT_STATUS_IS_SET: StatusNotReady,
-    Code.STATUS_IS_ALREADY_SET: StatusNotReady,
-    Code.INSTANCE_TOKEN_CONFLICT: TokenConflict,
-    Code.INVALID_MESSAGE: InvalidRequest,
-}
+def _nothing() -> None:
+    return None
 
 
-def rejection(code: str, message: str, data: dict[str, Any] | None = None) -> StatusekRejected:
-    return _FAMILIES.get(code, StatusekRejected)(code, message, data)
+@dataclass(eq=False)
+class _Subscription:
+    """A listener for notifications and for the link going down and coming back."""
+
+    on_event: Callable[[str, dict[str, Any]], None]
+    on_lost: Callable[[], None] = _nothing
+    on_restored: Callable[[], None] = _nothing
+    on_closed: Callable[[], None] = _nothing
+
+
+_LOST = object()
+_CLOSED = object()
 
 
 class Client:
     def __init__(
         self,
-        connection: AbstractRobustConnection,
-        channel: AbstractChannel,
+        url: str,
         *,
         commands_exchange: str = "statusek.commands",
         queries_exchange: str = "statusek.queries",
         events_exchange: str = "statusek.events",
+        connect_timeout: float = 10,
+        reconnect_max_delay: float = 2,
+        name: str | None = None,
     ):
-        self._connection = connection
-        self._channel = channel
+        check_url(url)
+        self.url = url
+        self.name = name or f"statusek client {socket.gethostname()}:{os.getpid()}"
         self._commands = commands_exchange
         self._queries = queries_exchange
         self._events = events_exchange
+        self._connect_timeout = connect_timeout
+        self._reconnect_max_delay = reconnect_max_delay
+        self._link: _Link | None = None
+        self._ready = asyncio.Event()
+        self._closed = False
+        self._supervisor: asyncio.Task[None] | None = None
         self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
-        self._subscribers: set[Callable[[str, dict[str, Any]], None]] = set()
-        self._events_queue: aio_pika.abc.AbstractQueue | None = None
+        self._subscriptions: set[_Subscription] = set()
+        self._events_wanted = False
+        self._events_lock = asyncio.Lock()
+        self.reconnects = 0  # links made again after a loss
+        self.last_error: str | None = None  # why the last attempt to link failed
 
     @classmethod
-    async def connect(cls, url: str | None = None, **names: str) -> Client:
-        """Connect to `url`, else $STATUSEK_AMQP_URL, else the local broker."""
-        url = url or os.environ.get("STATUSEK_AMQP_URL") or DEFAULT_URL
-        connection = await aio_pika.connect_robust(url)
-        channel = await connection.channel(publisher_confirms=True)
-        client = cls(connection, channel, **names)
-        reply_queue = await channel.get_queue(REPLY_TO, ensure=False)
-        await reply_queue.consume(client._on_reply, no_ack=True)
+    async def connect(
+        cls,
+        url: str | None = None,
+        *,
+        timeout: float = 10,
+        commands_exchange: str = "statusek.commands",
+        queries_exchange: str = "statusek.queries",
+        events_exchange: str = "statusek.events",
+    ) -> Client:
+        """Connect to `url`, else $STATUSEK_AMQP_URL, else the local broker, within `timeout` seconds.
+
+        Raises InvalidURL for a URL that is not AMQP, TopologyNotFound when
+        the vhost has no statusek exchanges, and BrokerUnreachable when the
+        broker cannot be reached or refuses the login or the vhost.
+        """
+        client = cls(
+            url or os.environ.get("STATUSEK_AMQP_URL") or DEFAULT_URL,
+            commands_exchange=commands_exchange,
+            queries_exchange=queries_exchange,
+            events_exchange=events_exchange,
+            connect_timeout=timeout,
+        )
+        await client._start(timeout)
         return client
+
+    @property
+    def vhost(self) -> str:
+        return url_location(self.url)["path"] or "/"
+
+    @property
+    def location(self) -> str:
+        where = url_location(self.url)
+        return f"{where['host']}:{where['port'] or 5672}"
+
+    @property
+    def connected(self) -> bool:
+        return self._link is not None and self._link.up
 
     async def __aenter__(self) -> Client:
         return self
@@ -116,9 +234,44 @@ class Client:
         await self.close()
 
     async def close(self) -> None:
-        await self._connection.close()
+        if self._closed:
+            return
+        self._closed = True
+        for subscription in list(self._subscriptions):
+            subscription.on_closed()
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
+        if self._link is not None:
+            await self._link.close()
+        self._ready.set()  # wakes whoever waits for a link: they see the client closed
 
     # Commands
+
+    async def create_instance(
+        self,
+        object_name: str,
+        *,
+        instance_token: uuid.UUID | str | None = None,
+        instance_timeout: float | None = None,
+        heartbeat_timeout: float | None = None,
+        labels: dict[str, str] | None = None,
+        timeout: float = 10,
+    ) -> Created:
+        """Create an instance; `created` is False when `instance_token` existed with these arguments."""
+        body: dict[str, Any] = {"object_name": object_name}
+        if instance_token is not None:
+            body["instance_token"] = str(instance_token)
+        if instance_timeout is not None:
+            body["instance_timeout"] = instance_timeout
+        if heartbeat_timeout is not None:
+            body["heartbeat_timeout"] = heartbeat_timeout
+        if labels:
+            body["labels"] = labels
+        reply = await self.request(self._commands, "create", body, timeout=timeout)
+        data = _data(reply)
+        return Created(str(data["instance_token"]), reply.get("message") != ALREADY_EXISTS)
 
     async def create(
         self,
@@ -130,17 +283,16 @@ class Client:
         labels: dict[str, str] | None = None,
         timeout: float = 10,
     ) -> str:
-        body: dict[str, Any] = {"object_name": object_name}
-        if instance_token is not None:
-            body["instance_token"] = str(instance_token)
-        if instance_timeout is not None:
-            body["instance_timeout"] = instance_timeout
-        if heartbeat_timeout is not None:
-            body["heartbeat_timeout"] = heartbeat_timeout
-        if labels:
-            body["labels"] = labels
-        data = await self.call(self._commands, "create", body, timeout=timeout)
-        return str(data["instance_token"])
+        """Create an instance and return its token (idempotent with `instance_token`)."""
+        created = await self.create_instance(
+            object_name,
+            instance_token=instance_token,
+            instance_timeout=instance_timeout,
+            heartbeat_timeout=heartbeat_timeout,
+            labels=labels,
+            timeout=timeout,
+        )
+        return created.token
 
     async def set_status(
         self, token: str, status_name: str, message: str | None = None, *, timeout: float = 10
@@ -171,28 +323,34 @@ class Client:
 
     # Queries
 
-    async def is_set(self, token: str, status_name: str) -> bool:
+    async def is_set(self, token: str, status_name: str, *, timeout: float = 10) -> bool:
         data = await self.call(
-            self._queries, "is-set", {"instance_token": str(token), "status_name": status_name}
+            self._queries,
+            "is-set",
+            {"instance_token": str(token), "status_name": status_name},
+            timeout=timeout,
         )
         return bool(data["status_is_set"])
 
-    async def is_ready(self, token: str, status_name: str) -> tuple[bool, str]:
+    async def is_ready(self, token: str, status_name: str, *, timeout: float = 10) -> tuple[bool, str]:
         data = await self.call(
-            self._queries, "is-ready", {"instance_token": str(token), "status_name": status_name}
+            self._queries,
+            "is-ready",
+            {"instance_token": str(token), "status_name": status_name},
+            timeout=timeout,
         )
         return bool(data["status_is_ready_to_set"]), str(data["status_is_ready_to_set_description"])
 
-    async def is_finished(self, token: str) -> tuple[bool, str | None]:
-        data = await self.call(self._queries, "is-finished", {"instance_token": str(token)})
+    async def is_finished(self, token: str, *, timeout: float = 10) -> tuple[bool, str | None]:
+        data = await self.call(self._queries, "is-finished", {"instance_token": str(token)}, timeout=timeout)
         return bool(data["instance_is_finished"]), data.get("instance_is_finished_description")
 
-    async def get_events(self, token: str) -> list[dict[str, Any]]:
-        data = await self.call(self._queries, "get-events", {"instance_token": str(token)})
+    async def get_events(self, token: str, *, timeout: float = 10) -> list[dict[str, Any]]:
+        data = await self.call(self._queries, "get-events", {"instance_token": str(token)}, timeout=timeout)
         return list(data["events"])
 
-    async def get_instance(self, token: str) -> dict[str, Any]:
-        return await self.call(self._queries, "get-instance", {"instance_token": str(token)})
+    async def get_instance(self, token: str, *, timeout: float = 10) -> dict[str, Any]:
+        return await self.call(self._queries, "get-instance", {"instance_token": str(token)}, timeout=timeout)
 
     def heartbeat(self, token: str, every: float, message: str | None = None) -> Heartbeat:
         """Ping `token` every `every` seconds while the block runs (see `Heartbeat`)."""
@@ -200,28 +358,52 @@ class Client:
 
     # Notifications
 
-    async def wait_finished(self, token: str, timeout: float) -> str:
+    async def wait_finished(self, token: str, timeout: float, *, answer_within: float | None = None) -> str:
         """The finish reason of `token`, from its `instance-finished` notification.
 
         Subscribes first, then asks once (the instance may have finished
-        already), then waits for the notification: no polling.
+        already), then waits for the notification: no polling. When the link
+        is lost and made again meanwhile, it asks again. Everything within
+        `timeout` seconds; `answer_within` bounds the question alone.
+
+        Raises WaitTimeoutError when the instance is still open at the end,
+        NoAnswerError when no worker answers the question, BrokerUnreachable
+        when the link is down at the end.
         """
         token = str(token)
-        await self._ensure_events()
-        found: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        found: asyncio.Future[str] = loop.create_future()
+        restored = asyncio.Event()
 
         def on_event(kind: str, body: dict[str, Any]) -> None:
             if kind == "instance-finished" and body.get("instance_token") == token and not found.done():
                 found.set_result(str(body["reason"]))
 
-        self._subscribers.add(on_event)
+        subscription = _Subscription(on_event, on_restored=restored.set, on_closed=restored.set)
+        self._subscriptions.add(subscription)
         try:
-            finished, reason = await self.is_finished(token)
-            if finished and reason:
-                return reason
-            return await asyncio.wait_for(found, timeout)
+            while True:
+                restored.clear()
+                await self._events_link(deadline, "the finish", timeout)
+                left = deadline - loop.time()
+                if left <= 0:
+                    raise WaitTimeoutError(token, timeout)
+                ask = left if answer_within is None else min(left, answer_within)
+                finished, reason = await self.is_finished(token, timeout=ask)
+                if finished and reason:
+                    return reason
+                if await _first(found, restored, deadline - loop.time()) is found:
+                    return found.result()
+                if self._closed:
+                    raise BrokerUnreachable("the client was closed while waiting")
+                if restored.is_set():
+                    continue  # a finish published while the link was down is lost: ask again
+                if not self.connected:
+                    raise self._lost_for(timeout, "the finish")
+                raise WaitTimeoutError(token, timeout)
         finally:
-            self._subscribers.discard(on_event)
+            self._subscriptions.discard(subscription)
 
     async def notifications(
         self,
@@ -229,10 +411,18 @@ class Client:
         object_name: str | None = None,
         instance_token: str | None = None,
         types: set[str] | None = None,
-    ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
-        """Yield (type, body) of notifications matching every filter given."""
-        await self._ensure_events()
-        queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
+        timeout: float | None = None,
+    ) -> AsyncGenerator[tuple[str, dict[str, Any]], None]:
+        """Yield (type, body) of notifications matching every filter given.
+
+        Raises NotificationsInterrupted when the link to the broker is lost
+        (what is published until it is back is lost): iterate again to
+        resume. Subscribing waits at most `timeout` seconds for the link
+        (default: the client's connect timeout), then raises BrokerUnreachable.
+        """
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[object] = asyncio.Queue()
+        armed = False
 
         def on_event(kind: str, body: dict[str, Any]) -> None:
             if types and kind not in types:
@@ -243,41 +433,269 @@ class Client:
                 return
             queue.put_nowait((kind, body))
 
-        self._subscribers.add(on_event)
+        def on_lost() -> None:
+            if armed:
+                queue.put_nowait(_LOST)
+
+        subscription = _Subscription(on_event, on_lost=on_lost, on_closed=lambda: queue.put_nowait(_CLOSED))
+        self._subscriptions.add(subscription)
         try:
+            wait = self._connect_timeout if timeout is None else timeout
+            await self._events_link(loop.time() + wait, "notifications", wait)
+            armed = True
             while True:
-                yield await queue.get()
+                item = await queue.get()
+                if item is _LOST:
+                    raise NotificationsInterrupted(
+                        f"lost the link to RabbitMQ at {self.location}: notifications published "
+                        "until it is back are missing; iterate notifications() again to resume"
+                    )
+                if item is _CLOSED:
+                    return
+                yield cast(tuple[str, dict[str, Any]], item)
         finally:
-            self._subscribers.discard(on_event)
+            self._subscriptions.discard(subscription)
+
+    async def consumers(self, queue: str, *, timeout: float = 1) -> int | None:
+        """How many consumers `queue` has (None if that cannot be told within `timeout`)."""
+        link = self._link
+        if link is None or not link.up:
+            return None
+        try:
+            async with asyncio.timeout(timeout):
+                channel = await link.connection.channel(publisher_confirms=False)
+                try:
+                    declared = await channel.declare_queue(queue, passive=True)
+                    return int(declared.declaration_result.consumer_count or 0)
+                finally:
+                    with contextlib.suppress(Exception):
+                        await channel.close()
+        except _LINK_ERRORS_OR_TIMEOUT:
+            return None
 
     # Plumbing
 
     async def call(
         self, exchange: str, routing_key: str, body: dict[str, Any], *, timeout: float = 10
     ) -> dict[str, Any]:
-        """Publish a request with confirms and return the reply's data, or raise."""
+        """Publish a request and return its reply's data, or raise (see `request`)."""
+        return _data(await self.request(exchange, routing_key, body, timeout=timeout))
+
+    async def request(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: dict[str, Any],
+        *,
+        timeout: float = 10,
+        message_id: str | None = None,
+    ) -> dict[str, Any]:
+        """Publish a request with confirms and return the whole reply (status, code, message, data).
+
+        Waits at most `timeout` seconds. The request expires in its queue a
+        little before (`expiration_for`), so a request no worker took is
+        dropped, never applied later. When the link is lost before the
+        answer comes, the request is published again on the next link with
+        the same `message_id`: a command is still applied at most once.
+        """
+        if not timeout > 0:
+            raise ValueError(f"timeout must be positive, got {timeout}")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         correlation_id = uuid.uuid4().hex
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._pending[correlation_id] = future
+        message_id = message_id or uuid.uuid4().hex
+        payload = json.dumps(body).encode()
+        answer: asyncio.Future[dict[str, Any]] = loop.create_future()
+        self._pending[correlation_id] = answer
+        sent = False
         try:
-            x = await self._channel.get_exchange(exchange, ensure=False)
-            await x.publish(
-                aio_pika.Message(
-                    json.dumps(body).encode(),
+            while True:
+                link = await self._link_by(deadline, f"the answer to {routing_key}", timeout, sent=sent)
+                left = deadline - loop.time()
+                if left <= 0:
+                    raise NoAnswerError(routing_key, timeout, self.vhost)
+                message = aio_pika.Message(
+                    payload,
                     content_type="application/json",
                     correlation_id=correlation_id,
-                    message_id=uuid.uuid4().hex,
+                    message_id=message_id,
                     reply_to=REPLY_TO,
                     delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                ),
-                routing_key=routing_key,
-            )
-            reply = await asyncio.wait_for(future, timeout)
+                    expiration=expiration_for(left),
+                )
+                try:
+                    target = await self._exchange(link, exchange)
+                    await asyncio.wait_for(target.publish(message, routing_key=routing_key), left)
+                    sent = True
+                except TimeoutError:
+                    if link.up:
+                        raise NoAnswerError(routing_key, timeout, self.vhost) from None
+                    continue
+                except aio_pika.exceptions.ChannelNotFoundEntity as e:
+                    raise TopologyNotFound(self.vhost, self.location, exchange) from e
+                except aiormq.exceptions.ChannelAccessRefused as e:
+                    raise self._refused("publish to", exchange) from e
+                except _LINK_ERRORS:
+                    link.lost.set()  # the supervisor makes a new link; publish again there
+                    continue
+                if await _first(answer, link.lost, deadline - loop.time()) is answer:
+                    return answer.result()
+                if link.up:
+                    raise NoAnswerError(routing_key, timeout, self.vhost)
+                # The link went down before the answer came: publish again on the next one.
         finally:
             self._pending.pop(correlation_id, None)
-        if not reply.get("status"):
-            raise rejection(str(reply.get("code")), str(reply.get("message")), reply.get("data"))
-        return dict(reply.get("data") or {})
+
+    def _refused(self, doing: str, exchange: str) -> BrokerUnreachable:
+        user = urlsplit(self.url).username or "guest"
+        return BrokerUnreachable(
+            f"user {user!r} may not {doing} {exchange!r} on vhost {self.vhost!r}: "
+            "ask for the permission, or use another user"
+        )
+
+    def _lost_for(self, seconds: float, doing: str, *, sent: bool = False) -> BrokerUnreachable:
+        if self._closed:
+            return BrokerUnreachable("the client is closed")
+        why = f" (last attempt: {self.last_error})" if self.last_error else ""
+        maybe = "; the request was sent and may have been applied (repeating it is safe)" if sent else ""
+        return BrokerUnreachable(
+            f"no link to RabbitMQ at {self.location} for {doing}, and none came back within "
+            f"{seconds:g} s{why}{maybe}",
+            maybe_applied=sent,
+        )
+
+    async def _link_by(self, deadline: float, doing: str, bound: float, *, sent: bool = False) -> _Link:
+        """The current link, waiting for one until `deadline` (loop time; `bound` seconds from the start)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            if self._closed:
+                raise self._lost_for(0, doing)
+            link = self._link
+            if link is not None and link.up:
+                return link
+            self._ready.clear()
+            try:
+                await asyncio.wait_for(self._ready.wait(), max(0.0, deadline - loop.time()))
+            except TimeoutError:
+                raise self._lost_for(bound, doing, sent=sent) from None
+
+    async def _exchange(self, link: _Link, name: str) -> AbstractExchange:
+        exchange = link.exchanges.get(name)
+        if exchange is None:
+            exchange = link.exchanges[name] = await link.channel.get_exchange(name, ensure=False)
+        return exchange
+
+    async def _start(self, timeout: float) -> None:
+        link = await self._open(timeout)
+        try:
+            async with asyncio.timeout(timeout):
+                await self._check_topology(link)
+        except TimeoutError:
+            await link.close()
+            raise BrokerUnreachable(
+                f"cannot reach RabbitMQ at {mask_url(self.url)}: {describe(TimeoutError(), self.url)}"
+            ) from None
+        except BaseException:
+            await link.close()
+            raise
+        self._link = link
+        self._ready.set()
+        self._supervisor = asyncio.create_task(self._supervise(), name="statusek-client-link")
+
+    async def _open(self, timeout: float) -> _Link:
+        """A new link with the reply consumer (and the notification queue, if wanted)."""
+        try:
+            async with asyncio.timeout(timeout):
+                connection = await aio_pika.connect(
+                    self.url, client_properties={"connection_name": self.name}
+                )
+                try:
+                    lost = asyncio.Event()
+                    connection.close_callbacks.add(lambda *_: lost.set())
+                    channel = await connection.channel(publisher_confirms=True)
+                    channel.close_callbacks.add(lambda *_: lost.set())
+                    replies = await channel.get_queue(REPLY_TO, ensure=False)
+                    await replies.consume(self._on_reply, no_ack=True)
+                    link = _Link(connection, channel, lost)
+                    if self._events_wanted:
+                        await self._bind_events(link)
+                except BaseException:
+                    with contextlib.suppress(Exception):
+                        await connection.close()
+                    raise
+        except _LINK_ERRORS_OR_TIMEOUT as e:
+            self.last_error = describe(e, self.url)
+            raise BrokerUnreachable(
+                f"cannot reach RabbitMQ at {mask_url(self.url)}: {describe(e, self.url)}"
+            ) from e
+        return link
+
+    async def _check_topology(self, link: _Link) -> None:
+        """A wrong vhost shows here, as one clear error, rather than at the first publish."""
+        channel = await link.connection.channel(publisher_confirms=False)
+        try:
+            for name in (self._commands, self._queries, self._events):
+                try:
+                    await channel.get_exchange(name, ensure=True)
+                except aio_pika.exceptions.ChannelNotFoundEntity as e:
+                    raise TopologyNotFound(self.vhost, self.location, name) from e
+        finally:
+            with contextlib.suppress(Exception):
+                await channel.close()
+
+    async def _supervise(self) -> None:
+        """Make the link again whenever it is lost, until the client is closed."""
+        while not self._closed:
+            link = self._link
+            assert link is not None
+            await link.lost.wait()
+            self._ready.clear()
+            for subscription in list(self._subscriptions):
+                subscription.on_lost()
+            await link.close()
+            delay = 0.1
+            while True:
+                try:
+                    new = await self._open(self._connect_timeout)
+                    break
+                except BrokerUnreachable:
+                    pass  # last_error says why
+                except Exception as e:  # a surprise: keep trying all the same
+                    self.last_error = f"{type(e).__name__}: {e}"
+                await asyncio.sleep(delay)
+                delay = min(self._reconnect_max_delay, delay * 2)
+            self._link = new
+            self.last_error = None
+            self.reconnects += 1
+            self._ready.set()
+            for subscription in list(self._subscriptions):
+                subscription.on_restored()
+
+    async def _events_link(self, deadline: float, doing: str, bound: float) -> _Link:
+        """The current link, with the notification queue bound on it."""
+        self._events_wanted = True
+        while True:
+            link = await self._link_by(deadline, doing, bound)
+            if link.events is not None:
+                return link
+            async with self._events_lock:
+                if link.events is None and link.up:
+                    try:
+                        await self._bind_events(link)
+                    except aio_pika.exceptions.ChannelNotFoundEntity as e:
+                        raise TopologyNotFound(self.vhost, self.location, self._events) from e
+                    except aiormq.exceptions.ChannelAccessRefused as e:
+                        raise self._refused("read notifications from", self._events) from e
+                    except _LINK_ERRORS:
+                        link.lost.set()
+
+    async def _bind_events(self, link: _Link) -> None:
+        channel = await link.connection.channel(publisher_confirms=False)
+        channel.close_callbacks.add(lambda *_: link.lost.set())
+        queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+        await queue.bind(self._events, routing_key="")
+        await queue.consume(self._on_event, no_ack=True)
+        link.events = channel
 
     async def _on_reply(self, message: AbstractIncomingMessage) -> None:
         future = self._pending.get(message.correlation_id or "")
@@ -285,22 +703,36 @@ class Client:
             with contextlib.suppress(ValueError):
                 future.set_result(json.loads(message.body))
 
-    async def _ensure_events(self) -> None:
-        if self._events_queue is not None:
-            return
-        channel = await self._connection.channel()
-        queue = await channel.declare_queue(exclusive=True, auto_delete=True)
-        await queue.bind(self._events, routing_key="")
-        await queue.consume(self._on_event, no_ack=True)
-        self._events_queue = queue
-
     async def _on_event(self, message: AbstractIncomingMessage) -> None:
         try:
             body = json.loads(message.body)
         except ValueError:
             return
-        for subscriber in list(self._subscribers):
-            subscriber(message.type or "", body)
+        for subscription in list(self._subscriptions):
+            subscription.on_event(message.type or "", body)
+
+
+def _data(reply: dict[str, Any]) -> dict[str, Any]:
+    """The data of a successful reply; a refusal raises its exception."""
+    if not reply.get("status"):
+        raise rejection(str(reply.get("code")), str(reply.get("message")), reply.get("data"))
+    return dict(reply.get("data") or {})
+
+
+async def _first(future: asyncio.Future[Any], event: asyncio.Event, timeout: float) -> object | None:
+    """Wait until `future` is done or `event` is set, at most `timeout` seconds; returns which."""
+    if future.done():
+        return future
+    if event.is_set():
+        return event
+    waiter = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait({future, waiter}, timeout=max(0.0, timeout), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+    if future.done():
+        return future
+    return event if event.is_set() else None
 
 
 class Heartbeat:
@@ -312,8 +744,12 @@ class Heartbeat:
                 await work(page)
 
     A ping answered INSTANCE_IS_FINISHED (cancelled, timed out elsewhere)
-    cancels the block, and the `async with` raises InstanceFinishedError.
-    Pings that fail for other reasons (broker hiccup) are retried next beat.
+    cancels the block, and the `async with` raises InstanceFinishedError;
+    any other refusal (a message over the size limit, say) stops it the same
+    way with its own exception. A ping that gets no answer (broker or worker
+    away) is tried again at the next beat, each bounded by `every`: after a
+    link cut the pings resume, and if the cut outlasted the heartbeat
+    timeout the first answer is INSTANCE_IS_FINISHED.
     """
 
     def __init__(self, client: Client, token: str, every: float, message: str | None):
@@ -323,9 +759,15 @@ class Heartbeat:
         self.message = message
         self.deadline: str | None = None
         self.pings = 0
-        self.finished: InstanceFinishedError | None = None
+        self.missed = 0  # beats whose ping got no answer
+        self.failure: StatusekRejected | None = None
         self._block: asyncio.Task[Any] | None = None
         self._pinger: asyncio.Task[None] | None = None
+
+    @property
+    def finished(self) -> InstanceFinishedError | None:
+        """The refusal that ended the block, when it was INSTANCE_IS_FINISHED."""
+        return self.failure if isinstance(self.failure, InstanceFinishedError) else None
 
     def progress(self, message: str) -> None:
         """The message the next pings carry (visible in get-events)."""
@@ -344,13 +786,13 @@ class Heartbeat:
             try:
                 self.deadline = await self._client.ping(self.token, self.message, timeout=self.every)
                 self.pings += 1
-            except InstanceFinishedError as e:
-                self.finished = e
+            except StatusekRejected as e:
+                self.failure = e
                 if self._block is not None:
                     self._block.cancel()
                 return
-            except (TimeoutError, aio_pika.exceptions.AMQPError, ConnectionError):
-                continue  # the next beat tries again; the deadline has slack for this
+            except (TimeoutError, ConnectionError, StatusekClientError):
+                self.missed += 1  # the next beat tries again; the deadline has slack for this
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -359,7 +801,7 @@ class Heartbeat:
             self._pinger.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._pinger
-        if self.finished is not None and exc_type is asyncio.CancelledError and self._block is not None:
+        if self.failure is not None and exc_type is asyncio.CancelledError and self._block is not None:
             self._block.uncancel()
-            raise self.finished
+            raise self.failure
         return False

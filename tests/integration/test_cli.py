@@ -41,7 +41,7 @@ async def test_create_prints_the_token(env: dict[str, str]) -> None:
     again = await statusek(
         env, "create", "2-POINT LINE TASK", "--token", token, "--label", "team=ops", "--json"
     )
-    assert json.loads(again.stdout) == {"instance_token": token}
+    assert json.loads(again.stdout) == {"instance_token": token, "created": False}
 
 
 async def test_set_ping_and_show(env: dict[str, str]) -> None:
@@ -93,10 +93,14 @@ async def test_wait_exits_0_when_completed(env: dict[str, str]) -> None:
     assert json.loads(waited.stdout) == {"instance_token": token, "reason": "ALL_MANDATORY_STATUSES_ARE_SET"}
 
 
-async def test_wait_times_out_with_exit_3(env: dict[str, str]) -> None:
-    """No finish within --timeout exits 3."""
+async def test_wait_times_out_with_exit_5(env: dict[str, str]) -> None:
+    """No finish within --timeout exits 5, saying the instance is still open."""
     token = (await statusek(env, "create", "2-POINT LINE TASK")).stdout.strip()
-    assert (await statusek(env, "wait", token, "--timeout", "0.5")).returncode == 3
+    waited = await statusek(env, "wait", token, "--timeout", "0.5")
+    assert (waited.returncode, waited.stderr) == (
+        5,
+        f"statusek: instance {token} is still open after 0.5 s: wait longer with --timeout\n",
+    )
 
 
 async def test_watch_tails_filtered_notifications(env: dict[str, str]) -> None:
@@ -126,7 +130,7 @@ async def test_unreachable_broker_exits_69(env: dict[str, str]) -> None:
     """A broker that does not answer gives exit code 69 and says where it looked."""
     broken = {**env, "STATUSEK_AMQP_URL": "amqp://guest:guest@127.0.0.1:1/"}
     result = await statusek(broken, "show", str(uuid.uuid4()))
-    assert result.returncode == 69 and "cannot reach RabbitMQ" in result.stderr
+    assert result.returncode == 69 and result.stderr.startswith("statusek: cannot reach RabbitMQ")
 
 
 async def test_models_check_reports_errors(env: dict[str, str], tmp_path: object) -> None:
@@ -143,8 +147,9 @@ async def test_models_check_reports_errors(env: dict[str, str], tmp_path: object
 async def test_invalid_setting_names_the_variable(env: dict[str, str]) -> None:
     """A bad setting stops the command with a message naming the variable."""
     result = await statusek({**env, "STATUSEK_WINDOW": "0"}, "models", "check")
-    assert result.returncode == 1
-    assert "STATUSEK_WINDOW" in result.stderr
+    assert result.returncode == 2
+    assert result.stderr.startswith("statusek: invalid settings: STATUSEK_WINDOW")
+    assert result.stderr.count("\n") == 1
 
 
 async def test_worker_refuses_invalid_models(env: dict[str, str], tmp_path: object) -> None:

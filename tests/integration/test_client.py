@@ -3,15 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
 
 import pytest
 
-from statusek import Client
+from statusek import (
+    BrokerUnreachable,
+    Client,
+    InstanceFinishedError,
+    InstanceNotFound,
+    InvalidURL,
+    NoAnswerError,
+    StatusNotReady,
+    TokenConflict,
+    TopologyNotFound,
+)
 from statusek.app.worker import Worker
-from statusek.client import InstanceFinishedError, InstanceNotFound, StatusNotReady, TokenConflict
+from statusek.testing import Services, fresh_vhost
+from tests.integration.conftest import Cluster
 
 TASK = "2-POINT LINE TASK"
 
@@ -135,3 +148,66 @@ async def test_heartbeat_cancels_the_block_when_the_instance_is_cancelled(
     await canceller
     assert not reached_the_end
     assert time.perf_counter() - started < 2
+
+
+async def test_create_instance_tells_a_repeat_from_a_creation(client: Client) -> None:
+    """create_instance says whether the token was new or existed with the same arguments."""
+    token = str(uuid.uuid4())
+    assert await client.create_instance(TASK, instance_token=token) == (token, True)
+    assert await client.create_instance(TASK, instance_token=token) == (token, False)
+
+
+async def test_a_request_nobody_takes_expires_in_its_queue(cluster: Cluster) -> None:
+    """With no worker, a create raises NoAnswerError at its bound and the broker drops it as expired."""
+    async with await Client.connect(cluster.env["STATUSEK_AMQP_URL"]) as client:
+        started = time.perf_counter()
+        with pytest.raises(NoAnswerError) as caught:
+            await client.create(TASK, timeout=1)
+        assert 1 <= time.perf_counter() - started < 2
+        assert caught.value.routing_key == "create"
+    channel = await cluster.wire.connection.channel()
+    dead = await channel.declare_queue("statusek.dead-letter", passive=True)
+    deadline = time.perf_counter() + 5
+    while (copy := await dead.get(no_ack=True, fail=False)) is None:
+        assert time.perf_counter() < deadline, "not expired"
+        await asyncio.sleep(0.1)
+    assert (copy.headers or {})["x-first-death-reason"] == "expired"
+    assert json.loads(copy.body)["object_name"] == TASK
+
+
+async def test_a_vhost_without_statusek_is_refused_at_connect(services: Services) -> None:
+    """Connecting to a vhost with no statusek exchanges raises TopologyNotFound naming the vhost."""
+    with (
+        fresh_vhost(services.amqp_url, admin=services.rabbit) as url,
+        pytest.raises(TopologyNotFound) as caught,
+    ):
+        await Client.connect(url, timeout=5)
+    assert caught.value.vhost == urlsplit(url).path[1:]
+    assert caught.value.exchange == "statusek.commands"
+
+
+async def test_a_url_that_is_not_amqp_fails_at_once() -> None:
+    """`localhost` is refused before any attempt to connect."""
+    with pytest.raises(InvalidURL):
+        await Client.connect("localhost")
+
+
+async def test_a_user_without_permission_is_told_so(cluster: Cluster, services: Services) -> None:
+    """A user that may read notifications but not publish commands gets one clear error, at once."""
+    user, password = f"statusek-reader-{uuid.uuid4().hex[:8]}", "reader-secret"
+    services.rabbit.rabbitmqctl("add_user", user, password)
+    try:
+        services.rabbit.set_permissions(cluster.vhost, user, "^amq\\.gen-.*$", "^amq\\.gen-.*$", ".*")
+        parts = urlsplit(cluster.env["STATUSEK_AMQP_URL"])
+        url = parts._replace(netloc=f"{user}:{password}@{parts.hostname}:{parts.port or 5672}").geturl()
+        async with await Client.connect(url) as client:
+            started = time.perf_counter()
+            with pytest.raises(BrokerUnreachable) as caught:
+                await client.create(TASK, timeout=5)
+            assert time.perf_counter() - started < 1
+    finally:
+        services.rabbit.rabbitmqctl("delete_user", user)
+    assert str(caught.value) == (
+        f"user {user!r} may not publish to 'statusek.commands' on vhost {cluster.vhost!r}: "
+        "ask for the permission, or use another user"
+    )

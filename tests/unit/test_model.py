@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from statusek.adapters.model_files import load_models
-from statusek.core.model import ModelError, StatusType, parse_model
+from statusek.core.model import ModelError, StatusType, check_model, closest_name, parse_model
 
 SHIPPED = Path(__file__).resolve().parents[2] / "src" / "statusek" / "models"
 
@@ -127,3 +127,64 @@ def test_invalid_yaml_names_the_file(tmp_path: Path) -> None:
     bad.write_text("object_name: [unclosed\n")
     _, errors = load_models([bad])
     assert str(bad) in str(errors[0]) and "YAML" in str(errors[0])
+
+
+def test_every_problem_of_a_model_is_reported() -> None:
+    """check_model reports each problem of a model, not only the first."""
+    raw = model(
+        instance_timeout=-1,
+        colour="red",
+        statuses=[
+            {"name": "A", "type": "MANDATRY"},
+            {"name": "B", "type": "MANDATORY", "after": ["Z"]},
+            {"name": "B", "type": "OPTIONAL"},
+        ],
+    )
+    built, problems = check_model(raw, source="m.yaml")
+    assert built is None
+    assert [p.field_path for p in problems] == [
+        "colour",
+        "instance_timeout",
+        "statuses[0].type",
+        "statuses[2].name",
+        "statuses[1].after",
+    ]
+
+
+def test_a_cycle_is_reported_with_the_other_problems() -> None:
+    """A cycle among valid edges is reported next to a problem elsewhere."""
+    raw = model(
+        statuses=[
+            {"name": "A", "type": "MANDATORY", "after": ["B"]},
+            {"name": "B", "type": "MANDATORY", "after": ["A"]},
+            {"name": "C", "type": "MANDATORY", "colour": "red"},
+        ]
+    )
+    _, problems = check_model(raw)
+    assert [p.field_path for p in problems] == ["statuses[2].colour", "statuses"]
+    assert "cycle" in problems[1].problem
+
+
+def test_a_follower_of_a_broken_status_is_not_reported_too() -> None:
+    """`after` naming a status whose own definition is wrong is not a second problem."""
+    raw = model(statuses=[{"name": "A", "type": "WRONG"}, {"name": "B", "type": "MANDATORY", "after": ["A"]}])
+    _, problems = check_model(raw)
+    assert [p.field_path for p in problems] == ["statuses[0].type"]
+
+
+def test_every_problem_of_a_file_is_loaded(tmp_path: Path) -> None:
+    """load_models returns each problem of a file with two mistakes."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("object_name: X\nstatuses:\n  - {name: A, type: MANDATRY}\n  - {name: B, after: [Z]}\n")
+    models, errors = load_models([bad])
+    assert models == []
+    assert [e.field_path for e in errors] == ["statuses[0].type", "statuses[1].type", "statuses[1].after"]
+
+
+@pytest.mark.parametrize(
+    ("asked", "expected"),
+    [("started", "STARTED"), ("STRATED", "STARTED"), ("2-point line task", "2-POINT LINE TASK"), ("X", None)],
+)
+def test_closest_name_finds_case_and_typos(asked: str, expected: str | None) -> None:
+    """closest_name suggests the intended name: other case, or a near spelling."""
+    assert closest_name(asked, ["STARTED", "FINISHED", "2-POINT LINE TASK"]) == expected

@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from statusek.adapters.rabbitmq.parser import parse
+from statusek.adapters.rabbitmq.parser import content_digest, parse
 from statusek.core.errors import InvalidMessage
 from statusek.core.messages import COMMANDS, Create, SetStatus
 
@@ -99,3 +99,45 @@ def test_error_names_the_field() -> None:
     with pytest.raises(InvalidMessage) as caught:
         parsed(b'{"instance_token": "x"}', "set-status")
     assert "instance_token" in caught.value.detail and "status_name" in caught.value.detail
+
+
+def digest(**changes: object) -> str:
+    properties: dict[str, object] = {"correlation_id": "c1", "reply_to": None, "headers": {"h": 1}}
+    properties.update(changes)
+    return content_digest(
+        routing_key="ping",
+        exchange="statusek.commands",
+        body=b'{"instance_token": "x"}',
+        properties=properties,
+    )
+
+
+def test_digest_ignores_what_the_broker_adds_on_redelivery() -> None:
+    """A redelivered message (x-delivery-count, x-death) has the digest of its first delivery."""
+    assert digest(headers={"h": 1, "x-delivery-count": 3, "x-death": [{"reason": "expired"}]}) == digest()
+
+
+def test_digest_tells_apart_what_the_publisher_sets() -> None:
+    """Another correlation_id, header or body is another message."""
+    assert digest(correlation_id="c2") != digest()
+    assert digest(headers={"h": 2}) != digest()
+    other_body = content_digest(routing_key="ping", exchange="statusek.commands", body=b"{}", properties={})
+    assert other_body != content_digest(
+        routing_key="ping", exchange="statusek.commands", body=b"", properties={}
+    )
+
+
+def test_envelope_carries_a_digest_only_without_message_id() -> None:
+    """With a message_id the digest is not needed, and not kept."""
+    common: dict[str, object] = {
+        "routing_key": "create",
+        "type_property": None,
+        "body": b'{"object_name": "A"}',
+        "reply_to": None,
+        "correlation_id": None,
+        "table": COMMANDS,
+        "max_body_bytes": LIMIT,
+        "digest": "d",
+    }
+    assert parse(message_id=None, **common).digest == "d"  # type: ignore[arg-type]
+    assert parse(message_id="m", **common).digest is None  # type: ignore[arg-type]

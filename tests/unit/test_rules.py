@@ -317,3 +317,18 @@ def test_rejections_name_the_instance_or_object(already: list[str], name: str) -
     )
     assert not d.reply.status
     assert str(state.token) in d.reply.message or "'EDGES'" in d.reply.message
+
+
+def test_unknown_status_suggests_the_closest_name() -> None:
+    """A status name in the wrong case is answered with the right one and the model's statuses."""
+    d = decide(
+        SetStatus(instance_token=created().token, status_name="start"),
+        created(),
+        {EDGES.object_name: EDGES},
+        T0,
+        new_token=uuid4(),
+    )
+    assert d.reply.code == Code.STATUS_NAME_IS_NOT_FOUND_FOR_OBJECT
+    assert d.reply.message.endswith(
+        ": did you mean 'START'? (names are case-sensitive); known: START, FAST, SLOW, MERGED, ABORT"
+    )

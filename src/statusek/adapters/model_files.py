@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from statusek.core.model import ModelError, StatusModel, parse_model
+from statusek.core.model import ModelError, StatusModel, check_model
 
 
 def model_files(paths: Iterable[Path]) -> list[Path]:
@@ -20,14 +20,24 @@ def model_files(paths: Iterable[Path]) -> list[Path]:
     return files
 
 
-def load_model_file(path: Path) -> StatusModel:
+def read_model_file(path: Path) -> tuple[StatusModel | None, list[ModelError]]:
+    """The model of a file, or every problem found in it."""
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as e:
-        raise ModelError(str(path), None, "<file>", f"cannot be read: {e.strerror}") from e
+        return None, [ModelError(str(path), None, "<file>", f"cannot be read: {e.strerror}")]
     except yaml.YAMLError as e:
-        raise ModelError(str(path), None, "<file>", f"is not valid YAML: {e}") from e
-    return parse_model(raw, source=str(path))
+        return None, [ModelError(str(path), None, "<file>", f"is not valid YAML: {e}")]
+    return check_model(raw, source=str(path))
+
+
+def load_model_file(path: Path) -> StatusModel:
+    """The model of a file, or its first problem raised."""
+    model, problems = read_model_file(path)
+    if problems:
+        raise problems[0]
+    assert model is not None
+    return model
 
 
 def load_models(paths: Iterable[Path]) -> tuple[list[StatusModel], list[ModelError]]:
@@ -36,10 +46,9 @@ def load_models(paths: Iterable[Path]) -> tuple[list[StatusModel], list[ModelErr
     errors: list[ModelError] = []
     seen: dict[str, Path] = {}
     for path in model_files(paths):
-        try:
-            model = load_model_file(path)
-        except ModelError as e:
-            errors.append(e)
+        model, problems = read_model_file(path)
+        errors.extend(problems)
+        if model is None:
             continue
         if model.object_name in seen:
             errors.append(

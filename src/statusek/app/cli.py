@@ -23,7 +23,7 @@ from statusek.core.errors import StatusekError
 from statusek.core.model import ModelError
 from statusek.redact import mask_secrets, url_location
 
-EXIT_OK, EXIT_FAILURE, EXIT_UNAVAILABLE = 0, 1, 69
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 69
 
 
 def _settings() -> Settings:
@@ -31,7 +31,8 @@ def _settings() -> Settings:
         return Settings()
     except ValidationError as e:
         problems = "; ".join(f"STATUSEK_{str(err['loc'][0]).upper()}: {err['msg']}" for err in e.errors())
-        sys.exit(f"statusek: invalid settings: {problems}")
+        print(f"statusek: invalid settings: {problems}: fix the environment or .env", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
 
 
 def cmd_migrate(settings: Settings, _args: argparse.Namespace) -> int:
@@ -111,8 +112,11 @@ def _log_context(settings: Settings, command: str) -> dict[str, object]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="statusek", description="Status-tracking worker on RabbitMQ and Postgres"
+    parser = remote.UsageParser(
+        prog="statusek",
+        description="Status-tracking worker on RabbitMQ and Postgres",
+        epilog="exit codes: 0 ok, 1 refused, 2 usage, 3 no answer in time, 4 wait: finished but not "
+        "completed, 5 wait/watch: not in time, 69 RabbitMQ unreachable or not statusek's",
     )
     parser.add_argument("--version", action="version", version=f"statusek {version()}")
     sub = parser.add_subparsers(dest="command", required=True)

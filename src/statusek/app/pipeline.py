@@ -233,6 +233,41 @@ class CommandPipeline:
         return outcomes
 
 
+# A message without message_id is known by its digest for this long (and up to twice
+# as long: the keys are per period, and the current and previous periods are looked up).
+DIGEST_PERIOD = 300
+
+
+def identity(
+    delivery: AbstractIncomingMessage, envelope: Envelope, now: datetime
+) -> tuple[str | None, tuple[str, ...]]:
+    """The key a command's reply is recorded under, and the keys that make it a repeat.
+
+    A `message_id` is both. Without one, the key is the delivery's digest in the
+    current period, and only a redelivery is looked up: then it was perhaps
+    applied before a crash between commit and ack, and its own record from a
+    moment ago says so. A first delivery is never taken for a repeat, so two
+    identical messages published on purpose both take effect, unless the
+    second comes back redelivered within the period: it then counts as the
+    first. A redelivery more than one to two periods after its first delivery
+    is judged again.
+    """
+    if envelope.message_id is not None:
+        return envelope.message_id, (envelope.message_id,)
+    if envelope.digest is None:
+        return None, ()
+    period = int(now.timestamp() // DIGEST_PERIOD)
+    key = f"digest:{envelope.digest}:{period}"
+    if not _redelivered(delivery):
+        return key, ()
+    return key, (key, f"digest:{envelope.digest}:{period - 1}")
+
+
+def _redelivered(delivery: AbstractIncomingMessage) -> bool:
+    count = (delivery.headers or {}).get("x-delivery-count", 0)
+    return bool(delivery.redelivered) or (isinstance(count, int) and count > 0)
+
+
 FAULT_HEADER = "x-statusek-test-fault"
 
 
@@ -268,19 +303,20 @@ class _Window:
         tx = self.tx
         commands = [env.body for _, env in valid]
         tokens = [t for c in commands if (t := getattr(c, "instance_token", None)) is not None]
-        stored = await tx.processed_replies(env.message_id for _, env in valid if env.message_id)
         self.states = await tx.lock_instances(tokens)
         now = await tx.now()
+        identities = [identity(delivery, env, now) for delivery, env in valid]
+        stored = await tx.processed_replies(key for _, repeats in identities for key in repeats)
         latest = await tx.latest_models(c.object_name for c in commands if isinstance(c, Create))
         self.models = await tx.models((s.object_name, s.model_version) for s in self.states.values())
         for model in latest.values():
             self.models[(model.object_name, model.version)] = model
 
         outcomes = []
-        for delivery, env in valid:
-            mid = env.message_id
-            if mid is not None and (mid in stored or mid in self.replies):
-                reply = stored.get(mid) or self.replies[mid]
+        for (delivery, env), (mid, repeats) in zip(valid, identities, strict=True):
+            seen = next((key for key in repeats if key in stored or key in self.replies), None)
+            if seen is not None:
+                reply = stored.get(seen) or self.replies[seen]
                 outcomes.append(Outcome(delivery, env, reply, duplicate=True))
                 continue
             command = env.body

@@ -6,9 +6,10 @@ validated here, so a broken definition never reaches an instance.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -102,94 +103,157 @@ class ModelError(ValueError):
 
 
 def parse_model(raw: object, source: str = "<model>", version: int = 0) -> StatusModel:
-    """Validate a decoded definition and build the model, or raise ModelError."""
-    if not isinstance(raw, Mapping):
-        raise ModelError(source, None, "<root>", "a model must be a mapping")
-    name = raw.get("object_name")
+    """Validate a decoded definition and build the model, or raise its first ModelError.
 
-    def fail(field_path: str, problem: str) -> ModelError:
-        return ModelError(source, name if isinstance(name, str) else None, field_path, problem)
+    `check_model` gives every problem instead of the first.
+    """
+    model, problems = check_model(raw, source, version)
+    if problems:
+        raise problems[0]
+    assert model is not None
+    return model
+
+
+def check_model(
+    raw: object, source: str = "<model>", version: int = 0
+) -> tuple[StatusModel | None, list[ModelError]]:
+    """The model, or every problem of the definition (the model is None then)."""
+    if not isinstance(raw, Mapping):
+        return None, [ModelError(source, None, "<root>", "a model must be a mapping")]
+    name = raw.get("object_name")
+    problems: list[ModelError] = []
+
+    def fail(field_path: str, problem: str) -> None:
+        problems.append(ModelError(source, name if isinstance(name, str) else None, field_path, problem))
 
     known = {"object_name", "description", "instance_timeout", "heartbeat_timeout", "statuses"}
     for key in raw:
         if key not in known:
-            raise fail(str(key), f"unknown field (expected one of {', '.join(sorted(known))})")
+            fail(str(key), f"unknown field (expected one of {', '.join(sorted(known))})")
     if not isinstance(name, str) or not name.strip():
-        raise fail("object_name", "must be a non-empty string")
-    if len(name) > MAX_NAME_LENGTH:
-        raise fail("object_name", f"longer than {MAX_NAME_LENGTH} characters")
+        fail("object_name", "must be a non-empty string")
+    elif len(name) > MAX_NAME_LENGTH:
+        fail("object_name", f"longer than {MAX_NAME_LENGTH} characters")
     description = raw.get("description") or ""
     if not isinstance(description, str):
-        raise fail("description", "must be a string")
+        fail("description", "must be a string")
     timeouts = {k: _timeout(raw.get(k), k, fail) for k in ("instance_timeout", "heartbeat_timeout")}
-
-    raw_statuses = raw.get("statuses")
-    if not isinstance(raw_statuses, Sequence) or isinstance(raw_statuses, str | bytes):
-        raise fail("statuses", "must be a list")
-    if not raw_statuses:
-        raise fail("statuses", "must not be empty")
-    statuses = [_status(item, i, fail) for i, item in enumerate(raw_statuses)]
-
-    seen: set[str] = set()
-    for i, s in enumerate(statuses):
-        if s.name in seen:
-            raise fail(f"statuses[{i}].name", f"duplicate status name {s.name!r}")
-        seen.add(s.name)
-    for i, s in enumerate(statuses):
-        for prev in s.after:
-            if prev not in seen:
-                raise fail(f"statuses[{i}].after", f"unknown status {prev!r}")
-            if prev == s.name:
-                raise fail(f"statuses[{i}].after", f"status {s.name!r} lists itself")
-    cycle = _find_cycle(statuses)
-    if cycle:
-        raise fail("statuses", "cycle in the edges: " + " -> ".join(cycle))
-    return StatusModel(
+    statuses = _statuses(raw.get("statuses"), fail)
+    if problems or not isinstance(name, str) or not isinstance(description, str):
+        return None, problems
+    model = StatusModel(
         object_name=name,
         description=description,
         statuses=tuple(statuses),
         version=version,
         **timeouts,
     )
+    return model, []
 
 
-def _timeout(value: object, key: str, fail: Any) -> float | None:
+Fail = Callable[[str, str], None]
+
+
+def _statuses(raw_statuses: object, fail: Fail) -> list[Status]:
+    """The statuses, checked one by one, then their names and edges together."""
+    if not isinstance(raw_statuses, Sequence) or isinstance(raw_statuses, str | bytes):
+        fail("statuses", "must be a list")
+        return []
+    if not raw_statuses:
+        fail("statuses", "must not be empty")
+        return []
+    # Names declared by any item, even one with other problems, so that its
+    # followers are not also reported as naming an unknown status.
+    declared = {
+        item["name"]
+        for item in raw_statuses
+        if isinstance(item, Mapping) and isinstance(item.get("name"), str)
+    }
+    parsed = [(i, s) for i, item in enumerate(raw_statuses) if (s := _status(item, i, fail)) is not None]
+    seen: set[str] = set()
+    for i, s in parsed:
+        if s.name in seen:
+            fail(f"statuses[{i}].name", f"duplicate status name {s.name!r}")
+        seen.add(s.name)
+    for i, s in parsed:
+        for prev in s.after:
+            if prev == s.name:
+                fail(f"statuses[{i}].after", f"status {s.name!r} lists itself")
+            elif prev not in declared:
+                fail(f"statuses[{i}].after", f"unknown status {prev!r}")
+    # Cycles among the edges that are valid, so that they are reported with the other problems.
+    valid = [
+        Status(s.name, s.type, s.description, tuple(p for p in s.after if p in seen and p != s.name))
+        for _, s in parsed
+    ]
+    cycle = _find_cycle(list({s.name: s for s in valid}.values()))
+    if cycle:
+        fail("statuses", "cycle in the edges: " + " -> ".join(cycle))
+    return [s for _, s in parsed]
+
+
+def _timeout(value: object, key: str, fail: Fail) -> float | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise fail(key, "must be a number of seconds")
+        fail(key, "must be a number of seconds")
+        return None
     if value <= 0:
-        raise fail(key, f"must be positive, got {value}")
+        fail(key, f"must be positive, got {value}")
+        return None
     return float(value)
 
 
-def _status(item: object, i: int, fail: Any) -> Status:
+def _status(item: object, i: int, fail: Fail) -> Status | None:
+    """The status at `statuses[i]`, after reporting each of its problems.
+
+    None when its name or edges cannot be read; a status with other problems
+    is still returned, so its edges are checked too (the model is not built
+    when anything was reported).
+    """
     where = f"statuses[{i}]"
     if not isinstance(item, Mapping):
-        raise fail(where, "must be a mapping with name and type")
+        fail(where, "must be a mapping with name and type")
+        return None
     for key in item:
         if key not in {"name", "type", "description", "after"}:
-            raise fail(f"{where}.{key}", "unknown field (expected name, type, description, after)")
+            fail(f"{where}.{key}", "unknown field (expected name, type, description, after)")
     name = item.get("name")
     if not isinstance(name, str) or not name.strip():
-        raise fail(f"{where}.name", "must be a non-empty string")
-    if len(name) > MAX_NAME_LENGTH:
-        raise fail(f"{where}.name", f"longer than {MAX_NAME_LENGTH} characters")
+        fail(f"{where}.name", "must be a non-empty string")
+    elif len(name) > MAX_NAME_LENGTH:
+        fail(f"{where}.name", f"longer than {MAX_NAME_LENGTH} characters")
     raw_type = item.get("type")
+    status_type = StatusType.MANDATORY
     try:
         status_type = StatusType(str(raw_type))
     except ValueError:
         allowed = ", ".join(t.value for t in StatusType)
-        raise fail(f"{where}.type", f"unknown type {raw_type!r} (expected {allowed})") from None
+        fail(f"{where}.type", f"unknown type {raw_type!r} (expected {allowed})")
     description = item.get("description") or ""
     if not isinstance(description, str):
-        raise fail(f"{where}.description", "must be a string")
+        fail(f"{where}.description", "must be a string")
+        description = ""
     after = item.get("after") or []
     if isinstance(after, str):
         after = [after]
     if not isinstance(after, Sequence) or not all(isinstance(a, str) for a in after):
-        raise fail(f"{where}.after", "must be a list of status names")
+        fail(f"{where}.after", "must be a list of status names")
+        return None
+    if not isinstance(name, str):
+        return None
     return Status(name=name, type=status_type, description=description, after=tuple(after))
+
+
+def closest_name(name: str, names: Iterable[str]) -> str | None:
+    """The name in `names` that `name` most likely meant (case aside, or a typo), if any."""
+    candidates = list(names)
+    for candidate in candidates:
+        if candidate.casefold() == name.casefold():
+            return candidate
+    folded = {c.casefold(): c for c in candidates}
+    match = difflib.get_close_matches(name.casefold(), list(folded), n=1, cutoff=0.6)
+    return folded[match[0]] if match else None
 
 
 def _find_cycle(statuses: Sequence[Status]) -> list[str] | None:

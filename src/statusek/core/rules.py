@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from statusek.core.codes import Code, FinishReason
-from statusek.core.model import StatusModel, StatusType
+from statusek.core.model import StatusModel, StatusType, closest_name
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,7 +30,7 @@ def readiness(model: StatusModel, is_set: Collection[str], status_name: str, tok
         return Verdict(
             Code.STATUS_NAME_IS_NOT_FOUND_FOR_OBJECT,
             f"Status {status_name!r} is not a status of object {model.object_name!r} "
-            f"(version {model.version})",
+            f"(version {model.version}){unknown_name_hint(status_name, [s.name for s in model.statuses])}",
         )
     previous = [model.status(p) for p in status.after]
     mandatory = [p.name for p in previous if p and p.type is StatusType.MANDATORY]
@@ -62,6 +62,16 @@ def readiness(model: StatusModel, is_set: Collection[str], status_name: str, tok
             f"Status {status_name!r} is already set on instance {token}",
         )
     return Verdict(Code.SUCCESS, f"Status {status_name!r} can be set on instance {token}")
+
+
+def unknown_name_hint(name: str, known: Sequence[str], limit: int = 20, label: str = "known") -> str:
+    """`: did you mean 'X'?; known: ...`, to end a message about an unknown name (case-sensitive)."""
+    closest = closest_name(name, known)
+    guess = f": did you mean {closest!r}?" if closest else ""
+    if closest and closest.casefold() == name.casefold():
+        guess += " (names are case-sensitive)"
+    shown = ", ".join(known[:limit]) + (f" and {len(known) - limit} more" if len(known) > limit else "")
+    return f"{guess}; {label}: {shown or 'none'}"
 
 
 def finish_reason_after(model: StatusModel, is_set: Collection[str], status_name: str) -> FinishReason | None:

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any
+
 from aio_pika.abc import AbstractIncomingMessage
 from pydantic import BaseModel, ConfigDict, SerializeAsAny, ValidationError
 
@@ -19,6 +24,8 @@ class Envelope(BaseModel):
     message_id: str | None = None
     reply_to: str | None = None
     correlation_id: str | None = None
+    # Without a message_id: a digest of the delivery's content (see `delivery_digest`).
+    digest: str | None = None
 
 
 def parse(
@@ -31,6 +38,7 @@ def parse(
     correlation_id: str | None,
     table: dict[str, type[WireMessage]],
     max_body_bytes: int,
+    digest: str | None = None,
 ) -> Envelope:
     """Validate a raw delivery against the contract, or raise InvalidMessage.
 
@@ -57,6 +65,49 @@ def parse(
         message_id=message_id or None,
         reply_to=reply_to or None,
         correlation_id=correlation_id or None,
+        digest=None if message_id else digest,
+    )
+
+
+# Headers the broker adds or changes on a redelivery or a dead-lettering: not the publisher's.
+_BROKER_HEADERS = {"x-delivery-count", "x-death", "x-first-death-exchange", "x-first-death-queue"}
+_BROKER_HEADERS |= {"x-first-death-reason", "x-last-death-exchange", "x-last-death-queue"}
+_BROKER_HEADERS |= {"x-last-death-reason"}
+
+
+def content_digest(
+    *, routing_key: str | None, exchange: str | None, body: bytes, properties: Mapping[str, Any]
+) -> str:
+    """What the publisher sent, as a SHA-256: the same on every redelivery of one message.
+
+    Routing key, exchange, body and the publisher's properties (correlation_id
+    and reply_to, which RPC callers make unique, timestamp, type, app_id,
+    user_id and headers), but not the headers the broker adds when it
+    delivers again. Two messages identical in all of these have one digest.
+    """
+    publisher = {k: v for k, v in properties.items() if k != "headers"}
+    headers = {k: v for k, v in (properties.get("headers") or {}).items() if k not in _BROKER_HEADERS}
+    described = {"routing_key": routing_key, "exchange": exchange, **publisher, "headers": headers}
+    digest = hashlib.sha256(json.dumps(described, sort_keys=True, default=repr).encode())
+    digest.update(body)
+    return digest.hexdigest()
+
+
+def delivery_digest(delivery: AbstractIncomingMessage) -> str:
+    """`content_digest` of an aio-pika delivery."""
+    return content_digest(
+        routing_key=delivery.routing_key,
+        exchange=delivery.exchange,
+        body=delivery.body,
+        properties={
+            "correlation_id": delivery.correlation_id,
+            "reply_to": delivery.reply_to,
+            "timestamp": delivery.timestamp.isoformat() if delivery.timestamp else None,
+            "type": delivery.type,
+            "app_id": delivery.app_id,
+            "user_id": delivery.user_id,
+            "headers": dict(delivery.headers or {}),
+        },
     )
 
 
@@ -84,4 +135,5 @@ def parse_delivery(
         correlation_id=delivery.correlation_id,
         table=table,
         max_body_bytes=max_body_bytes,
+        digest=None if delivery.message_id else delivery_digest(delivery),
     )

@@ -1,0 +1,130 @@
+"""Everything `statusek.Client` raises on purpose, importable without aio-pika.
+
+    from statusek import InstanceFinishedError, NoAnswerError
+
+`StatusekClientError` is the base of them all. A refusal by statusek is a
+`StatusekRejected` (one subclass per family of reply codes); the others say
+why no answer came: nobody answered in time (`NoAnswerError`, a
+`TimeoutError`), the broker cannot be reached or is not statusek's
+(`BrokerUnreachable`, a `ConnectionError`), or a finish did not come in time
+(`WaitTimeoutError`, a `TimeoutError`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from statusek.core.codes import Code
+
+
+class StatusekClientError(Exception):
+    """Base of every exception the client raises on purpose."""
+
+
+class StatusekRejected(StatusekClientError):
+    """The worker answered with a code other than SUCCESS."""
+
+    def __init__(self, code: str, message: str, data: dict[str, Any] | None = None):
+        self.code = code
+        self.message = message
+        self.data = data or {}
+        super().__init__(f"{code}: {message}")
+
+
+class InstanceNotFound(StatusekRejected):
+    """INSTANCE_TOKEN_IS_NOT_FOUND or OBJECT_NAME_IS_NOT_FOUND."""
+
+
+class InstanceFinishedError(StatusekRejected):
+    """INSTANCE_IS_FINISHED: the instance accepts no more statuses or pings."""
+
+
+class StatusNotReady(StatusekRejected):
+    """A status rule refused the status (checks 3 to 7 of the README's rules)."""
+
+
+class TokenConflict(StatusekRejected):
+    """INSTANCE_TOKEN_CONFLICT: the token exists, created with other arguments."""
+
+
+class InvalidRequest(StatusekRejected):
+    """INVALID_MESSAGE: the request broke the contract (a bug in the caller)."""
+
+
+_FAMILIES: dict[str, type[StatusekRejected]] = {
+    Code.INSTANCE_TOKEN_IS_NOT_FOUND: InstanceNotFound,
+    Code.OBJECT_NAME_IS_NOT_FOUND: InstanceNotFound,
+    Code.INSTANCE_IS_FINISHED: InstanceFinishedError,
+    Code.STATUS_NAME_IS_NOT_FOUND_FOR_OBJECT: StatusNotReady,
+    Code.NOT_ALL_PREVIOUS_MANDATORY_STATUSES_ARE_SET: StatusNotReady,
+    Code.NO_PREVIOUS_OPTIONAL_STATUS_IS_SET: StatusNotReady,
+    Code.AT_LEAST_ONE_NEXT_STATUS_IS_SET: StatusNotReady,
+    Code.STATUS_IS_ALREADY_SET: StatusNotReady,
+    Code.INSTANCE_TOKEN_CONFLICT: TokenConflict,
+    Code.INVALID_MESSAGE: InvalidRequest,
+}
+
+
+def rejection(code: str, message: str, data: dict[str, Any] | None = None) -> StatusekRejected:
+    """The exception for a refusal with `code`."""
+    return _FAMILIES.get(code, StatusekRejected)(code, message, data)
+
+
+class NoAnswerError(StatusekClientError, TimeoutError):
+    """No worker answered within the time given.
+
+    The request carried that time as its expiration, so a request still
+    waiting in its queue is dropped by the broker, never applied later.
+    """
+
+    def __init__(self, routing_key: str, seconds: float, vhost: str):
+        self.routing_key = routing_key
+        self.seconds = seconds
+        self.vhost = vhost
+        super().__init__(
+            f"no worker answered {routing_key} within {seconds:g} s on vhost {vhost!r}; "
+            "the request expires in its queue and is not applied"
+        )
+
+
+class WaitTimeoutError(StatusekClientError, TimeoutError):
+    """`wait_finished`: the instance was still open when the time ran out."""
+
+    def __init__(self, token: str, seconds: float):
+        self.token = token
+        self.seconds = seconds
+        super().__init__(f"instance {token} did not finish within {seconds:g} s")
+
+
+class BrokerUnreachable(StatusekClientError, ConnectionError):
+    """RabbitMQ cannot be reached, refused the login or the vhost, or the link was lost for too long."""
+
+    def __init__(self, message: str, *, maybe_applied: bool = False):
+        # A command sent before the link was lost may have been applied; retrying is safe.
+        self.maybe_applied = maybe_applied
+        super().__init__(message)
+
+
+class TopologyNotFound(BrokerUnreachable):
+    """The vhost has no statusek exchanges: the URL names another vhost than the worker's."""
+
+    def __init__(self, vhost: str, location: str, exchange: str):
+        self.vhost = vhost
+        self.location = location
+        self.exchange = exchange
+        super().__init__(
+            f"vhost {vhost!r} on {location} has no exchange {exchange!r}: "
+            "no statusek worker has ever run there (is the vhost the worker's?)"
+        )
+
+
+class InvalidURL(StatusekClientError, ValueError):
+    """The broker URL is not an AMQP URL."""
+
+
+class NotificationsInterrupted(StatusekClientError, ConnectionError):
+    """The link to RabbitMQ was lost under `notifications()`: some may be missing.
+
+    Iterate `notifications()` again to resume (it waits for the link), and
+    read the state you care about with `get_instance` to fill the gap.
+    """
