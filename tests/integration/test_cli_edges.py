@@ -371,14 +371,14 @@ ROWS = [
         [
             (
                 69,
-                r"statusek: vhost 'statusek-test-[0-9a-f]+' on 127\.0\.0\.1:5672 has no statusek exchanges "
+                r"statusek: vhost 'statusek-test-[0-9a-f]+' on 127\.0\.0\.1:\d+ has no statusek exchanges "
                 r"\(no worker ever ran there\): set STATUSEK_AMQP_URL to the worker's vhost, "
                 r"amqp://user:password@host:5672/VHOST$",
             ),
             (
                 69,
                 r"statusek: cannot reach RabbitMQ at "
-                r"amqp://guest:\*\*\*@127\.0\.0\.1:5672/statusek-missing-\w+: "
+                r"amqp://guest:\*\*\*@127\.0\.0\.1:\d+/statusek-missing-\w+: "
                 r"the broker refused vhost 'statusek-missing-\w+': it does not exist, "
                 r"or user 'guest' may not use it; check STATUSEK_AMQP_URL$",
             ),
@@ -391,7 +391,7 @@ ROWS = [
             (
                 69,
                 r"statusek: cannot reach RabbitMQ at "
-                r"amqp://guest:\*\*\*@127\.0\.0\.1:5672/statusek-test-\w+: "
+                r"amqp://guest:\*\*\*@127\.0\.0\.1:\d+/statusek-test-\w+: "
                 r"the broker refused the login of user 'guest': wrong user or password; "
                 r"check STATUSEK_AMQP_URL$",
             )
