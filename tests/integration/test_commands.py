@@ -146,6 +146,19 @@ async def test_rejection_without_reply_to_is_parked(wire: Wire) -> None:
         ("set-status", b'{"instance_token": "not-a-uuid", "status_name": "A"}', "schema-violation"),
         ("set-staus", b'{"instance_token": "3e7c3f1e-7c2c-4e0b-9d7e-2f0b9a3f1c11"}', "unknown-routing-key"),
         ("create", b'{"object_name": "' + b"x" * 70_000 + b'"}', "too-large"),
+        ("create", b'{"object_name": "2-POINT LINE TASK\\u0000"}', "schema-violation"),
+        (
+            "create",
+            b'{"object_name": "2-POINT LINE TASK", "labels": {"team": "a\\u0000"}}',
+            "schema-violation",
+        ),
+        (
+            "ping",
+            b'{"instance_token": "3e7c3f1e-7c2c-4e0b-9d7e-2f0b9a3f1c11", "code": NaN}',
+            "schema-violation",
+        ),
+        ("create", b'{"object_name": "2-POINT LINE TASK", "instance_timeout": Infinity}', "schema-violation"),
+        ("create", b'{"object_name": "2-POINT LINE TASK", "object_name": "DATA EXPORT"}', "invalid-json"),
     ],
 )
 async def test_bad_input_is_dead_lettered_with_reason(
@@ -162,6 +175,17 @@ async def test_bad_input_is_dead_lettered_with_reason(
     assert parked.headers["x-statusek-original-size"] == len(body)
     # The worker keeps serving after bad input.
     await create(wire)
+
+
+async def test_an_encoded_body_is_refused(wire: Wire) -> None:
+    """A content_encoding statusek cannot undo (gzip) is dead-lettered as INVALID_MESSAGE, never guessed."""
+    message_id = uuid.uuid4().hex
+    body = json.dumps({"object_name": "2-POINT LINE TASK"}).encode()
+    reply = await wire.request("create", body, message_id=message_id, content_encoding="gzip")
+    assert reply["code"] == "INVALID_MESSAGE"
+    assert "content_encoding 'gzip'" in reply["message"]
+    parked = await wire.parked("statusek.dead-letter", message_id)
+    assert parked.headers["x-statusek-reason"] == "invalid-json"
 
 
 async def test_schema_violation_names_the_field(wire: Wire) -> None:

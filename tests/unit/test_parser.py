@@ -141,3 +141,39 @@ def test_envelope_carries_a_digest_only_without_message_id() -> None:
     }
     assert parse(message_id=None, **common).digest == "d"  # type: ignore[arg-type]
     assert parse(message_id="m", **common).digest is None  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (b'{"object_name": "A\\u0000"}', "object_name"),
+        (b'{"object_name": "A", "labels": {"team": "x\\u0000y"}}', "team"),
+        (b'{"object_name": "A", "labels": {"t\\u0000": "x"}}', "t\x00"),
+    ],
+    ids=["field", "label-value", "label-key"],
+)
+def test_a_nul_character_in_text_is_refused_naming_the_field(body: bytes, field: str) -> None:
+    """Postgres text cannot hold U+0000: such a message is invalid, not a store failure."""
+    with pytest.raises(InvalidMessage) as caught:
+        parsed(body)
+    assert caught.value.reason == "schema-violation"
+    assert f"{field!r}: a NUL character" in caught.value.detail
+
+
+@pytest.mark.parametrize("constant", [b"NaN", b"Infinity", b"-Infinity"])
+def test_nan_and_infinity_are_refused_by_name(constant: bytes) -> None:
+    """NaN and ±Infinity are not JSON numbers; the detail says which one was sent."""
+    with pytest.raises(InvalidMessage) as caught:
+        parsed(b'{"object_name": "A", "instance_timeout": ' + constant + b"}")
+    assert caught.value.reason == "schema-violation"
+    assert constant.decode() in caught.value.detail
+
+
+def test_duplicate_keys_are_refused() -> None:
+    """A key given twice is ambiguous (parsers disagree on which wins), so it is refused."""
+    with pytest.raises(InvalidMessage) as caught:
+        parsed(b'{"object_name": "A", "object_name": "B"}')
+    assert (caught.value.reason, caught.value.detail) == (
+        "invalid-json",
+        "create: key 'object_name' appears twice",
+    )

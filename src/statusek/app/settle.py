@@ -37,6 +37,12 @@ async def answer(broker: Broker, delivery: AbstractIncomingMessage, reply: Reply
         )
 
 
+_INTERNAL = {
+    "store-failure": "the database refused this command; it is kept in statusek.dead-letter",
+    "internal-error": "statusek failed on this command; it is kept in statusek.dead-letter",
+}
+
+
 async def dead_letter(broker: Broker, delivery: AbstractIncomingMessage, error: InvalidMessage) -> None:
     """Invalid input is never retried: keep a copy with the reason, tell the sender."""
     await broker.park(
@@ -50,10 +56,12 @@ async def dead_letter(broker: Broker, delivery: AbstractIncomingMessage, error: 
         },
     )
     if delivery.reply_to:
+        # The sender learns what to fix; our own failures stay in the logs and the copy's headers.
+        detail = _INTERNAL.get(error.reason, error.detail)
         await broker.reply(
             delivery.reply_to,
             delivery.correlation_id,
-            Reply.fail(Code.INVALID_MESSAGE, error.detail, reason=error.reason),
+            Reply.fail(Code.INVALID_MESSAGE, detail, reason=error.reason),
         )
 
 

@@ -55,6 +55,7 @@ def parse(
         )
     if len(body) > max_body_bytes:
         raise InvalidMessage("too-large", f"body is {len(body)} bytes, the limit is {max_body_bytes}")
+    _refuse_what_json_allows(kind, body)
     try:
         message = table[kind].model_validate_json(body)
     except ValidationError as e:
@@ -111,6 +112,45 @@ def delivery_digest(delivery: AbstractIncomingMessage) -> str:
     )
 
 
+class _Refused(ValueError):
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason = reason
+
+
+def _refuse_what_json_allows(kind: str, body: bytes) -> None:
+    """Refuse what JSON parsers let through but statusek must not store.
+
+    Duplicate keys (which one wins differs between parsers), NaN and
+    Infinity (not JSON at all, but accepted by many parsers), and NUL
+    characters in strings (Postgres text cannot hold them). Bodies that are
+    not JSON at all are left to the schema's parser, whose message is better.
+    """
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        seen: dict[str, Any] = {}
+        for key, value in items:
+            if key in seen:
+                raise _Refused("invalid-json", f"key {key!r} appears twice")
+            texts = [key, value] if not isinstance(value, list) else [key, *value]
+            if any(isinstance(text, str) and "\x00" in text for text in texts):
+                raise _Refused(
+                    "schema-violation", f"{key!r}: a NUL character (\\u0000) is not allowed in text"
+                )
+            seen[key] = value
+        return seen
+
+    def constant(name: str) -> Any:
+        raise _Refused("schema-violation", f"{name} is not a number statusek accepts (JSON has no {name})")
+
+    try:
+        json.loads(body, object_pairs_hook=pairs, parse_constant=constant)
+    except _Refused as e:
+        raise InvalidMessage(e.reason, f"{kind}: {e}") from None
+    except (ValueError, RecursionError):
+        return
+
+
 def _invalid(kind: str, error: ValidationError) -> InvalidMessage:
     problems = error.errors(include_url=False, include_input=False)
     if any(p["type"] == "json_invalid" for p in problems):
@@ -122,10 +162,20 @@ def _invalid(kind: str, error: ValidationError) -> InvalidMessage:
     return InvalidMessage("schema-violation", f"{kind}: {details}{more}")
 
 
+# A body is read as UTF-8 JSON; an encoding that would have to be undone first is refused.
+_PLAIN_ENCODINGS = frozenset({"", "utf-8", "utf8", "identity"})
+
+
 def parse_delivery(
     delivery: AbstractIncomingMessage, table: dict[str, type[WireMessage]], max_body_bytes: int
 ) -> Envelope:
     """`parse` applied to an aio-pika delivery."""
+    encoding = (delivery.content_encoding or "").lower()
+    if encoding not in _PLAIN_ENCODINGS:
+        raise InvalidMessage(
+            "invalid-json",
+            f"content_encoding {delivery.content_encoding!r} is not supported: send plain UTF-8 JSON",
+        )
     return parse(
         routing_key=delivery.routing_key,
         type_property=delivery.type,
