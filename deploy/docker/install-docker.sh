@@ -5,9 +5,9 @@ set -euo pipefail
 if ! command -v dockerd >/dev/null || ! command -v debootstrap >/dev/null || ! command -v docker-compose >/dev/null; then
   echo "installing docker.io, docker-compose and debootstrap"
   # Package lists may be missing or stale on a fresh machine: update once if the install fails.
-  packages=(docker.io docker-compose debootstrap)
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${packages[@]}" >/dev/null ||
-    { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${packages[@]}" >/dev/null; }
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -q docker.io docker-compose debootstrap >/dev/null ||
+    { apt-get update -q >/dev/null && apt-get install -y -q docker.io docker-compose debootstrap >/dev/null; }
 fi
 if ! docker info >/dev/null 2>&1; then
   echo "starting dockerd"
