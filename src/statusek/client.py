@@ -57,6 +57,7 @@ from statusek.exceptions import (
 )
 from statusek.redact import mask_url, url_location
 
+# The exceptions lived here before statusek.exceptions; they stay importable from here.
 __all__ = [
     "BrokerUnreachable",
     "Client",

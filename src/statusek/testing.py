@@ -18,6 +18,7 @@ broker's container. Databases are created, migrated and dropped.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import socket
@@ -28,12 +29,16 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import ExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import asyncpg
 
 from statusek.adapters.postgres.migrate import migrate
+
+if TYPE_CHECKING:
+    from statusek.app.settings import Settings
+    from statusek.app.worker import Worker
 
 LOCAL_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 LOCAL_ADMIN_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -297,3 +302,24 @@ def postgres_answers(port: int) -> bool:
             return answer == b"R\0\0\0\x08\0\0\0\0"  # AuthenticationOk
     except OSError:
         return False
+
+
+@asynccontextmanager
+async def running_worker(settings: Settings, *, start_timeout: float = 60) -> AsyncIterator[Worker]:
+    """A `Worker` in this event loop, consuming once entered, stopped gracefully on exit."""
+    from statusek.app.worker import Worker
+
+    worker = Worker(settings)
+    task = asyncio.create_task(worker.run())
+    started = asyncio.create_task(worker.started.wait())
+    await asyncio.wait([task, started], timeout=start_timeout, return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        task.result()  # the worker died at start: its exception says why
+    try:
+        if not started.done():
+            started.cancel()
+            raise TimeoutError(f"the worker did not start consuming within {start_timeout:g} s")
+        yield worker
+    finally:
+        worker.request_stop()
+        await asyncio.wait_for(task, 30)

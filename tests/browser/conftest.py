@@ -13,7 +13,6 @@ failed on.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import json
@@ -32,7 +31,7 @@ from playwright.async_api import Error as PlaywrightError
 
 from statusek.app.settings import Settings
 from statusek.app.worker import Worker
-from statusek.testing import Services, fresh_database, fresh_vhost
+from statusek.testing import Services, fresh_database, fresh_vhost, running_worker
 from tests.conftest import ROOT, SHIPPED_MODELS
 
 CHROMIUM = os.environ.get("STATUSEK_CHROMIUM", "/usr/bin/chromium")
@@ -130,19 +129,8 @@ async def stack(services: Services) -> AsyncIterator[Stack]:
                 log_level="WARNING",
                 ops_port=0,
             )
-            worker = Worker(settings)
-            task = asyncio.create_task(worker.run())
-            started = asyncio.create_task(worker.started.wait())
-            await asyncio.wait([task, started], timeout=60, return_when=asyncio.FIRST_COMPLETED)
-            if task.done():
-                task.result()
-            if not started.done():
-                started.cancel()
-                worker.request_stop()
-                await asyncio.wait_for(task, 30)
-                pytest.fail("the worker did not start within 60 s", pytrace=False)
-            parts = urlsplit(amqp_url)
-            try:
+            async with running_worker(settings) as worker:
+                parts = urlsplit(amqp_url)
                 yield Stack(
                     amqp_url=amqp_url,
                     vhost=unquote(parts.path[1:]),
@@ -150,9 +138,6 @@ async def stack(services: Services) -> AsyncIterator[Stack]:
                     password=unquote(parts.password or "guest"),
                     worker=worker,
                 )
-            finally:
-                worker.request_stop()
-                await asyncio.wait_for(task, 30)
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ import pytest
 from statusek.adapters.rabbitmq.broker import Broker, Names
 from statusek.app.settings import Settings
 from statusek.app.worker import Worker
-from statusek.testing import RabbitAdmin, Services, fresh_database, fresh_vhost
+from statusek.testing import RabbitAdmin, Services, fresh_database, fresh_vhost, running_worker
 from tests.integration.wire import Wire
 
 pytestmark = pytest.mark.integration
@@ -35,15 +35,8 @@ def settings(amqp_url: str, database_url: str, models_path: str) -> Settings:
 @pytest.fixture(scope="session")
 async def worker(settings: Settings) -> AsyncIterator[Worker]:
     """One in-process worker for the session, stopped gracefully at the end."""
-    worker = Worker(settings)
-    task = asyncio.create_task(worker.run())
-    started = asyncio.create_task(worker.started.wait())
-    await asyncio.wait([task, started], timeout=60, return_when=asyncio.FIRST_COMPLETED)
-    if task.done():
-        task.result()
-    yield worker
-    worker.request_stop()
-    await asyncio.wait_for(task, 30)
+    async with running_worker(settings) as worker:
+        yield worker
 
 
 @pytest.fixture(scope="session")

@@ -264,8 +264,7 @@ def identity(
 
 
 def _redelivered(delivery: AbstractIncomingMessage) -> bool:
-    count = (delivery.headers or {}).get("x-delivery-count", 0)
-    return bool(delivery.redelivered) or (isinstance(count, int) and count > 0)
+    return bool(delivery.redelivered) or settle.delivery_count(delivery) > 0
 
 
 FAULT_HEADER = "x-statusek-test-fault"

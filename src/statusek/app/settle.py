@@ -99,12 +99,13 @@ async def requeue_all(
     for d in deliveries:
         if _open_channel(d) is not None:
             await d.nack(requeue=True)
-            if delivery_limit is not None and _delivery_count(d) + 1 > delivery_limit:
+            if delivery_limit is not None and delivery_count(d) + 1 > delivery_limit:
                 last += 1
     return last
 
 
-def _delivery_count(delivery: AbstractIncomingMessage) -> int:
+def delivery_count(delivery: AbstractIncomingMessage) -> int:
+    """How many times a quorum queue delivered this message before (0 on the first delivery)."""
     count = (delivery.headers or {}).get("x-delivery-count", 0)
     return count if isinstance(count, int) else 0
 
