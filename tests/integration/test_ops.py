@@ -93,40 +93,38 @@ async def test_readyz_names_what_is_missing(cluster: Cluster) -> None:
     assert "not-the-password" not in body.decode()
 
 
-async def test_readyz_follows_postgres(cluster: Cluster) -> None:
-    """/readyz turns 503 within 5 s of Postgres going away and 200 within 5 s of its return."""
-    proxy, db_url = await proxied(cluster.env["STATUSEK_DATABASE_URL"], 5432)
+async def outage(cluster: Cluster, dependency: str, setting: str, default_port: int, down_for: float) -> int:
+    """Cut `dependency` for `down_for` s under a worker; /readyz must follow within 5 s each way.
+
+    Returns the worker's ops port, for what the test checks afterwards.
+    """
+    proxy, url = await proxied(cluster.env[setting], default_port)
     try:
-        port = start_worker(cluster, STATUSEK_DATABASE_URL=db_url)
+        port = start_worker(cluster, **{setting: url})
         await wait_status(port, 200, timeout=30)
         proxy.block()
         down, body = await wait_status(port, 503, timeout=5)
-        assert "postgres" in json.loads(body)["problems"]
-        await asyncio.sleep(3)
+        assert dependency in json.loads(body)["problems"]
+        await asyncio.sleep(down_for)
         proxy.unblock()
         up, _ = await wait_status(port, 200, timeout=5)
-        print(f"postgres: 503 after {down:.2f} s, 200 again after {up:.2f} s")
+        print(f"{dependency}: 503 after {down:.2f} s, 200 again after {up:.2f} s")
+        return port
     finally:
         await proxy.close()
+
+
+async def test_readyz_follows_postgres(cluster: Cluster) -> None:
+    """/readyz turns 503 within 5 s of Postgres going away and 200 within 5 s of its return."""
+    await outage(cluster, "postgres", "STATUSEK_DATABASE_URL", 5432, down_for=3)
 
 
 async def test_readyz_follows_rabbitmq(cluster: Cluster) -> None:
     """/readyz turns 503 within 5 s of RabbitMQ going away and 200 within 5 s of its return."""
-    proxy, amqp_url = await proxied(cluster.env["STATUSEK_AMQP_URL"], 5672)
-    try:
-        port = start_worker(cluster, STATUSEK_AMQP_URL=amqp_url)
-        await wait_status(port, 200, timeout=30)
-        proxy.block()
-        down, body = await wait_status(port, 503, timeout=5)
-        assert "rabbitmq" in json.loads(body)["problems"]
-        await asyncio.sleep(10)  # long enough for the reconnect backoff to reach its cap
-        proxy.unblock()
-        up, _ = await wait_status(port, 200, timeout=5)
-        print(f"rabbitmq: 503 after {down:.2f} s, 200 again after {up:.2f} s")
-        figures = await metrics(port)
-        assert figures[("statusek_reconnects_total", (("dependency", "rabbitmq"),))] >= 1
-    finally:
-        await proxy.close()
+    # 10 s: long enough for the reconnect backoff to reach its cap.
+    port = await outage(cluster, "rabbitmq", "STATUSEK_AMQP_URL", 5672, down_for=10)
+    figures = await metrics(port)
+    assert figures[("statusek_reconnects_total", (("dependency", "rabbitmq"),))] >= 1
 
 
 async def test_metrics_move_with_the_commands_sent(cluster: Cluster) -> None:

@@ -23,7 +23,13 @@ from statusek.core.errors import StatusekError
 from statusek.core.model import ModelError
 from statusek.redact import mask_secrets, url_location
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 69
+# One table of exit codes for every subcommand (documented in statusek.app.remote).
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_UNAVAILABLE = (
+    remote.EXIT_OK,
+    remote.EXIT_REFUSED,
+    remote.EXIT_USAGE,
+    remote.EXIT_UNAVAILABLE,
+)
 
 
 def _settings() -> Settings:
