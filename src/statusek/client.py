@@ -32,7 +32,7 @@ from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, NamedTuple, cast
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import aio_pika
 import aiormq
@@ -46,6 +46,7 @@ from statusek.exceptions import (
     InvalidRequest,
     InvalidURL,
     NoAnswerError,
+    NotAllowed,
     NotificationsInterrupted,
     StatusekClientError,
     StatusekRejected,
@@ -68,6 +69,7 @@ __all__ = [
     "InvalidRequest",
     "InvalidURL",
     "NoAnswerError",
+    "NotAllowed",
     "NotificationsInterrupted",
     "StatusNotReady",
     "StatusekClientError",
@@ -170,6 +172,9 @@ class Client:
     ):
         check_url(url)
         self.url = url
+        # Sent as user_id on every request: RabbitMQ checks it is the connection's user, and the
+        # worker records it as the actor and judges the model's writer lists by it.
+        self.user = unquote(urlsplit(url).username or "guest")
         self.name = name or f"statusek client {socket.gethostname()}:{os.getpid()}"
         self._commands = commands_exchange
         self._queries = queries_exchange
@@ -521,6 +526,7 @@ class Client:
                     correlation_id=correlation_id,
                     message_id=message_id,
                     reply_to=REPLY_TO,
+                    user_id=self.user,
                     delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
                     expiration=expiration_for(left),
                 )

@@ -164,6 +164,11 @@ def asyncapi() -> dict[str, Any]:
             "contentType": "application/json",
             "payload": {"$ref": ref(model.__name__)},
             "correlationId": {"location": "$message.header#/correlation_id"},
+            "description": (
+                "The AMQP property `user_id` names the sender (RabbitMQ refuses one that is not the "
+                "connection's user); without it the sender is `anonymous`. The model's `writers` "
+                "decide what the sender may do (`NOT_ALLOWED` otherwise); `is-ready` answers for them."
+            ),
         }
         reply_name = f"{key}-reply"
         messages[reply_name] = {

@@ -51,6 +51,10 @@ class InvalidRequest(StatusekRejected):
     """INVALID_MESSAGE: the request broke the contract (a bug in the caller)."""
 
 
+class NotAllowed(StatusekRejected):
+    """NOT_ALLOWED: the model's writer lists do not name this client's user."""
+
+
 _FAMILIES: dict[str, type[StatusekRejected]] = {
     Code.INSTANCE_TOKEN_IS_NOT_FOUND: InstanceNotFound,
     Code.OBJECT_NAME_IS_NOT_FOUND: InstanceNotFound,
@@ -62,6 +66,7 @@ _FAMILIES: dict[str, type[StatusekRejected]] = {
     Code.STATUS_IS_ALREADY_SET: StatusNotReady,
     Code.INSTANCE_TOKEN_CONFLICT: TokenConflict,
     Code.INVALID_MESSAGE: InvalidRequest,
+    Code.NOT_ALLOWED: NotAllowed,
 }
 
 

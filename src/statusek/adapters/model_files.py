@@ -7,6 +7,7 @@ from pathlib import Path
 
 import yaml
 
+from statusek.core.access import Groups, parse_groups
 from statusek.core.model import ModelError, StatusModel, check_model
 
 
@@ -63,3 +64,23 @@ def load_models(paths: Iterable[Path]) -> tuple[list[StatusModel], list[ModelErr
         seen[model.object_name] = path
         models.append(model)
     return models, errors
+
+
+class GroupsError(ValueError):
+    """The groups file is missing or invalid; the message names the file and the entry."""
+
+
+def load_groups(path: str | None) -> Groups:
+    """The groups that model writer lists may name; none without a file."""
+    if not path:
+        return {}
+    try:
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except OSError as e:
+        raise GroupsError(f"{path}: cannot be read: {e.strerror} (check STATUSEK_GROUPS_PATH)") from e
+    except yaml.YAMLError as e:
+        raise GroupsError(f"{path}: is not valid YAML: {e}") from e
+    try:
+        return parse_groups(raw, path)
+    except ValueError as e:
+        raise GroupsError(str(e)) from e

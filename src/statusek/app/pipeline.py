@@ -28,6 +28,7 @@ from statusek.adapters.rabbitmq.parser import Envelope, parse_delivery
 from statusek.app import settle
 from statusek.app.backoff import Backoff
 from statusek.app.metrics import Metrics
+from statusek.core.access import Groups, Sender
 from statusek.core.codes import Code
 from statusek.core.decide import Policy, decide
 from statusek.core.errors import InvalidMessage, StoreFailure, TransientError
@@ -61,8 +62,10 @@ class CommandPipeline:
         on_committed: Callable[[], None] = lambda: None,
         fault_hooks: bool = False,
         metrics: Metrics | None = None,
+        groups: Groups | None = None,
     ):
         self._store = store
+        self._groups: Groups = groups or {}
         self._broker = broker
         self._window = window
         self._max_body = max_body_bytes
@@ -150,6 +153,7 @@ class CommandPipeline:
                 routing_key=o.envelope.kind,
                 message_id=o.envelope.message_id,
                 correlation_id=o.envelope.correlation_id,
+                user=o.envelope.user_id,
                 instance_token=o.reply.data.get("instance_token")
                 or str(getattr(o.envelope.body, "instance_token", None)),
                 code=o.reply.code,
@@ -220,7 +224,7 @@ class CommandPipeline:
         if not valid:
             return []
         async with self._store.transaction() as tx:
-            window = _Window(tx, self._policy)
+            window = _Window(tx, self._policy, self._groups)
             outcomes = await window.apply(valid)
             earliest = await window.save()
         if self._fault_hooks:
@@ -288,9 +292,10 @@ def _crash_if_asked(valid: list[tuple[AbstractIncomingMessage, Envelope]]) -> No
 class _Window:
     """The in-memory state of one transaction: states change as commands apply."""
 
-    def __init__(self, tx: Transaction, policy: Policy):
+    def __init__(self, tx: Transaction, policy: Policy, groups: Groups):
         self.tx = tx
         self.policy = policy
+        self.groups = groups
         self.states: dict[UUID, InstanceState] = {}
         self.changed: dict[UUID, InstanceState] = {}
         self.events: list[Event] = []
@@ -329,7 +334,15 @@ class _Window:
                 models = {state.object_name: self.models[key]}
             else:
                 models = {}
-            decision = decide(command, state, models, now, new_token=uuid.uuid4(), policy=self.policy)
+            decision = decide(
+                command,
+                state,
+                models,
+                now,
+                new_token=uuid.uuid4(),
+                policy=self.policy,
+                sender=Sender(env.user_id, self.groups),
+            )
             if decision.events and decision.state is not None:
                 new = decision.state
                 self.states[new.token] = new

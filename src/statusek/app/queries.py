@@ -13,6 +13,7 @@ from statusek.adapters.rabbitmq.broker import Broker
 from statusek.adapters.rabbitmq.parser import parse_delivery
 from statusek.app import settle
 from statusek.app.metrics import Metrics
+from statusek.core.access import Groups, Sender
 from statusek.core.codes import Code
 from statusek.core.errors import InvalidMessage, StoreFailure, TransientError
 from statusek.core.messages import QUERIES, InstanceQuery, StatusQuery
@@ -22,8 +23,17 @@ log = structlog.get_logger(__name__)
 
 
 class QueryHandler:
-    def __init__(self, store: Store, broker: Broker, *, max_body_bytes: int, metrics: Metrics | None = None):
+    def __init__(
+        self,
+        store: Store,
+        broker: Broker,
+        *,
+        max_body_bytes: int,
+        metrics: Metrics | None = None,
+        groups: Groups | None = None,
+    ):
         self._store = store
+        self._groups: Groups = groups or {}
         self._metrics = metrics or Metrics()
         self._broker = broker
         self._max_body = max_body_bytes
@@ -56,7 +66,8 @@ class QueryHandler:
             state, model, events, now = await self._store.read_instance(
                 query.instance_token, with_events=envelope.kind == "get-events"
             )
-            reply = answer(envelope.kind, query, state, model, events, now)
+            sender = Sender(envelope.user_id, self._groups)
+            reply = answer(envelope.kind, query, state, model, events, now, sender)
             await settle.answer(self._broker, delivery, reply)
             await delivery.ack()
             self._metrics.queries.labels(routing_key=envelope.kind, code=reply.code).inc()

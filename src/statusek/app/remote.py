@@ -178,7 +178,7 @@ async def cmd_show(client: Client, args: argparse.Namespace) -> int:
     print()
     print(
         table(
-            ["SEQ", "KIND", "STATUS", "TYPE", "MESSAGE", "AT"],
+            ["SEQ", "KIND", "STATUS", "TYPE", "MESSAGE", "BY", "AT"],
             [
                 [
                     str(e["seq"]),
@@ -186,6 +186,7 @@ async def cmd_show(client: Client, args: argparse.Namespace) -> int:
                     e["status_name"] or e["reason"] or "",
                     e["status_type"] or "",
                     e["message"] or ("" if e["code"] is None else f"code {e['code']}"),
+                    e.get("actor") or "statusek",
                     e["occurred_at"],
                 ]
                 for e in events

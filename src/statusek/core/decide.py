@@ -11,11 +11,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from uuid import UUID
 
+from statusek.core.access import ANONYMOUS_SENDER, Sender
 from statusek.core.codes import Code, FinishReason
 from statusek.core.instance import Event, EventKind, InstanceState, expire
 from statusek.core.messages import Cancel, Command, Create, CreatedData, Ping, PingData, Reply, SetStatus
 from statusek.core.model import StatusModel
-from statusek.core.rules import finish_reason_after, readiness
+from statusek.core.rules import finish_reason_after, not_allowed, readiness
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +41,7 @@ def decide(
     *,
     new_token: UUID,
     policy: Policy = Policy(),
+    sender: Sender = ANONYMOUS_SENDER,
 ) -> Decision:
     """The reply to `command` and the events it appends.
 
@@ -48,9 +50,11 @@ def decide(
     version that applies: the latest for `create`, the instance's own
     version otherwise. A passed deadline finishes the instance before the
     command is judged, so its finish event may come out even on rejection.
+    `sender` is who sent it: checked against the model's writers, and
+    recorded as the actor of the events it appends.
     """
     if isinstance(command, Create):
-        return _create(command, state, models.get(command.object_name), now, new_token, policy)
+        return _create(command, state, models.get(command.object_name), now, new_token, policy, sender)
     if state is None:
         token = command.instance_token
         return Decision(Reply.fail(Code.INSTANCE_TOKEN_IS_NOT_FOUND, f"Instance {token} is not found"))
@@ -59,11 +63,15 @@ def decide(
         return Decision(_finished_reply(state), state, events)
     model = models[state.object_name]
     if isinstance(command, SetStatus):
-        decision = _set_status(command, state, model, now)
+        decision = _set_status(command, state, model, now, sender)
+    elif not sender.may(model.writers):
+        action = "ping" if isinstance(command, Ping) else "cancel"
+        verdict = not_allowed(sender, f"{action} instances of object {model.object_name!r}", model.writers)
+        decision = Decision(Reply.fail(verdict.code, verdict.message))
     elif isinstance(command, Ping):
-        decision = _ping(command, state, now)
+        decision = _ping(command, state, now, sender)
     else:
-        decision = _cancel(command, state, now)
+        decision = _cancel(command, state, now, sender)
     return Decision(decision.reply, decision.state or state, events + decision.events)
 
 
@@ -81,7 +89,11 @@ def _create(
     now: datetime,
     new_token: UUID,
     policy: Policy,
+    sender: Sender,
 ) -> Decision:
+    if model is not None and not sender.may(model.writers):
+        verdict = not_allowed(sender, f"create instances of object {model.object_name!r}", model.writers)
+        return Decision(Reply.fail(verdict.code, verdict.message))
     if existing is not None:
         if existing.create_args == command.fingerprint():
             return Decision(
@@ -111,14 +123,16 @@ def _create(
         heartbeat_timeout=heartbeat,
         heartbeat_deadline=now + timedelta(seconds=heartbeat) if heartbeat else None,
     )
-    created = state.next_event(EventKind.CREATED, now)
+    created = state.next_event(EventKind.CREATED, now, actor=sender.name)
     return Decision(
         Reply.ok("Instance is created", CreatedData(instance_token=token)), state.record(created), [created]
     )
 
 
-def _set_status(command: SetStatus, state: InstanceState, model: StatusModel, now: datetime) -> Decision:
-    verdict = readiness(model, state.statuses, command.status_name, str(state.token))
+def _set_status(
+    command: SetStatus, state: InstanceState, model: StatusModel, now: datetime, sender: Sender
+) -> Decision:
+    verdict = readiness(model, state.statuses, command.status_name, str(state.token), sender)
     if not verdict.ok:
         return Decision(Reply.fail(verdict.code, verdict.message))
     status = model.status(command.status_name)
@@ -129,19 +143,22 @@ def _set_status(command: SetStatus, state: InstanceState, model: StatusModel, no
         status_name=status.name,
         status_type=status.type,
         message=command.status_message,
+        actor=sender.name,
     )
     state = state.record(event)
     events = [event]
     reason = finish_reason_after(model, state.statuses, status.name)
     if reason is not None:
-        finished = state.next_event(EventKind.FINISHED, now, reason=reason)
+        finished = state.next_event(EventKind.FINISHED, now, reason=reason, actor=sender.name)
         state = state.record(finished)
         events.append(finished)
     return Decision(Reply.ok(f"Status {status.name!r} is set"), state, events)
 
 
-def _ping(command: Ping, state: InstanceState, now: datetime) -> Decision:
-    event = state.next_event(EventKind.PING, now, code=command.code, message=command.message)
+def _ping(command: Ping, state: InstanceState, now: datetime, sender: Sender) -> Decision:
+    event = state.next_event(
+        EventKind.PING, now, code=command.code, message=command.message, actor=sender.name
+    )
     state = state.record(event)
     deadline = state.next_deadline
     return Decision(
@@ -151,8 +168,10 @@ def _ping(command: Ping, state: InstanceState, now: datetime) -> Decision:
     )
 
 
-def _cancel(command: Cancel, state: InstanceState, now: datetime) -> Decision:
-    event = state.next_event(EventKind.FINISHED, now, reason=FinishReason.CANCELLED, message=command.reason)
+def _cancel(command: Cancel, state: InstanceState, now: datetime, sender: Sender) -> Decision:
+    event = state.next_event(
+        EventKind.FINISHED, now, reason=FinishReason.CANCELLED, message=command.reason, actor=sender.name
+    )
     return Decision(Reply.ok(f"Instance {state.token} is cancelled"), state.record(event), [event])
 
 

@@ -35,6 +35,8 @@ class Event:
     message: str | None = None
     code: int | None = None
     reason: FinishReason | None = None
+    # Who caused it: the sender's user name, `anonymous`, or None for statusek itself (a deadline).
+    actor: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

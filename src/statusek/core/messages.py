@@ -141,6 +141,10 @@ class EventView(WireMessage):
     code: int | None = None
     reason: FinishReason | None = None
     occurred_at: datetime
+    actor: str | None = Field(
+        default=None,
+        description="Who caused it: the sender's AMQP user_id, 'anonymous', or null for a deadline.",
+    )
 
 
 class CreatedData(WireMessage):
@@ -228,6 +232,10 @@ class StatusChanged(WireMessage):
     seq: int
     occurred_at: datetime
     labels: dict[str, str]
+    actor: str | None = Field(
+        default=None,
+        description="Who caused it: the sender's AMQP user_id, 'anonymous', or null for a deadline.",
+    )
 
 
 class InstanceFinished(WireMessage):
@@ -242,3 +250,7 @@ class InstanceFinished(WireMessage):
     finished_at: datetime
     statuses: list[str]
     labels: dict[str, str]
+    actor: str | None = Field(
+        default=None,
+        description="Who caused it: the sender's AMQP user_id, 'anonymous', or null for a deadline.",
+    )

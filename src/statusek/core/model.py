@@ -10,9 +10,11 @@ import difflib
 import hashlib
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
+
+from statusek.core.access import Writers
 
 MAX_NAME_LENGTH = 255
 
@@ -29,6 +31,8 @@ class Status:
     type: StatusType
     description: str = ""
     after: tuple[str, ...] = ()
+    # Who may set this status; None leaves it to the model's writers.
+    writers: Writers | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +44,8 @@ class StatusModel:
     description: str = ""
     instance_timeout: float | None = None
     heartbeat_timeout: float | None = None
+    # Who may create, ping and cancel (and set statuses without writers of their own); None: anyone.
+    writers: Writers | None = None
     version: int = 0
     _by_name: Mapping[str, Status] = field(init=False, repr=False, compare=False)
     _next: Mapping[str, tuple[str, ...]] = field(init=False, repr=False, compare=False)
@@ -60,6 +66,12 @@ class StatusModel:
         """Statuses that list `name` in their `after`."""
         return self._next.get(name, ())
 
+    def writers_of(self, status_name: str) -> Writers | None:
+        """Who may set a status: its own writers, else the model's."""
+        status = self.status(status_name)
+        own = status.writers if status is not None else None
+        return own if own is not None else self.writers
+
     @property
     def mandatory(self) -> tuple[str, ...]:
         return tuple(s.name for s in self.statuses if s.type is StatusType.MANDATORY)
@@ -73,12 +85,15 @@ class StatusModel:
             out["instance_timeout"] = self.instance_timeout
         if self.heartbeat_timeout is not None:
             out["heartbeat_timeout"] = self.heartbeat_timeout
+        if self.writers is not None:
+            out["writers"] = list(self.writers.entries)
         out["statuses"] = [
             {
                 "name": s.name,
                 "type": s.type.value,
                 **({"description": s.description} if s.description else {}),
                 **({"after": list(s.after)} if s.after else {}),
+                **({"writers": list(s.writers.entries)} if s.writers is not None else {}),
             }
             for s in self.statuses
         ]
@@ -126,7 +141,7 @@ def check_model(
     def fail(field_path: str, problem: str) -> None:
         problems.append(ModelError(source, name if isinstance(name, str) else None, field_path, problem))
 
-    known = {"object_name", "description", "instance_timeout", "heartbeat_timeout", "statuses"}
+    known = {"object_name", "description", "instance_timeout", "heartbeat_timeout", "statuses", "writers"}
     for key in raw:
         if key not in known:
             fail(str(key), f"unknown field (expected one of {', '.join(sorted(known))})")
@@ -138,6 +153,7 @@ def check_model(
     if not isinstance(description, str):
         fail("description", "must be a string")
     timeouts = {k: _timeout(raw.get(k), k, fail) for k in ("instance_timeout", "heartbeat_timeout")}
+    writers = _writers(raw.get("writers"), "writers", fail)
     statuses = _statuses(raw.get("statuses"), fail)
     if problems or not isinstance(name, str) or not isinstance(description, str):
         return None, problems
@@ -145,6 +161,7 @@ def check_model(
         object_name=name,
         description=description,
         statuses=tuple(statuses),
+        writers=writers,
         version=version,
         **timeouts,
     )
@@ -182,10 +199,7 @@ def _statuses(raw_statuses: object, fail: Fail) -> list[Status]:
             elif prev not in declared:
                 fail(f"statuses[{i}].after", f"unknown status {prev!r}")
     # Cycles among the edges that are valid, so that they are reported with the other problems.
-    valid = [
-        Status(s.name, s.type, s.description, tuple(p for p in s.after if p in seen and p != s.name))
-        for _, s in parsed
-    ]
+    valid = [replace(s, after=tuple(p for p in s.after if p in seen and p != s.name)) for _, s in parsed]
     cycle = _find_cycle(list({s.name: s for s in valid}.values()))
     if cycle:
         fail("statuses", "cycle in the edges: " + " -> ".join(cycle))
@@ -204,6 +218,20 @@ def _timeout(value: object, key: str, fail: Fail) -> float | None:
     return float(value)
 
 
+def _writers(value: object, where: str, fail: Fail) -> Writers | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, Sequence) or not all(isinstance(w, str) and w.strip() for w in value):
+        fail(where, "must be a list of user or group names")
+        return None
+    if not value:
+        fail(where, "must name at least one user or group (leave it out to let anyone write)")
+        return None
+    return Writers(tuple(dict.fromkeys(value)))
+
+
 def _status(item: object, i: int, fail: Fail) -> Status | None:
     """The status at `statuses[i]`, after reporting each of its problems.
 
@@ -216,8 +244,8 @@ def _status(item: object, i: int, fail: Fail) -> Status | None:
         fail(where, "must be a mapping with name and type")
         return None
     for key in item:
-        if key not in {"name", "type", "description", "after"}:
-            fail(f"{where}.{key}", "unknown field (expected name, type, description, after)")
+        if key not in {"name", "type", "description", "after", "writers"}:
+            fail(f"{where}.{key}", "unknown field (expected name, type, description, after, writers)")
     name = item.get("name")
     if not isinstance(name, str) or not name.strip():
         fail(f"{where}.name", "must be a non-empty string")
@@ -240,9 +268,10 @@ def _status(item: object, i: int, fail: Fail) -> Status | None:
     if not isinstance(after, Sequence) or not all(isinstance(a, str) for a in after):
         fail(f"{where}.after", "must be a list of status names")
         return None
+    writers = _writers(item.get("writers"), f"{where}.writers", fail)
     if not isinstance(name, str):
         return None
-    return Status(name=name, type=status_type, description=description, after=tuple(after))
+    return Status(name=name, type=status_type, description=description, after=tuple(after), writers=writers)
 
 
 def closest_name(name: str, names: Iterable[str]) -> str | None:

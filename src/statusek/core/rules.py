@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
+from statusek.core.access import Sender, Writers
 from statusek.core.codes import Code, FinishReason
 from statusek.core.model import StatusModel, StatusType, closest_name
 
@@ -19,11 +20,15 @@ class Verdict:
         return self.code is Code.SUCCESS
 
 
-def readiness(model: StatusModel, is_set: Collection[str], status_name: str, token: str) -> Verdict:
+def readiness(
+    model: StatusModel, is_set: Collection[str], status_name: str, token: str, sender: Sender
+) -> Verdict:
     """Checks 3 to 7 of SPEC section 3, in order; the first failing one decides.
 
     Checks 1 and 2 (the instance exists and is open) need the instance itself
-    and are made by the caller before this.
+    and are made by the caller before this. The writer check comes right
+    after 3: once the status is known, a sender who may not set it learns
+    that before anything about the instance's progress.
     """
     status = model.status(status_name)
     if status is None:
@@ -32,6 +37,9 @@ def readiness(model: StatusModel, is_set: Collection[str], status_name: str, tok
             f"Status {status_name!r} is not a status of object {model.object_name!r} "
             f"(version {model.version}){unknown_name_hint(status_name, [s.name for s in model.statuses])}",
         )
+    writers = model.writers_of(status_name)
+    if not sender.may(writers):
+        return not_allowed(sender, f"set status {status_name!r} of object {model.object_name!r}", writers)
     previous = [model.status(p) for p in status.after]
     mandatory = [p.name for p in previous if p and p.type is StatusType.MANDATORY]
     missing = [p for p in mandatory if p not in is_set]
@@ -62,6 +70,12 @@ def readiness(model: StatusModel, is_set: Collection[str], status_name: str, tok
             f"Status {status_name!r} is already set on instance {token}",
         )
     return Verdict(Code.SUCCESS, f"Status {status_name!r} can be set on instance {token}")
+
+
+def not_allowed(sender: Sender, action: str, writers: Writers | None) -> Verdict:
+    """NOT_ALLOWED, naming the sender, what they may not do, and who may."""
+    who = ", ".join(writers.entries) if writers else "nobody"
+    return Verdict(Code.NOT_ALLOWED, f"User {sender.name!r} may not {action}: its writers are {who}")
 
 
 def unknown_name_hint(name: str, known: Sequence[str], limit: int = 20, label: str = "known") -> str:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from statusek.core.access import ANONYMOUS_SENDER, Sender
 from statusek.core.codes import Code
 from statusek.core.instance import Event, EventKind, InstanceState, expire
 from statusek.core.messages import (
@@ -38,8 +39,12 @@ def answer(
     model: StatusModel | None,
     events: Sequence[Event],
     now: datetime,
+    sender: Sender = ANONYMOUS_SENDER,
 ) -> Reply:
-    """The reply to a read-only query; `events` is only needed for `get-events`."""
+    """The reply to a read-only query; `events` is only needed for `get-events`.
+
+    `is-ready` answers for `sender`: a status they may not set is not ready for them.
+    """
     assert isinstance(query, StatusQuery | InstanceQuery)
     if state is None or model is None:
         return Reply.fail(Code.INSTANCE_TOKEN_IS_NOT_FOUND, f"Instance {query.instance_token} is not found")
@@ -59,7 +64,7 @@ def answer(
                 Code.INSTANCE_IS_FINISHED, f"Instance {token} is finished ({state.finish_reason})"
             )
         else:
-            verdict = readiness(model, state.statuses, query.status_name, token)
+            verdict = readiness(model, state.statuses, query.status_name, token, sender)
         return Reply.ok(
             verdict.message,
             IsReadyData(
@@ -95,6 +100,7 @@ def event_view(event: Event, model: StatusModel) -> EventView:
         code=event.code,
         reason=event.reason,
         occurred_at=event.occurred_at,
+        actor=event.actor,
     )
 
 
@@ -137,6 +143,7 @@ def notification_for(event: Event, state: InstanceState) -> Notification | None:
         "model_version": state.model_version,
         "seq": event.seq,
         "labels": state.labels,
+        "actor": event.actor,
     }
     headers = {"object_name": state.object_name, "instance_token": token}
     message: WireMessage

@@ -69,6 +69,7 @@ def _event(row: Mapping[str, Any]) -> Event:
         message=row["message"],
         code=row["code"],
         reason=FinishReason(row["reason"]) if row["reason"] else None,
+        actor=row["actor"],
     )
 
 
@@ -209,7 +210,8 @@ class Transaction:
             if events:
                 await self._conn.executemany(
                     "INSERT INTO events (instance_token, seq, kind, occurred_at, status_name,"
-                    " status_type, message, code, reason) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                    " status_type, message, code, reason, actor)"
+                    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
                     [
                         (
                             e.instance_token,
@@ -221,6 +223,7 @@ class Transaction:
                             e.message,
                             e.code,
                             e.reason.value if e.reason else None,
+                            e.actor,
                         )
                         for e in events
                     ],

@@ -24,6 +24,8 @@ class Envelope(BaseModel):
     message_id: str | None = None
     reply_to: str | None = None
     correlation_id: str | None = None
+    # The sender, as RabbitMQ validated it against the publishing connection's user.
+    user_id: str | None = None
     # Without a message_id: a digest of the delivery's content (see `delivery_digest`).
     digest: str | None = None
 
@@ -39,6 +41,7 @@ def parse(
     table: dict[str, type[WireMessage]],
     max_body_bytes: int,
     digest: str | None = None,
+    user_id: str | None = None,
 ) -> Envelope:
     """Validate a raw delivery against the contract, or raise InvalidMessage.
 
@@ -66,6 +69,7 @@ def parse(
         message_id=message_id or None,
         reply_to=reply_to or None,
         correlation_id=correlation_id or None,
+        user_id=user_id or None,
         digest=None if message_id else digest,
     )
 
@@ -186,4 +190,5 @@ def parse_delivery(
         table=table,
         max_body_bytes=max_body_bytes,
         digest=None if delivery.message_id else delivery_digest(delivery),
+        user_id=delivery.user_id,
     )
