@@ -188,6 +188,36 @@ async def test_an_encoded_body_is_refused(wire: Wire) -> None:
     assert parked.headers["x-statusek-reason"] == "invalid-json"
 
 
+async def test_a_refusal_by_postgres_reaches_the_sender_without_its_text(
+    wire: Wire, db: asyncpg.Connection
+) -> None:
+    """A command Postgres refuses is dead-lettered with the detail; the reply has only a generic sentence."""
+    secret = f"internal detail {uuid.uuid4().hex}"
+    # A real refusal by the database, for this one label only, so no other test meets it.
+    await db.execute(
+        f"""
+        CREATE OR REPLACE FUNCTION refuse_marked() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF NEW.labels ? 'refuse-me' THEN RAISE EXCEPTION '{secret}'; END IF;
+            RETURN NEW;
+        END $$;
+        CREATE OR REPLACE TRIGGER refuse_marked BEFORE INSERT ON instances
+            FOR EACH ROW EXECUTE FUNCTION refuse_marked();
+        """
+    )
+    try:
+        message_id = uuid.uuid4().hex
+        body = {"object_name": TASK, "labels": {"refuse-me": "yes"}}
+        reply = await wire.request("create", body, message_id=message_id)
+        parked = await wire.parked("statusek.dead-letter", message_id)
+    finally:
+        await db.execute("DROP TRIGGER refuse_marked ON instances; DROP FUNCTION refuse_marked()")
+    assert (reply["code"], reply["data"]["reason"]) == ("INVALID_MESSAGE", "store-failure")
+    assert secret not in json.dumps(reply)
+    assert parked.headers["x-statusek-reason"] == "store-failure"
+    assert secret in str(parked.headers["x-statusek-detail"])
+
+
 async def test_schema_violation_names_the_field(wire: Wire) -> None:
     """The INVALID_MESSAGE reply names the field that is wrong."""
     reply = await wire.request("set-status", {"instance_token": token(), "status_nam": "A"})
