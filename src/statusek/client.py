@@ -327,6 +327,15 @@ class Client:
             body["reason"] = reason
         await self.call(self._commands, "cancel", body, timeout=timeout)
 
+    async def set_global_status(
+        self, status_name: str, status_message: str | None = None, *, timeout: float = 10
+    ) -> None:
+        """Record a named event of no instance (the original Statusek's setGlobalStatus)."""
+        body: dict[str, Any] = {"status_name": status_name}
+        if status_message is not None:
+            body["status_message"] = status_message
+        await self.call(self._commands, "set-global-status", body, timeout=timeout)
+
     # Queries
 
     async def is_set(self, token: str, status_name: str, *, timeout: float = 10) -> bool:
@@ -357,6 +366,26 @@ class Client:
 
     async def get_instance(self, token: str, *, timeout: float = 10) -> dict[str, Any]:
         return await self.call(self._queries, "get-instance", {"instance_token": str(token)}, timeout=timeout)
+
+    async def get_global_events(
+        self,
+        *,
+        after_seq: int = 0,
+        limit: int | None = None,
+        status_name: str | None = None,
+        timeout: float = 10,
+    ) -> dict[str, Any]:
+        """One page of global events, oldest first.
+
+        The reply data: `events` (those with a seq above `after_seq`) and
+        `next_after_seq`, to pass as `after_seq` for the next page (None after the last).
+        """
+        body: dict[str, Any] = {"after_seq": after_seq}
+        if limit is not None:
+            body["limit"] = limit
+        if status_name is not None:
+            body["status_name"] = status_name
+        return await self.call(self._queries, "get-global-events", body, timeout=timeout)
 
     def heartbeat(self, token: str, every: float, message: str | None = None) -> Heartbeat:
         """Ping `token` every `every` seconds while the block runs (see `Heartbeat`)."""
