@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 
 import asyncpg
 
+from statusek.adapters.tls import tls_failure
 from statusek.core.errors import StoreFailure, StoreUnavailable
 from statusek.redact import mask_secrets
 
@@ -33,6 +34,10 @@ async def translated() -> AsyncIterator[None]:
     try:
         yield
     except _TRANSIENT as e:
-        raise StoreUnavailable(mask_secrets(f"postgres unavailable: {type(e).__name__}: {e}")) from e
+        why = (
+            tls_failure(e, server="Postgres", parameters=("sslrootcert", "sslcert", "sslkey"))
+            or f"{type(e).__name__}: {e}"
+        )
+        raise StoreUnavailable(mask_secrets(f"postgres unavailable: {why}")) from e
     except asyncpg.PostgresError as e:
         raise StoreFailure(mask_secrets(f"postgres refused: {type(e).__name__}: {e}")) from e

@@ -27,6 +27,7 @@ from aio_pika.abc import (
 )
 from pamqp.common import FieldTable
 
+from statusek.adapters.tls import tls_failure
 from statusek.core.errors import BrokerUnavailable
 from statusek.core.messages import COMMANDS, QUERIES, Reply
 from statusek.core.views import Notification
@@ -59,6 +60,9 @@ def describe(e: BaseException, url: str | None = None) -> str:
     port concerned (never the password).
     """
     where = url_location(url) if url else None
+    tls = tls_failure(e, server="RabbitMQ", parameters=("cafile", "certfile", "keyfile"))
+    if tls is not None:
+        return tls
     if isinstance(e, aiormq.exceptions.ProbableAuthenticationError):
         if where is not None:
             user = urlsplit(url or "").username or "guest"
