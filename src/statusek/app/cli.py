@@ -54,6 +54,22 @@ def cmd_worker(settings: Settings, _args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_gateway(settings: Settings, _args: argparse.Namespace) -> int:
+    from statusek.app.gateway import run_gateway
+    from statusek.exceptions import InvalidURL
+
+    try:
+        run_gateway(settings)
+    except InvalidURL as e:
+        print(f"statusek gateway: {e}: fix STATUSEK_AMQP_URL", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as e:  # the port is taken, or not ours to bind
+        where = f"{settings.http_host}:{settings.http_port}"
+        print(f"statusek gateway: cannot listen on {where}: {e.strerror or e}", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
 def cmd_health(settings: Settings, args: argparse.Namespace) -> int:
     """Ask the local worker's /readyz: the container HEALTHCHECK."""
     if not settings.ops_port:
@@ -130,6 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("worker", help="migrate, then run the worker until SIGTERM/SIGINT").set_defaults(
         func=cmd_worker
     )
+    sub.add_parser(
+        "gateway",
+        help="serve the original Statusek's REST API on STATUSEK_HTTP_PORT until SIGTERM/SIGINT",
+    ).set_defaults(func=cmd_gateway)
     health = sub.add_parser("health", help="exit 0 if the worker at STATUSEK_OPS_PORT is ready, else 1")
     health.add_argument("--host", default="127.0.0.1", help="where the worker's ops server listens")
     health.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for an answer")

@@ -58,6 +58,10 @@ class Settings(BaseSettings):
     ops_port: int = Field(default=9464, ge=0, le=65535)
     ops_host: str = "0.0.0.0"
 
+    # `statusek gateway`: the original Statusek's REST API (0 lets the system pick a free port).
+    http_port: int = Field(default=8080, ge=0, le=65535)
+    http_host: str = "0.0.0.0"
+
     housekeeping_every: float = Field(default=600, gt=0, description="Seconds between expiry passes.")
     # Test-only: honour the x-statusek-test-fault header (crash between commit and ack).
     fault_hooks: bool = False
