@@ -296,7 +296,30 @@ def test_migrate_job_runs_migrate_once_and_is_cleaned_up() -> None:
     """The migrate Job runs `statusek migrate` with bounded retries and a TTL after finishing."""
     job = the("Job", "statusek-migrate")["spec"]
     (container,) = job["template"]["spec"]["containers"]
-    assert container["args"] == ["migrate"]
+    assert container["args"][0] == "migrate"
     assert 0 < job["backoffLimit"] <= 10
     assert job["ttlSecondsAfterFinished"] > 0
     assert job["template"]["spec"]["restartPolicy"] in ("Never", "OnFailure")
+
+
+def migrate_job() -> dict[str, Any]:
+    containers: list[dict[str, Any]] = the("Job", "statusek-migrate")["spec"]["template"]["spec"][
+        "containers"
+    ]
+    return next(c for c in containers if c["name"] == "migrate")
+
+
+def test_migrate_job_migrates_as_the_owner_and_grants_the_worker_role() -> None:
+    """The Job connects with the owner's URL and grants statusek_worker, the role of the worker's URL."""
+    (example,) = documents(SECRET_EXAMPLE)
+    assert migrate_job()["args"] == ["migrate", "--grant", "statusek_worker"]
+    owner_key = env(migrate_job())["STATUSEK_DATABASE_URL"]["valueFrom"]["secretKeyRef"]["key"]
+    worker_key = env(worker())["STATUSEK_DATABASE_URL"]["valueFrom"]["secretKeyRef"]["key"]
+    assert owner_key != worker_key
+    assert example["stringData"][worker_key].startswith("postgresql://statusek_worker:")
+    assert not example["stringData"][owner_key].startswith("postgresql://statusek_worker:")
+
+
+def test_worker_does_not_migrate_at_start() -> None:
+    """The worker runs with STATUSEK_MIGRATE_ON_START=false: its role has no DDL rights."""
+    assert env(worker())["STATUSEK_MIGRATE_ON_START"]["value"] == "false"

@@ -14,6 +14,7 @@ import structlog
 from pydantic import ValidationError
 
 from statusek.adapters.model_files import load_models, model_files
+from statusek.adapters.postgres.grants import GrantRefused, grant_worker
 from statusek.adapters.postgres.migrate import migrate
 from statusek.app import remote
 from statusek.app.identity import Identity, version
@@ -41,10 +42,27 @@ def _settings() -> Settings:
         sys.exit(EXIT_USAGE)
 
 
-def cmd_migrate(settings: Settings, _args: argparse.Namespace) -> int:
-    applied = asyncio.run(migrate(settings.database_url))
-    print(f"migrations applied: {', '.join(applied) if applied else 'none (schema is up to date)'}")
-    return EXIT_OK
+def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
+    roles = list(dict.fromkeys(r.strip() for value in args.grant for r in value.split(",") if r.strip()))
+
+    async def run() -> int:
+        applied = await migrate(settings.database_url)
+        print(f"migrations applied: {', '.join(applied) if applied else 'none (schema is up to date)'}")
+        for role in roles:
+            try:
+                granted = await grant_worker(settings.database_url, role)
+            except GrantRefused as e:
+                print(f"statusek migrate: cannot grant: {e}", file=sys.stderr)
+                return EXIT_FAILURE
+            print(f"granted {role} the worker's privileges on schema {granted.schema} of {granted.database}")
+            for where in granted.create_left:
+                print(
+                    f"warning: {role} can still CREATE in {where} through PUBLIC or a role it belongs to",
+                    file=sys.stderr,
+                )
+        return EXIT_OK
+
+    return asyncio.run(run())
 
 
 def cmd_worker(settings: Settings, _args: argparse.Namespace) -> int:
@@ -142,7 +160,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"statusek {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("migrate", help="create or upgrade the database schema").set_defaults(func=cmd_migrate)
+    migrate_parser = sub.add_parser("migrate", help="create or upgrade the database schema (as its owner)")
+    migrate_parser.add_argument(
+        "--grant",
+        action="append",
+        default=[],
+        metavar="ROLE",
+        help="then give ROLE exactly the worker's privileges (grants.sql); repeatable or comma-separated",
+    )
+    migrate_parser.set_defaults(func=cmd_migrate)
     sub.add_parser("worker", help="migrate, then run the worker until SIGTERM/SIGINT").set_defaults(
         func=cmd_worker
     )

@@ -15,6 +15,10 @@ class Settings(BaseSettings):
 
     amqp_url: str = "amqp://guest:guest@localhost:5672/"
     database_url: str = "postgresql://postgres@localhost:5432/statusek"
+    migrate_on_start: bool = Field(
+        default=True,
+        description="Migrate a database found behind at start; off, the worker stops saying how to migrate.",
+    )
     models_path: str = Field(
         default=str(BUILTIN_MODELS),
         description="Model files or folders, ':'-separated; the shipped models by default.",

@@ -12,7 +12,7 @@ from typing import TypeVar
 import structlog
 
 from statusek.adapters.model_files import load_models
-from statusek.adapters.postgres.migrate import migrate
+from statusek.adapters.postgres.migrate import ensure_current
 from statusek.adapters.postgres.store import DEADLINE_CHANNEL, OUTBOX_CHANNEL, Store
 from statusek.adapters.rabbitmq.broker import Broker, Consumer, Limits, Names
 from statusek.app.backoff import Backoff
@@ -69,7 +69,10 @@ class Worker:
             )
             await self.ops.start()
         try:
-            await self._until_available("postgres", lambda: migrate(s.database_url))
+            # SELECT only when the schema is current: the worker's role needs no DDL rights.
+            await self._until_available(
+                "postgres", lambda: ensure_current(s.database_url, migrate_on_start=s.migrate_on_start)
+            )
             store = await self._until_available(
                 "postgres", lambda: Store.open(s.database_url, max_size=s.db_pool_size)
             )
