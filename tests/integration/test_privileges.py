@@ -75,7 +75,17 @@ async def database(services: Services) -> AsyncIterator[Database]:
         finally:
             await as_admin(services, f"DROP ROLE IF EXISTS {role}")
     finally:
-        await as_admin(services, f"DROP ROLE IF EXISTS {owner}")
+        # fresh_database leaves its database behind when migrating fails; the owner's go with it.
+        admin = await asyncpg.connect(services.database_url)
+        try:
+            for row in await admin.fetch(
+                "SELECT datname FROM pg_database WHERE pg_get_userbyid(datdba) = $1",
+                owner,
+            ):
+                await admin.execute(f'DROP DATABASE IF EXISTS "{row["datname"]}" WITH (FORCE)')
+            await admin.execute(f"DROP ROLE IF EXISTS {owner}")
+        finally:
+            await admin.close()
 
 
 @pytest.fixture
