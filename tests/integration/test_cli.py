@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import uuid
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -58,8 +59,9 @@ async def test_set_ping_and_show(env: dict[str, str]) -> None:
     assert lines[0] == f"instance   {token}"
     assert "statuses   STARTED" in lines
     header = next(i for i, line in enumerate(lines) if line.startswith("SEQ"))
-    assert lines[header].split() == ["SEQ", "KIND", "STATUS", "TYPE", "MESSAGE", "AT"]
-    assert lines[header + 2].split()[:5] == ["2", "status", "STARTED", "MANDATORY", "go"]
+    assert lines[header].split() == ["SEQ", "KIND", "STATUS", "TYPE", "MESSAGE", "BY", "AT"]
+    user = urlsplit(env["STATUSEK_AMQP_URL"]).username
+    assert lines[header + 2].split()[:6] == ["2", "status", "STARTED", "MANDATORY", "go", user]
     assert "page 3 of 9" in lines[header + 3]
     as_json = json.loads((await statusek(env, "show", token, "--json")).stdout)
     assert [e["kind"] for e in as_json["events"]] == ["created", "status", "ping"]
