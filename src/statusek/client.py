@@ -30,6 +30,7 @@ import socket
 import uuid
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from types import TracebackType
 from typing import Any, NamedTuple, cast
 from urllib.parse import unquote, urlsplit
@@ -39,6 +40,7 @@ import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange, AbstractIncomingMessage
 
 from statusek.adapters.rabbitmq.broker import describe
+from statusek.core.messages import MAX_EVENTS_PAGE
 from statusek.exceptions import (
     BrokerUnreachable,
     InstanceFinishedError,
@@ -360,9 +362,35 @@ class Client:
         data = await self.call(self._queries, "is-finished", {"instance_token": str(token)}, timeout=timeout)
         return bool(data["instance_is_finished"]), data.get("instance_is_finished_description")
 
-    async def get_events(self, token: str, *, timeout: float = 10) -> list[dict[str, Any]]:
-        data = await self.call(self._queries, "get-events", {"instance_token": str(token)}, timeout=timeout)
-        return list(data["events"])
+    async def get_events(
+        self, token: str, *, after_seq: int = 0, limit: int | None = None, timeout: float = 10
+    ) -> list[dict[str, Any]]:
+        """The events of `token` with a seq above `after_seq`, oldest first: all, or the first `limit`.
+
+        Follows the pages of `get-events` for as many requests as it takes; `timeout` bounds them
+        all. To read a long log page by page, pass the last seq seen as `after_seq` with a `limit`.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        events: list[dict[str, Any]] = []
+        body: dict[str, Any] = {"instance_token": str(token)}
+        if after_seq:
+            body["after_seq"] = after_seq
+        while limit is None or len(events) < limit:
+            if limit is not None:
+                body["limit"] = min(MAX_EVENTS_PAGE, limit - len(events))
+            left = deadline - loop.time()
+            if left <= 0:
+                raise NoAnswerError("get-events", timeout, self.vhost)
+            data = await self.call(self._queries, "get-events", body, timeout=left)
+            events.extend(data["events"])
+            after = data.get("next_after_seq")
+            if after is None:
+                break
+            # The first page had the worker's default size (a worker before paging takes no
+            # paging fields, and answers with every event); the next ones are as large as allowed.
+            body = {**body, "after_seq": after, "limit": MAX_EVENTS_PAGE}
+        return events
 
     async def get_instance(self, token: str, *, timeout: float = 10) -> dict[str, Any]:
         return await self.call(self._queries, "get-instance", {"instance_token": str(token)}, timeout=timeout)
@@ -386,6 +414,40 @@ class Client:
         if status_name is not None:
             body["status_name"] = status_name
         return await self.call(self._queries, "get-global-events", body, timeout=timeout)
+
+    async def find_instances(
+        self,
+        *,
+        object_name: str | None = None,
+        labels: dict[str, str] | None = None,
+        finished: bool | None = None,
+        finish_reason: str | None = None,
+        created_after: datetime | str | None = None,
+        created_before: datetime | str | None = None,
+        after: str | None = None,
+        limit: int | None = None,
+        timeout: float = 10,
+    ) -> dict[str, Any]:
+        """One page of the instances matching every filter given, oldest first.
+
+        The reply data: `instances` and `next_after`, to pass as `after` for the next page (None
+        after the last). Times are ISO 8601 strings or datetimes with a time zone;
+        `created_after` is inclusive, `created_before` exclusive.
+        """
+        body: dict[str, Any] = {}
+        for name, value in (
+            ("object_name", object_name),
+            ("labels", labels),
+            ("finished", finished),
+            ("finish_reason", finish_reason),
+            ("created_after", _instant(created_after, "created_after")),
+            ("created_before", _instant(created_before, "created_before")),
+            ("after", after),
+            ("limit", limit),
+        ):
+            if value is not None:
+                body[name] = value
+        return await self.call(self._queries, "find-instances", body, timeout=timeout)
 
     def heartbeat(self, token: str, every: float, message: str | None = None) -> Heartbeat:
         """Ping `token` every `every` seconds while the block runs (see `Heartbeat`)."""
@@ -746,6 +808,14 @@ class Client:
             return
         for subscription in list(self._subscriptions):
             subscription.on_event(message.type or "", body)
+
+
+def _instant(value: datetime | str | None, name: str) -> str | None:
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise ValueError(f"{name}: give a time zone (a naive datetime is ambiguous)")
+        return value.isoformat()
+    return value
 
 
 def _data(reply: dict[str, Any]) -> dict[str, Any]:

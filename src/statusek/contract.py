@@ -20,6 +20,7 @@ from statusek.core.messages import (
     COMMANDS,
     QUERIES,
     REPLY_DATA,
+    GlobalStatus,
     InstanceFinished,
     InvalidData,
     Reply,
@@ -30,6 +31,7 @@ from statusek.core.messages import (
 NOTIFICATIONS: dict[str, type[WireMessage]] = {
     "status-changed": StatusChanged,
     "instance-finished": InstanceFinished,
+    "global-status": GlobalStatus,
 }
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
@@ -199,12 +201,15 @@ def asyncapi() -> dict[str, Any]:
     for key, model in QUERIES.items():
         request("queries", key, model)
     for key, model in NOTIFICATIONS.items():
-        messages[key] = {
-            "name": key,
-            "title": key,
-            "contentType": "application/json",
-            "payload": {"$ref": ref(model.__name__)},
-            "headers": {
+        if key == "global-status":
+            headers: dict[str, Any] = {
+                "type": "object",
+                "properties": {"status_name": {"type": "string"}},
+                "required": ["status_name"],
+            }
+            message_id = "`global:<seq>`"
+        else:
+            headers = {
                 "type": "object",
                 "properties": {
                     "object_name": {"type": "string"},
@@ -213,8 +218,15 @@ def asyncapi() -> dict[str, Any]:
                     "reason": {"type": "string", "enum": [r.value for r in FinishReason]},
                 },
                 "required": ["object_name", "instance_token"],
-            },
-            "description": "AMQP properties: `type` = the event name, `message_id` = `<instance_token>:<seq>`"
+            }
+            message_id = "`<instance_token>:<seq>`"
+        messages[key] = {
+            "name": key,
+            "title": key,
+            "contentType": "application/json",
+            "payload": {"$ref": ref(model.__name__)},
+            "headers": headers,
+            "description": f"AMQP properties: `type` = the event name, `message_id` = {message_id}"
             " (stable when re-sent), persistent.",
             "bindings": {"amqp": {"messageType": key, "bindingVersion": "0.3.0"}},
         }
@@ -222,7 +234,7 @@ def asyncapi() -> dict[str, Any]:
     operations["publish-notifications"] = {
         "action": "send",
         "channel": {"$ref": "#/channels/events"},
-        "summary": "statusek announces status changes and finished instances.",
+        "summary": "statusek announces status changes, finished instances and global statuses.",
         "bindings": {"amqp": {"deliveryMode": 2, "bindingVersion": "0.3.0"}},
         "messages": [{"$ref": f"#/channels/events/messages/{k}"} for k in NOTIFICATIONS],
     }

@@ -45,7 +45,8 @@ class Wire:
 
     async def _on_notification(self, message: AbstractIncomingMessage) -> None:
         async with self._changed:
-            self.notifications[json.loads(message.body)["instance_token"]].append(message)
+            # A global status belongs to no instance: its notifications are filed under "global".
+            self.notifications[json.loads(message.body).get("instance_token", "global")].append(message)
             self._changed.notify_all()
 
     async def send(

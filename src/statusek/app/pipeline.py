@@ -32,8 +32,9 @@ from statusek.core.access import Groups, Sender
 from statusek.core.codes import Code
 from statusek.core.decide import Policy, decide
 from statusek.core.errors import InvalidMessage, StoreFailure, TransientError
+from statusek.core.global_status import GlobalEvent, decide_global, global_notification
 from statusek.core.instance import Event, InstanceState
-from statusek.core.messages import COMMANDS, Cancel, Create, Ping, Reply, SetStatus
+from statusek.core.messages import COMMANDS, Cancel, Create, Ping, Reply, SetGlobalStatus, SetStatus
 from statusek.core.model import StatusModel
 from statusek.core.views import Notification, notification_for
 
@@ -154,8 +155,7 @@ class CommandPipeline:
                 message_id=o.envelope.message_id,
                 correlation_id=o.envelope.correlation_id,
                 user=o.envelope.user_id,
-                instance_token=o.reply.data.get("instance_token")
-                or str(getattr(o.envelope.body, "instance_token", None)),
+                instance_token=o.reply.data.get("instance_token") or _token_of(o.envelope),
                 code=o.reply.code,
                 duplicate=o.duplicate,
                 redelivered=o.delivery.redelivered,
@@ -237,6 +237,11 @@ class CommandPipeline:
         return outcomes
 
 
+def _token_of(envelope: Envelope) -> str | None:
+    token = getattr(envelope.body, "instance_token", None)
+    return str(token) if token is not None else None  # None: a global status
+
+
 # A message without message_id is known by its digest for this long (and up to twice
 # as long: the keys are per period, and the current and previous periods are looked up).
 DIGEST_PERIOD = 300
@@ -290,7 +295,11 @@ def _crash_if_asked(valid: list[tuple[AbstractIncomingMessage, Envelope]]) -> No
 
 
 class _Window:
-    """The in-memory state of one transaction: states change as commands apply."""
+    """The in-memory state of one transaction: states change as commands apply.
+
+    Global statuses have no instance: their log is one more state, its last seq, locked (after
+    the instances) only by windows that hold a `set-global-status`.
+    """
 
     def __init__(self, tx: Transaction, policy: Policy, groups: Groups):
         self.tx = tx
@@ -302,12 +311,16 @@ class _Window:
         self.notifications: list[Notification] = []
         self.replies: dict[str, Reply] = {}
         self.models: dict[tuple[str, int], StatusModel] = {}
+        self.global_seq = 0
+        self.global_events: list[GlobalEvent] = []
 
     async def apply(self, valid: list[tuple[AbstractIncomingMessage, Envelope]]) -> list[Outcome]:
         tx = self.tx
         commands = [env.body for _, env in valid]
         tokens = [t for c in commands if (t := getattr(c, "instance_token", None)) is not None]
         self.states = await tx.lock_instances(tokens)
+        if any(isinstance(c, SetGlobalStatus) for c in commands):
+            self.global_seq = await tx.lock_global_log()
         now = await tx.now()
         identities = [identity(delivery, env, now) for delivery, env in valid]
         stored = await tx.processed_replies(key for _, repeats in identities for key in repeats)
@@ -324,6 +337,17 @@ class _Window:
                 outcomes.append(Outcome(delivery, env, reply, duplicate=True))
                 continue
             command = env.body
+            if isinstance(command, SetGlobalStatus):
+                reply, set_global = decide_global(
+                    command, self.global_seq, now, Sender(env.user_id, self.groups)
+                )
+                self.global_seq = set_global.seq
+                self.global_events.append(set_global)
+                self.notifications.append(global_notification(set_global))
+                if mid is not None:
+                    self.replies[mid] = reply
+                outcomes.append(Outcome(delivery, env, reply))
+                continue
             assert isinstance(command, Create | SetStatus | Ping | Cancel)  # parse() used COMMANDS
             token = command.instance_token
             state = self.states.get(token) if token else None
@@ -359,6 +383,8 @@ class _Window:
     async def save(self) -> datetime | None:
         """Write the window; returns the earliest deadline it set, to wake sweepers."""
         await self.tx.save(list(self.changed.values()), self.events, self.notifications, self.replies)
+        if self.global_events:
+            await self.tx.save_global_events(self.global_events)
         deadlines = [d for s in self.changed.values() if (d := s.next_deadline) is not None]
         earliest = min(deadlines) if deadlines else None
         if earliest is not None:

@@ -16,8 +16,17 @@ from statusek.app.metrics import Metrics
 from statusek.core.access import Groups, Sender
 from statusek.core.codes import Code
 from statusek.core.errors import InvalidMessage, StoreFailure, TransientError
-from statusek.core.messages import QUERIES, InstanceQuery, StatusQuery
-from statusek.core.views import answer
+from statusek.core.global_status import global_events_reply
+from statusek.core.messages import (
+    QUERIES,
+    EventsQuery,
+    FindInstances,
+    GlobalEventsQuery,
+    InstanceQuery,
+    Reply,
+    StatusQuery,
+)
+from statusek.core.views import answer, found_instances
 
 log = structlog.get_logger(__name__)
 
@@ -53,6 +62,27 @@ class QueryHandler:
         if self._in_flight:
             await asyncio.wait(list(self._in_flight))
 
+    async def _instance_query(self, kind: str, query: object, user_id: str | None) -> Reply:
+        assert isinstance(query, StatusQuery | InstanceQuery)
+        structlog.contextvars.bind_contextvars(instance_token=str(query.instance_token))
+        page = query if isinstance(query, EventsQuery) else None
+        state, model, events, now = await self._store.read_instance(
+            query.instance_token,
+            with_events=kind == "get-events",
+            # One more than the page: it tells that another page follows.
+            events_after=page.after_seq if page else 0,
+            events_limit=page.limit + 1 if page else None,
+        )
+        return answer(kind, query, state, model, events, now, Sender(user_id, self._groups))
+
+    async def _global_events(self, query: GlobalEventsQuery) -> Reply:
+        events = await self._store.read_global_events(query.after_seq, query.limit + 1, query.status_name)
+        return global_events_reply(query, events)
+
+    async def _find_instances(self, query: FindInstances) -> Reply:
+        states, now = await self._store.find_instances(query)
+        return found_instances(query, states, now)
+
     async def _handle(self, delivery: AbstractIncomingMessage) -> None:
         started = time.perf_counter()
         structlog.contextvars.bind_contextvars(
@@ -61,13 +91,12 @@ class QueryHandler:
         try:
             envelope = parse_delivery(delivery, QUERIES, self._max_body)
             query = envelope.body
-            assert isinstance(query, StatusQuery | InstanceQuery)
-            structlog.contextvars.bind_contextvars(instance_token=str(query.instance_token))
-            state, model, events, now = await self._store.read_instance(
-                query.instance_token, with_events=envelope.kind == "get-events"
-            )
-            sender = Sender(envelope.user_id, self._groups)
-            reply = answer(envelope.kind, query, state, model, events, now, sender)
+            if isinstance(query, GlobalEventsQuery):
+                reply = await self._global_events(query)
+            elif isinstance(query, FindInstances):
+                reply = await self._find_instances(query)
+            else:
+                reply = await self._instance_query(envelope.kind, query, envelope.user_id)
             await settle.answer(self._broker, delivery, reply)
             await delivery.ack()
             self._metrics.queries.labels(routing_key=envelope.kind, code=reply.code).inc()

@@ -25,6 +25,7 @@ import math
 import sys
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -32,8 +33,14 @@ from statusek import graph
 from statusek.adapters.model_files import load_models
 from statusek.app.settings import Settings
 from statusek.client import Client
-from statusek.core.codes import Code
-from statusek.core.messages import MAX_TIMEOUT_SECONDS
+from statusek.core.codes import Code, FinishReason
+from statusek.core.messages import (
+    MAX_EVENTS_PAGE,
+    MAX_INSTANCES_PAGE,
+    MAX_TIMEOUT_SECONDS,
+    QUERIES,
+    decode_cursor,
+)
 from statusek.core.model import parse_model
 from statusek.core.rules import unknown_name_hint
 from statusek.exceptions import (
@@ -102,6 +109,38 @@ def token(text: str) -> str:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not an instance token (a UUID, as printed by 'statusek create')"
         ) from None
+
+
+def instant(text: str) -> datetime:
+    """An ISO 8601 date or time; without an offset it is UTC."""
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an ISO 8601 date or time (e.g. 2026-11-23 or 2026-11-23T12:00:00Z)"
+        ) from None
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def page_size(most: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = 0
+        if not 1 <= value <= most:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a page size from 1 to {most}")
+        return value
+
+    return parse
+
+
+def cursor(text: str) -> str:
+    try:
+        decode_cursor(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{text!r} is {e}") from None
+    return text
 
 
 def emit(args: argparse.Namespace, data: Any, human: str) -> None:
@@ -196,6 +235,82 @@ async def cmd_show(client: Client, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def cmd_ls(client: Client, args: argparse.Namespace) -> int:
+    if args.open and args.reason:
+        say("--reason lists finished instances: leave out --open")
+        return EXIT_USAGE
+    data = await client.find_instances(
+        object_name=args.object,
+        labels=dict(args.label) or None,
+        finished=True if args.finished else False if args.open else None,
+        finish_reason=args.reason,
+        created_after=args.since,
+        created_before=args.until,
+        after=args.after,
+        limit=args.limit,
+        timeout=left(args),
+    )
+    found, after = data["instances"], data.get("next_after")
+    if args.json:
+        emit(args, data, "")
+        return EXIT_OK
+    if found:
+        print(
+            table(
+                ["TOKEN", "OBJECT", "CREATED", "FINISHED", "STATUSES", "LABELS"],
+                [
+                    [
+                        i["instance_token"],
+                        i["object_name"],
+                        i["created_at"],
+                        i["finish_reason"] or "-",
+                        ",".join(i["statuses"]) or "-",
+                        ",".join(f"{k}={v}" for k, v in i["labels"].items()) or "-",
+                    ]
+                    for i in found
+                ],
+            ),
+            flush=True,
+        )
+    else:
+        say("no instance matches")
+    if after:
+        say(f"more instances follow: add --after {after} for the next page")
+    return EXIT_OK
+
+
+async def cmd_global_set(client: Client, args: argparse.Namespace) -> int:
+    await client.set_global_status(args.status_name, args.message, timeout=left(args))
+    emit(args, {"status_name": args.status_name}, f"global status {args.status_name} is set")
+    return EXIT_OK
+
+
+async def cmd_global_ls(client: Client, args: argparse.Namespace) -> int:
+    data = await client.get_global_events(
+        after_seq=args.after_seq, limit=args.limit, status_name=args.name, timeout=left(args)
+    )
+    events, after = data["events"], data.get("next_after_seq")
+    if args.json:
+        emit(args, data, "")
+        return EXIT_OK
+    if events:
+        print(
+            table(
+                ["SEQ", "STATUS", "MESSAGE", "BY", "AT"],
+                [
+                    [str(e["seq"]), e["status_name"], e["message"] or "", e["actor"] or "-", e["occurred_at"]]
+                    for e in events
+                ],
+            ),
+            flush=True,
+        )
+    else:
+        say("no global status" + (" after that seq" if args.after_seq else " is set yet"))
+    if after is not None:
+        say(f"more global statuses follow: add --after-seq {after} for the next page")
+    return EXIT_OK
+
+
 def table(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(str(c)) for c in column) for column in zip(header, *rows, strict=True)]
     return "\n".join(
@@ -219,6 +334,10 @@ async def cmd_watch(client: Client, args: argparse.Namespace) -> int:
                 async for kind, body in stream:
                     if args.json:
                         print(json.dumps({"type": kind, **body}, ensure_ascii=False), flush=True)
+                    elif "instance_token" not in body:  # a global status
+                        print(
+                            f"{kind:<17} {'global':<36}  #{body['seq']:<3} {body['status_name']}", flush=True
+                        )
                     else:
                         what = body.get("status_name") or body.get("reason")
                         print(
@@ -298,7 +417,7 @@ def refused(settings: Settings, args: argparse.Namespace, e: StatusekRejected) -
 
 
 async def no_answer(client: Client, args: argparse.Namespace, e: NoAnswerError) -> int:
-    queue = "statusek.queries" if e.routing_key in {"is-finished", "get-instance", "get-events"} else None
+    queue = "statusek.queries" if e.routing_key in QUERIES else None
     consumers = await client.consumers(queue or "statusek.commands", timeout=0.5)
     if consumers == 0:
         why = f"no worker is running on vhost {e.vhost!r}"
@@ -356,8 +475,8 @@ def run_remote(settings: Settings, args: argparse.Namespace, handler: Handler, t
 
 
 def add_parsers(sub: Any) -> None:
-    def remote(name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
-        p: argparse.ArgumentParser = sub.add_parser(name, help=help_text)
+    def remote(name: str, handler: Handler, help_text: str, within: Any = sub) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = within.add_parser(name, help=help_text)
         common(p)
         p.set_defaults(func=lambda settings, args: run_remote(settings, args, handler))
         return p
@@ -401,7 +520,9 @@ def add_parsers(sub: Any) -> None:
     p = remote("watch", cmd_watch, "tail notifications")
     p.add_argument("--object", help="only this object name")
     p.add_argument("--token", type=token, help="only this instance")
-    p.add_argument("--type", action="append", choices=["status-changed", "instance-finished"])
+    p.add_argument(
+        "--type", action="append", choices=["status-changed", "instance-finished", "global-status"]
+    )
     p.add_argument("--count", type=count, default=0, help="stop after this many")
     p.add_argument(
         "--for",
@@ -419,6 +540,46 @@ def add_parsers(sub: Any) -> None:
         default=3600,
         metavar="S",
         help="seconds to wait for the finish (default 3600; exit 5 when it passes)",
+    )
+
+    p = remote("ls", cmd_ls, "list instances, oldest first, one page at a time")
+    p.add_argument("--object", help="only instances of this object name")
+    p.add_argument(
+        "--label", type=label, action="append", default=[], metavar="KEY=VALUE", help="only with this label"
+    )
+    state = p.add_mutually_exclusive_group()
+    state.add_argument("--finished", action="store_true", help="only finished instances")
+    state.add_argument("--open", action="store_true", help="only open instances")
+    p.add_argument("--reason", choices=[r.value for r in FinishReason], help="only finished for this reason")
+    p.add_argument(
+        "--since", type=instant, metavar="TIME", help="created at or after (ISO 8601; UTC if no offset)"
+    )
+    p.add_argument(
+        "--until", type=instant, metavar="TIME", help="created before (ISO 8601; UTC if no offset)"
+    )
+    p.add_argument(
+        "--limit",
+        type=page_size(MAX_INSTANCES_PAGE),
+        metavar="N",
+        help=f"at most N instances (default 100, at most {MAX_INSTANCES_PAGE})",
+    )
+    p.add_argument(
+        "--after", type=cursor, metavar="CURSOR", help="the next page: the cursor the last one gave"
+    )
+
+    p = sub.add_parser("global", help="global statuses: named events of no instance")
+    global_sub = p.add_subparsers(dest="global_command", required=True)
+    p = remote("set", cmd_global_set, "set a global status", within=global_sub)
+    p.add_argument("status_name")
+    p.add_argument("--message")
+    p = remote("ls", cmd_global_ls, "list global statuses, oldest first", within=global_sub)
+    p.add_argument("--name", help="only this status name")
+    p.add_argument("--after-seq", type=count, default=0, metavar="SEQ", help="only after this seq")
+    p.add_argument(
+        "--limit",
+        type=page_size(MAX_EVENTS_PAGE),
+        metavar="N",
+        help=f"at most N (default 1000, at most {MAX_EVENTS_PAGE})",
     )
 
     p = sub.add_parser("graph", help="draw a model or an instance as Mermaid or DOT")

@@ -6,11 +6,22 @@ The JSON Schemas under `schemas/` are generated from these classes.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 from datetime import datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
 
 from statusek.core.codes import Code, FinishReason
 from statusek.core.model import StatusType
@@ -88,6 +99,100 @@ class InstanceQuery(WireMessage):
     instance_token: UUID
 
 
+# Paging (README "Paging"). A page holds at most `limit` items, fewer when they pass PAGE_BYTES of
+# JSON (a reply must stay well under RabbitMQ's message size limit); it always holds at least one.
+# Only a null `next_after_seq` / `next_after` says there is nothing more.
+DEFAULT_EVENTS_PAGE = 1000
+MAX_EVENTS_PAGE = 10_000
+DEFAULT_INSTANCES_PAGE = 100
+MAX_INSTANCES_PAGE = 1000
+PAGE_BYTES = 4 * 1024 * 1024
+
+EventsLimit = Annotated[int, Field(ge=1, le=MAX_EVENTS_PAGE)]
+
+
+class EventsQuery(InstanceQuery):
+    """Body of `get-events`: one page of an instance's events, oldest first."""
+
+    after_seq: Annotated[int, Field(ge=0, lt=2**31)] = Field(
+        default=0, description="Only events with a seq above this (0: from the first)."
+    )
+    limit: EventsLimit = Field(
+        default=DEFAULT_EVENTS_PAGE, description=f"At most this many events (at most {MAX_EVENTS_PAGE})."
+    )
+
+
+class SetGlobalStatus(WireMessage):
+    """Record a named event that belongs to no instance (the original Statusek's setGlobalStatus)."""
+
+    status_name: Name
+    status_message: Text | None = None
+
+
+class GlobalEventsQuery(WireMessage):
+    """Body of `get-global-events`: one page of global events, oldest first."""
+
+    after_seq: Annotated[int, Field(ge=0, lt=2**63)] = Field(
+        default=0, description="Only events with a seq above this (0: from the first)."
+    )
+    limit: EventsLimit = Field(
+        default=DEFAULT_EVENTS_PAGE, description=f"At most this many events (at most {MAX_EVENTS_PAGE})."
+    )
+    status_name: Name | None = Field(default=None, description="Only events of this status name.")
+
+
+def encode_cursor(created_at: datetime, token: UUID) -> str:
+    """The `next_after` of a `find-instances` page: the position of its last instance, opaque to clients."""
+    raw = json.dumps([created_at.isoformat(), str(token)], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, UUID]:
+    """(created_at, token) of a cursor made by `encode_cursor`; ValueError for anything else."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        at, token = json.loads(raw)
+        created_at = datetime.fromisoformat(at)
+        position = (created_at, UUID(token))
+    except (binascii.Error, ValueError, TypeError) as e:
+        raise ValueError("not a cursor of find-instances: pass the next_after of the previous page") from e
+    if created_at.tzinfo is None:
+        raise ValueError("not a cursor of find-instances: pass the next_after of the previous page")
+    return position
+
+
+def _cursor(cursor: str) -> str:
+    decode_cursor(cursor)
+    return cursor
+
+
+Cursor = Annotated[str, StringConstraints(max_length=MAX_NAME), AfterValidator(_cursor)]
+
+
+class FindInstances(WireMessage):
+    """Body of `find-instances`: instances matching every filter given, oldest first, one page."""
+
+    object_name: Name | None = None
+    labels: Labels = Field(default_factory=dict, description="Each of these labels, with this value.")
+    finished: bool | None = Field(
+        default=None, description="true: finished instances only; false: open ones only."
+    )
+    finish_reason: FinishReason | None = None
+    created_after: AwareDatetime | None = Field(default=None, description="created_at at or after this.")
+    created_before: AwareDatetime | None = Field(default=None, description="created_at before this.")
+    after: Cursor | None = Field(default=None, description="The `next_after` of the previous page.")
+    limit: Annotated[int, Field(ge=1, le=MAX_INSTANCES_PAGE)] = Field(
+        default=DEFAULT_INSTANCES_PAGE,
+        description=f"At most this many instances (at most {MAX_INSTANCES_PAGE}).",
+    )
+
+    @model_validator(mode="after")
+    def _reason_needs_finished(self) -> FindInstances:
+        if self.finished is False and self.finish_reason is not None:
+            raise ValueError("finish_reason asks for finished instances, finished false for open ones")
+        return self
+
+
 Command = Create | SetStatus | Ping | Cancel
 
 COMMANDS: dict[str, type[WireMessage]] = {
@@ -95,13 +200,16 @@ COMMANDS: dict[str, type[WireMessage]] = {
     "set-status": SetStatus,
     "ping": Ping,
     "cancel": Cancel,
+    "set-global-status": SetGlobalStatus,
 }
 QUERIES: dict[str, type[WireMessage]] = {
     "is-set": StatusQuery,
     "is-ready": StatusQuery,
     "is-finished": InstanceQuery,
-    "get-events": InstanceQuery,
+    "get-events": EventsQuery,
     "get-instance": InstanceQuery,
+    "get-global-events": GlobalEventsQuery,
+    "find-instances": FindInstances,
 }
 
 
@@ -154,7 +262,7 @@ class CreatedData(WireMessage):
 
 
 class NoData(WireMessage):
-    """`data` of a successful `set-status` or `cancel` reply: an empty object."""
+    """`data` of a successful `set-status`, `cancel` or `set-global-status` reply: an empty object."""
 
 
 class PingData(WireMessage):
@@ -180,6 +288,9 @@ class IsFinishedData(WireMessage):
 
 class EventsData(WireMessage):
     events: list[EventView]
+    next_after_seq: int | None = Field(
+        default=None, description="Pass as after_seq for the next page; null after the last event."
+    )
 
 
 class InstanceView(WireMessage):
@@ -201,6 +312,44 @@ class InstanceView(WireMessage):
     model: dict[str, Any] = Field(description="The definition of the instance's model version.")
 
 
+class GlobalEventView(WireMessage):
+    """One entry of the `get-global-events` reply."""
+
+    seq: int
+    status_name: str
+    message: str | None
+    occurred_at: datetime
+    actor: str | None = Field(description="Who set it: the sender's AMQP user_id, or 'anonymous'.")
+
+
+class GlobalEventsData(WireMessage):
+    events: list[GlobalEventView]
+    next_after_seq: int | None = Field(
+        description="Pass as after_seq for the next page; null after the last event."
+    )
+
+
+class InstanceSummary(WireMessage):
+    """One entry of the `find-instances` reply."""
+
+    instance_token: UUID
+    object_name: str
+    model_version: int
+    labels: dict[str, str]
+    created_at: datetime
+    instance_is_finished: bool
+    finish_reason: FinishReason | None
+    finished_at: datetime | None
+    statuses: list[str]
+
+
+class FoundInstances(WireMessage):
+    """`data` of `find-instances`."""
+
+    instances: list[InstanceSummary]
+    next_after: str | None = Field(description="Pass as `after` for the next page; null after the last.")
+
+
 class InvalidData(WireMessage):
     """`data` of an INVALID_MESSAGE reply."""
 
@@ -212,11 +361,14 @@ REPLY_DATA: dict[str, type[WireMessage]] = {
     "set-status": NoData,
     "ping": PingData,
     "cancel": NoData,
+    "set-global-status": NoData,
     "is-set": IsSetData,
     "is-ready": IsReadyData,
     "is-finished": IsFinishedData,
     "get-events": EventsData,
     "get-instance": InstanceView,
+    "get-global-events": GlobalEventsData,
+    "find-instances": FoundInstances,
 }
 
 
@@ -254,3 +406,13 @@ class InstanceFinished(WireMessage):
         default=None,
         description="Who caused it: the sender's AMQP user_id, 'anonymous', or null for a deadline.",
     )
+
+
+class GlobalStatus(WireMessage):
+    """Notification `global-status` on `statusek.events`: a status of no instance was set."""
+
+    seq: int
+    status_name: str
+    status_message: str | None
+    occurred_at: datetime
+    actor: str | None = Field(description="Who set it: the sender's AMQP user_id, or 'anonymous'.")

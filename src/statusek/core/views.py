@@ -9,16 +9,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from statusek.core.access import ANONYMOUS_SENDER, Sender
 from statusek.core.codes import Code
 from statusek.core.instance import Event, EventKind, InstanceState, expire
 from statusek.core.messages import (
+    PAGE_BYTES,
     EventsData,
+    EventsQuery,
     EventView,
+    FindInstances,
+    FoundInstances,
     InstanceFinished,
     InstanceQuery,
+    InstanceSummary,
     InstanceView,
     IsFinishedData,
     IsReadyData,
@@ -27,6 +32,7 @@ from statusek.core.messages import (
     StatusChanged,
     StatusQuery,
     WireMessage,
+    encode_cursor,
 )
 from statusek.core.model import StatusModel
 from statusek.core.rules import Verdict, readiness
@@ -81,8 +87,14 @@ def answer(
             IsFinishedData(instance_is_finished=state.is_finished, instance_is_finished_description=reason),
         )
     if kind == "get-events":
-        views = [event_view(e, model) for e in [*events, *expired]]
-        return Reply.ok(f"{len(views)} event(s) of instance {token}", EventsData(events=views))
+        # `events` may be only the page asked for (and one more, to tell whether more follow);
+        # an overdue instance's finish, not yet written by a sweeper, comes after the last of them.
+        paging = query if isinstance(query, EventsQuery) else EventsQuery(instance_token=query.instance_token)
+        wanted = [e for e in [*events, *expired] if e.seq > paging.after_seq][: paging.limit + 1]
+        views, more = cut_page([event_view(e, model) for e in wanted], paging.limit)
+        after = views[-1].seq if more else None
+        text = f"{len(views)} event(s) of instance {token}" + (f"; more after seq {after}" if more else "")
+        return Reply.ok(text, EventsData(events=views, next_after_seq=after))
     if kind == "get-instance":
         return Reply.ok(f"Instance {token}", instance_view(state, model))
     raise ValueError(f"unknown query {kind!r}")
@@ -123,13 +135,55 @@ def instance_view(state: InstanceState, model: StatusModel) -> InstanceView:
     )
 
 
+View = TypeVar("View", bound=WireMessage)
+
+
+def cut_page(views: Sequence[View], limit: int) -> tuple[list[View], bool]:
+    """The first `limit` of `views` that fit in PAGE_BYTES of JSON (at least one), and whether any are left.
+
+    Give it up to `limit + 1` views: one more than the page tells that more follow.
+    """
+    page: list[View] = []
+    size = 0
+    for view in views[:limit]:
+        size += len(view.model_dump_json().encode())
+        if page and size > PAGE_BYTES:
+            return page, True
+        page.append(view)
+    return page, len(views) > limit
+
+
+def found_instances(query: FindInstances, states: Sequence[InstanceState], now: datetime) -> Reply:
+    """The `find-instances` reply: up to `query.limit` of `states` (given in page order, one more if any)."""
+    summaries, more = cut_page([instance_summary(s, now) for s in states], query.limit)
+    last = summaries[-1] if more else None
+    after = encode_cursor(last.created_at, last.instance_token) if last else None
+    return Reply.ok(f"{len(summaries)} instance(s)", FoundInstances(instances=summaries, next_after=after))
+
+
+def instance_summary(state: InstanceState, now: datetime) -> InstanceSummary:
+    """An instance as `find-instances` lists it: finished at a passed deadline even before a sweeper ran."""
+    state, _ = expire(state, now)
+    return InstanceSummary(
+        instance_token=state.token,
+        object_name=state.object_name,
+        model_version=state.model_version,
+        labels=state.labels,
+        created_at=state.created_at,
+        instance_is_finished=state.is_finished,
+        finish_reason=state.finish_reason,
+        finished_at=state.finished_at,
+        statuses=list(state.statuses),
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Notification:
     """A message for `statusek.events`; `message_id` is stable across re-sends."""
 
     type: str
     message_id: str
-    instance_token: str
+    instance_token: str | None  # None for a global status, which belongs to no instance
     body: dict[str, Any]
     headers: dict[str, str]
 

@@ -21,8 +21,9 @@ import structlog
 
 from statusek.adapters.postgres.errors import translated
 from statusek.core.codes import FinishReason
+from statusek.core.global_status import GlobalEvent
 from statusek.core.instance import Event, EventKind, InstanceState
-from statusek.core.messages import Reply
+from statusek.core.messages import FindInstances, Reply, decode_cursor
 from statusek.core.model import StatusModel, StatusType, parse_model
 from statusek.core.views import Notification
 
@@ -113,6 +114,29 @@ class Transaction:
                 wanted,
             )
         return {row["token"]: _state(row) for row in rows}
+
+    async def lock_global_log(self) -> int:
+        """Lock the log of global statuses until commit; returns its last seq.
+
+        Taken after the window's instances, always in that order, so windows cannot deadlock.
+        """
+        async with translated():
+            value: int = await self._conn.fetchval(
+                "SELECT last_seq FROM global_event_counter WHERE only_row FOR UPDATE"
+            )
+        return value
+
+    async def save_global_events(self, events: Sequence[GlobalEvent]) -> None:
+        """Append global events (their seqs follow `lock_global_log`'s) and advance the log."""
+        async with translated():
+            await self._conn.executemany(
+                "INSERT INTO global_events (seq, status_name, message, occurred_at, actor)"
+                " VALUES ($1, $2, $3, $4, $5)",
+                [(e.seq, e.status_name, e.message, e.occurred_at, e.actor) for e in events],
+            )
+            await self._conn.execute(
+                "UPDATE global_event_counter SET last_seq = $1 WHERE only_row", max(e.seq for e in events)
+            )
 
     async def lock_overdue(self, limit: int) -> dict[UUID, InstanceState]:
         """Open instances past their deadline that no other sweeper holds."""
@@ -236,7 +260,7 @@ class Transaction:
                         (
                             n.message_id,
                             n.type,
-                            UUID(n.instance_token),
+                            UUID(n.instance_token) if n.instance_token else None,
                             n.body,
                             n.headers,
                             outbox_partition(n.instance_token),
@@ -281,7 +305,7 @@ class Transaction:
                 Notification(
                     type=r["type"],
                     message_id=r["message_id"],
-                    instance_token=str(r["instance_token"]),
+                    instance_token=str(r["instance_token"]) if r["instance_token"] else None,
                     body=r["body"],
                     headers=r["headers"],
                 ),
@@ -299,9 +323,9 @@ RELAY_LOCK = 0x5354_4F42  # arbitrary int4, shared by every replica's relay
 OUTBOX_PARTITIONS = 8
 
 
-def outbox_partition(instance_token: str) -> int:
-    """Every notification of an instance lands in the same partition."""
-    return UUID(instance_token).int % OUTBOX_PARTITIONS
+def outbox_partition(instance_token: str | None) -> int:
+    """Every notification of an instance lands in the same partition; global ones in partition 0."""
+    return UUID(instance_token).int % OUTBOX_PARTITIONS if instance_token else 0
 
 
 class Store:
@@ -360,9 +384,12 @@ class Store:
         )
 
     async def read_instance(
-        self, token: UUID, *, with_events: bool
+        self, token: UUID, *, with_events: bool, events_after: int = 0, events_limit: int | None = None
     ) -> tuple[InstanceState | None, StatusModel | None, list[Event], datetime]:
-        """A consistent read for queries: the instance, its model, its events and `now`."""
+        """A consistent read for queries: the instance, its model, its events and `now`.
+
+        Only the events with a seq above `events_after` are read, at most `events_limit` of them.
+        """
         async with self.transaction() as tx:
             conn = tx._conn
             async with translated():
@@ -377,7 +404,11 @@ class Store:
                     [
                         _event(r)
                         for r in await conn.fetch(
-                            "SELECT * FROM events WHERE instance_token = $1 ORDER BY seq", token
+                            "SELECT * FROM events WHERE instance_token = $1 AND seq > $2"
+                            " ORDER BY seq LIMIT $3",
+                            token,
+                            events_after,
+                            events_limit,
                         )
                     ]
                     if with_events
@@ -386,6 +417,37 @@ class Store:
             key = (state.object_name, state.model_version)
             model = (await tx.models([key])).get(key)
             return state, model, events, row["now"]
+
+    async def read_global_events(
+        self, after_seq: int, limit: int, status_name: str | None = None
+    ) -> list[GlobalEvent]:
+        """Up to `limit` global events with a seq above `after_seq` (of `status_name` only, if given)."""
+        named = " AND status_name = $3" if status_name is not None else ""
+        args: list[object] = [after_seq, limit] + ([status_name] if status_name is not None else [])
+        async with translated():
+            rows = await self._pool.fetch(
+                "SELECT seq, status_name, message, occurred_at, actor FROM global_events"
+                f" WHERE seq > $1{named} ORDER BY seq LIMIT $2",
+                *args,
+            )
+        return [
+            GlobalEvent(r["seq"], r["status_name"], r["occurred_at"], r["message"], r["actor"]) for r in rows
+        ]
+
+    async def find_instances(self, query: FindInstances) -> tuple[list[InstanceState], datetime]:
+        """Instances matching `query`'s filters after its cursor, in (created_at, token) order, and `now`.
+
+        Reads up to `query.limit + 1` rows: the last tells that another page follows. An instance
+        past its deadline counts as finished (with TIMEOUT or HEARTBEAT_TIMEOUT) even before a
+        sweeper wrote it, as every query sees it.
+        """
+        async with self.transaction() as tx, translated():
+            # Plan each page for its values: a generic plan (what a prepared statement gets after
+            # five runs) cannot tell an object of 89 instances from one of 300,000.
+            await tx._conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+            now = await tx.now()
+            rows = await tx._conn.fetch(*find_instances_sql(query, now))
+        return [_state(r) for r in rows], now
 
     async def sync_models(self, models: Sequence[StatusModel]) -> dict[str, int]:
         """Store each model as a new version unless its latest version is identical.
@@ -468,6 +530,61 @@ class Store:
                     conn.terminate()
             await asyncio.sleep(delay)
             delay = min(retry_cap, delay * 2)
+
+
+def find_instances_sql(query: FindInstances, now: datetime) -> tuple[str, *tuple[object, ...]]:
+    """The SELECT of `find_instances` and its arguments; `now` judges which deadlines have passed.
+
+    Each filter is a condition the indexes of migration 005 serve: (created_at, token) for the
+    order and the cursor, with object_name in front for an object, partial on open instances,
+    GIN (jsonb_path_ops) on labels for each `labels @> $n`.
+    """
+    args: list[object] = []
+    placed: dict[str, str] = {}
+
+    def arg(value: object) -> str:
+        args.append(value)
+        return f"${len(args)}"
+
+    def at_now() -> str:  # one parameter for `now`, only when a condition needs it
+        if "now" not in placed:
+            placed["now"] = arg(now)
+        return placed["now"]
+
+    where = []
+    if query.object_name is not None:
+        where.append(f"object_name = {arg(query.object_name)}")
+    # One containment per label: Postgres estimates each from the column's statistics, but a
+    # containment of several keys at a fixed guess, which can lead it to sort every match.
+    where += [f"labels @> {arg({key: value})}::jsonb" for key, value in sorted(query.labels.items())]
+    if query.finished is True:
+        # Past a deadline counts as finished: open (next_deadline is NULL once finished) and overdue.
+        where.append(f"(finished_at IS NOT NULL OR next_deadline <= {at_now()})")
+    elif query.finished is False:
+        where.append(f"finished_at IS NULL AND (next_deadline IS NULL OR next_deadline > {at_now()})")
+    reason = query.finish_reason
+    if reason is not None:
+        recorded = f"finish_reason = {arg(reason.value)}"
+        if reason in (FinishReason.TIMEOUT, FinishReason.HEARTBEAT_TIMEOUT):
+            # Or overdue and not swept yet: by its earlier deadline, TIMEOUT on a tie (InstanceState.overdue).
+            by = "=" if reason is FinishReason.TIMEOUT else "IS DISTINCT FROM"
+            overdue = f"next_deadline <= {at_now()} AND next_deadline {by} instance_deadline"
+            where.append(f"({recorded} OR ({overdue}))")
+        else:
+            where.append(recorded)
+    if query.created_after is not None:
+        where.append(f"created_at >= {arg(query.created_after)}")
+    if query.created_before is not None:
+        where.append(f"created_at < {arg(query.created_before)}")
+    if query.after is not None:
+        created_at, token = decode_cursor(query.after)
+        where.append(f"(created_at, token) > ({arg(created_at)}, {arg(token)})")
+    sql = (
+        f"SELECT {_INSTANCE_COLUMNS} FROM instances"
+        f" WHERE {' AND '.join(where) or 'true'}"
+        f" ORDER BY created_at, token LIMIT {arg(query.limit + 1)}"
+    )
+    return (sql, *args)
 
 
 _LISTEN_ERRORS: tuple[type[BaseException], ...] = (
