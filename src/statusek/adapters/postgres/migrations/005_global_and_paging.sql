@@ -26,8 +26,9 @@ INSERT INTO global_event_counter (only_row, last_seq) VALUES (true, 0);
 ALTER TABLE outbox ALTER COLUMN instance_token DROP NOT NULL;
 
 -- find-instances: keyset pages in (created_at, token) order, narrowed by object, open instances
--- or labels (labels @> '{"k": "v"}').
-CREATE INDEX instances_created ON instances (created_at, token);
-CREATE INDEX instances_object_created ON instances (object_name, created_at, token);
-CREATE INDEX instances_open_created ON instances (created_at, token) WHERE finished_at IS NULL;
-CREATE INDEX instances_labels ON instances USING gin (labels jsonb_path_ops);
+-- or labels (labels @> '{"k": "v"}'). IF NOT EXISTS: on a large table an operator may build them
+-- beforehand with CREATE INDEX CONCURRENTLY (these statements block writes while they build).
+CREATE INDEX IF NOT EXISTS instances_created ON instances (created_at, token);
+CREATE INDEX IF NOT EXISTS instances_object_created ON instances (object_name, created_at, token);
+CREATE INDEX IF NOT EXISTS instances_open_created ON instances (created_at, token) WHERE finished_at IS NULL;
+CREATE INDEX IF NOT EXISTS instances_labels ON instances USING gin (labels jsonb_path_ops);
