@@ -9,6 +9,8 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import math
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -46,6 +48,10 @@ class StatusModel:
     heartbeat_timeout: float | None = None
     # Who may create, ping and cancel (and set statuses without writers of their own); None: anyone.
     writers: Writers | None = None
+    # Seconds a finished instance is kept before it is purged (folded into the daily report first).
+    retention: float | None = None
+    # Seconds from create to finish beyond which an instance counts as an SLA breach in reports.
+    sla: float | None = None
     version: int = 0
     _by_name: Mapping[str, Status] = field(init=False, repr=False, compare=False)
     _next: Mapping[str, tuple[str, ...]] = field(init=False, repr=False, compare=False)
@@ -87,6 +93,10 @@ class StatusModel:
             out["heartbeat_timeout"] = self.heartbeat_timeout
         if self.writers is not None:
             out["writers"] = list(self.writers.entries)
+        if self.retention is not None:
+            out["retention"] = self.retention
+        if self.sla is not None:
+            out["sla"] = self.sla
         out["statuses"] = [
             {
                 "name": s.name,
@@ -141,7 +151,16 @@ def check_model(
     def fail(field_path: str, problem: str) -> None:
         problems.append(ModelError(source, name if isinstance(name, str) else None, field_path, problem))
 
-    known = {"object_name", "description", "instance_timeout", "heartbeat_timeout", "statuses", "writers"}
+    known = {
+        "object_name",
+        "description",
+        "instance_timeout",
+        "heartbeat_timeout",
+        "statuses",
+        "writers",
+        "retention",
+        "sla",
+    }
     for key in raw:
         if key not in known:
             fail(str(key), f"unknown field (expected one of {', '.join(sorted(known))})")
@@ -154,6 +173,7 @@ def check_model(
         fail("description", "must be a string")
     timeouts = {k: _timeout(raw.get(k), k, fail) for k in ("instance_timeout", "heartbeat_timeout")}
     writers = _writers(raw.get("writers"), "writers", fail)
+    durations = {k: _duration(raw.get(k), k, fail) for k in ("retention", "sla")}
     statuses = _statuses(raw.get("statuses"), fail)
     if problems or not isinstance(name, str) or not isinstance(description, str):
         return None, problems
@@ -164,6 +184,7 @@ def check_model(
         writers=writers,
         version=version,
         **timeouts,
+        **durations,
     )
     return model, []
 
@@ -216,6 +237,45 @@ def _timeout(value: object, key: str, fail: Fail) -> float | None:
         fail(key, f"must be positive, got {value}")
         return None
     return float(value)
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*")
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from a number of seconds or a text such as `3600`, `90m`, `12h`, `30d`, `2w`.
+
+    Raises ValueError (with a message for a person) unless the result is a positive number.
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a duration")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (match := _DURATION.fullmatch(value)):
+        seconds = float(match.group(1)) * _UNITS[match.group(2) or "s"]
+    else:
+        raise ValueError(f"{value!r} is not a duration: give seconds, or a number with s, m, h, d or w (30d)")
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ValueError(f"must be positive, got {value!r}")
+    return seconds
+
+
+def optional_duration(value: object) -> float | None:
+    """`parse_duration`, with None or an empty text meaning none (for settings)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    return parse_duration(value)
+
+
+def _duration(value: object, key: str, fail: Fail) -> float | None:
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as e:
+        fail(key, str(e))
+        return None
 
 
 def _writers(value: object, where: str, fail: Fail) -> Writers | None:
