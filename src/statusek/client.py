@@ -30,7 +30,7 @@ import socket
 import uuid
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from types import TracebackType
 from typing import Any, NamedTuple, cast
 from urllib.parse import unquote, urlsplit
@@ -394,6 +394,24 @@ class Client:
 
     async def get_instance(self, token: str, *, timeout: float = 10) -> dict[str, Any]:
         return await self.call(self._queries, "get-instance", {"instance_token": str(token)}, timeout=timeout)
+
+    async def get_report(
+        self,
+        object_name: str,
+        *,
+        since: date | str | None = None,
+        until: date | str | None = None,
+        timeout: float = 10,
+    ) -> dict[str, Any]:
+        """Timing figures of `object_name`'s instances finished from day `since` to day `until` (UTC,
+        both inclusive; open-ended when None): counts by finish reason, create-to-finish and
+        per-status durations (p50, p95, max, mean), SLA breaches."""
+        body: dict[str, Any] = {"object_name": object_name}
+        if since is not None:
+            body["since"] = str(since)
+        if until is not None:
+            body["until"] = str(until)
+        return await self.call(self._queries, "get-report", body, timeout=timeout)
 
     async def get_global_events(
         self,

@@ -8,6 +8,7 @@ import time
 import structlog
 from aio_pika.abc import AbstractIncomingMessage
 
+from statusek.adapters.postgres.reports import ping_summary, report_inputs
 from statusek.adapters.postgres.store import Store
 from statusek.adapters.rabbitmq.broker import Broker
 from statusek.adapters.rabbitmq.parser import parse_delivery
@@ -24,8 +25,10 @@ from statusek.core.messages import (
     GlobalEventsQuery,
     InstanceQuery,
     Reply,
+    ReportQuery,
     StatusQuery,
 )
+from statusek.core.report import report_reply
 from statusek.core.views import answer, found_instances
 
 log = structlog.get_logger(__name__)
@@ -73,7 +76,16 @@ class QueryHandler:
             events_after=page.after_seq if page else 0,
             events_limit=page.limit + 1 if page else None,
         )
-        return answer(kind, query, state, model, events, now, Sender(user_id, self._groups))
+        pings = (
+            await ping_summary(self._store, query.instance_token)
+            if kind == "get-instance" and state is not None
+            else []
+        )
+        return answer(kind, query, state, model, events, now, Sender(user_id, self._groups), pings)
+
+    async def _report(self, query: ReportQuery) -> Reply:
+        inputs = await report_inputs(self._store, query.object_name, query.since, query.until)
+        return report_reply(query, inputs.latest, inputs.daily, inputs.live, inputs.slas)
 
     async def _global_events(self, query: GlobalEventsQuery) -> Reply:
         events = await self._store.read_global_events(query.after_seq, query.limit + 1, query.status_name)
@@ -95,6 +107,8 @@ class QueryHandler:
                 reply = await self._global_events(query)
             elif isinstance(query, FindInstances):
                 reply = await self._find_instances(query)
+            elif isinstance(query, ReportQuery):
+                reply = await self._report(query)
             else:
                 reply = await self._instance_query(envelope.kind, query, envelope.user_id)
             await settle.answer(self._broker, delivery, reply)

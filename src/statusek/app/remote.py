@@ -25,12 +25,13 @@ import math
 import sys
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
 from statusek import graph
 from statusek.adapters.model_files import load_models
+from statusek.app import plot
 from statusek.app.settings import Settings
 from statusek.client import Client
 from statusek.core.codes import Code, FinishReason
@@ -39,9 +40,11 @@ from statusek.core.messages import (
     MAX_INSTANCES_PAGE,
     MAX_TIMEOUT_SECONDS,
     QUERIES,
+    ReportData,
     decode_cursor,
 )
 from statusek.core.model import parse_model
+from statusek.core.report import format_report
 from statusek.core.rules import unknown_name_hint
 from statusek.exceptions import (
     BrokerUnreachable,
@@ -109,6 +112,13 @@ def token(text: str) -> str:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not an instance token (a UUID, as printed by 'statusek create')"
         ) from None
+
+
+def day(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD)") from None
 
 
 def instant(text: str) -> datetime:
@@ -215,6 +225,13 @@ async def cmd_show(client: Client, args: argparse.Namespace) -> int:
     ]
     print("\n".join(f"{k:<10} {v}" for k, v in rows))
     print()
+    if instance.get("pings"):
+        pings = [
+            [p["sender"], str(p["count"]), p["first_at"], p["last_at"], p["last_message"] or ""]
+            for p in instance["pings"]
+        ]
+        print(table(["PINGS BY", "COUNT", "FIRST", "LAST", "LAST MESSAGE"], pings))
+        print()
     print(
         table(
             ["SEQ", "KIND", "STATUS", "TYPE", "MESSAGE", "BY", "AT"],
@@ -232,6 +249,23 @@ async def cmd_show(client: Client, args: argparse.Namespace) -> int:
             ],
         )
     )
+    return EXIT_OK
+
+
+async def cmd_report(client: Client, args: argparse.Namespace) -> int:
+    if args.since and args.until and args.since > args.until:
+        say(f"--since {args.since} is after --until {args.until}")
+        return EXIT_USAGE
+    if args.plot and not plot.available():
+        say("--plot needs matplotlib: pip install 'statusek[plot]'")
+        return EXIT_USAGE
+    data = await client.get_report(args.object_name, since=args.since, until=args.until, timeout=left(args))
+    report = ReportData.model_validate(data)
+    if args.plot:
+        plot.plot_report(report, args.plot)
+    emit(args, data, format_report(report))
+    if args.plot:
+        say(f"chart written to {args.plot}")
     return EXIT_OK
 
 
@@ -516,6 +550,12 @@ def add_parsers(sub: Any) -> None:
 
     p = remote("show", cmd_show, "an instance, its statuses and events")
     p.add_argument("token", type=token)
+
+    p = remote("report", cmd_report, "durations of an object's finished instances, per status")
+    p.add_argument("object_name")
+    p.add_argument("--since", type=day, metavar="DATE", help="first day of finish, UTC (YYYY-MM-DD)")
+    p.add_argument("--until", type=day, metavar="DATE", help="last day of finish, UTC (YYYY-MM-DD)")
+    p.add_argument("--plot", type=Path, metavar="FILE.png", help="also draw the durations (needs matplotlib)")
 
     p = remote("watch", cmd_watch, "tail notifications")
     p.add_argument("--object", help="only this object name")

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field
+from pydantic import BeforeValidator, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from statusek.core.model import optional_duration
 
 BUILTIN_MODELS = Path(__file__).resolve().parent.parent / "models"
 
@@ -39,6 +42,12 @@ class Settings(BaseSettings):
     sweep_batch: int = Field(default=500, gt=0)
     # A safety net only: sweepers are woken by deadlines, not by this period.
     sweep_max_sleep: float = Field(default=5.0, gt=0)
+    # Retention (README "Retention"): finished instances older than their model's `retention`, else
+    # this (`30d`, `12h`, `3600` seconds; unset: kept forever), are folded into reports and purged.
+    default_retention: Annotated[float | None, BeforeValidator(optional_duration)] = None
+    purge_batch: int = Field(default=1000, gt=0, description="Instances per purge transaction.")
+    purge_pause: float = Field(default=0.5, ge=0, description="Seconds between purge batches.")
+    purge_every: float = Field(default=60.0, gt=0, description="Seconds between purge passes.")
     outbox_batch: int = Field(default=500, gt=0)
     outbox_poll: float = Field(default=1.0, gt=0)
     idempotency_window: float = Field(default=7 * 24 * 3600, gt=0, description="Seconds.")

@@ -20,6 +20,7 @@ from statusek.app.identity import Identity
 from statusek.app.metrics import Metrics
 from statusek.app.ops import OpsServer
 from statusek.app.pipeline import CommandPipeline
+from statusek.app.purger import Purger
 from statusek.app.queries import QueryHandler
 from statusek.app.relay import OutboxRelay
 from statusek.app.settings import Settings
@@ -202,6 +203,17 @@ class Worker:
                 name="listener",
             ),
             asyncio.create_task(self._housekeeping(store), name="housekeeping"),
+            asyncio.create_task(
+                Purger(
+                    store,
+                    default_retention=s.default_retention,
+                    batch=s.purge_batch,
+                    pause=s.purge_pause,
+                    every=s.purge_every,
+                    retry_cap=s.retry_backoff_max,
+                ).run(),
+                name="purger",
+            ),
         ]
         consuming = asyncio.create_task(self._consume(broker, pipeline, queries), name="consumer")
         stop_wait = asyncio.create_task(self._stop.wait())

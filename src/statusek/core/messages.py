@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from datetime import datetime
+from datetime import date, datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
@@ -97,6 +97,20 @@ class InstanceQuery(WireMessage):
     """Body of `is-finished`, `get-events` and `get-instance`."""
 
     instance_token: UUID
+
+
+class ReportQuery(WireMessage):
+    """Body of `get-report`: timing figures of one object's finished instances, by day of finish (UTC)."""
+
+    object_name: Name
+    since: date | None = Field(default=None, description="First day of finish (UTC), inclusive.")
+    until: date | None = Field(default=None, description="Last day of finish (UTC), inclusive.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ReportQuery:
+        if self.since and self.until and self.since > self.until:
+            raise ValueError("since is after until")
+        return self
 
 
 # Paging (README "Paging"). A page holds at most `limit` items, fewer when they pass PAGE_BYTES of
@@ -208,6 +222,7 @@ QUERIES: dict[str, type[WireMessage]] = {
     "is-finished": InstanceQuery,
     "get-events": EventsQuery,
     "get-instance": InstanceQuery,
+    "get-report": ReportQuery,
     "get-global-events": GlobalEventsQuery,
     "find-instances": FindInstances,
 }
@@ -293,6 +308,16 @@ class EventsData(WireMessage):
     )
 
 
+class PingSummary(WireMessage):
+    """The pings of one sender to an instance, in `get-instance`."""
+
+    sender: str = Field(description="The sender's AMQP user_id, or 'anonymous'.")
+    count: int
+    first_at: datetime
+    last_at: datetime
+    last_message: str | None = Field(description="The message of this sender's latest ping.")
+
+
 class InstanceView(WireMessage):
     """`data` of `get-instance`."""
 
@@ -310,6 +335,9 @@ class InstanceView(WireMessage):
     statuses: list[str]
     last_seq: int
     model: dict[str, Any] = Field(description="The definition of the instance's model version.")
+    pings: list[PingSummary] = Field(
+        default_factory=list, description="Pings per sender, the sender of the latest ping first."
+    )
 
 
 class GlobalEventView(WireMessage):
@@ -350,6 +378,53 @@ class FoundInstances(WireMessage):
     next_after: str | None = Field(description="Pass as `after` for the next page; null after the last.")
 
 
+class DurationFigures(WireMessage):
+    """Durations in seconds; p50 and p95 are nearest-rank percentiles, null when count is 0."""
+
+    count: int
+    p50: float | None
+    p95: float | None
+    max: float | None
+    mean: float | None
+    exact: bool = Field(
+        description="false: p50 and p95 are estimated from the histograms of purged days, within"
+        " `percentile_error`; count, max and mean are exact either way."
+    )
+
+
+class ReasonFigures(DurationFigures):
+    """Durations from create to finish of the instances that finished for one reason."""
+
+    finish_reason: FinishReason
+
+
+class StatusFigures(DurationFigures):
+    """Durations from the previous status (or the creation) to this status."""
+
+    status_name: str
+
+
+class ReportData(WireMessage):
+    """`data` of `get-report`."""
+
+    object_name: str
+    since: date | None
+    until: date | None
+    instances: int = Field(description="Instances that finished in the range, purged or not.")
+    purged: int = Field(description="Of which purged: counted from the daily aggregates.")
+    duration: DurationFigures = Field(description="From create to finish.")
+    by_reason: list[ReasonFigures]
+    statuses: list[StatusFigures]
+    sla: float | None = Field(description="Seconds from create to finish, of the latest model version.")
+    sla_breaches: int | None = Field(
+        description="Instances that took longer than the SLA of their model version; null when no"
+        " version has one."
+    )
+    percentile_error: float = Field(
+        description="Bound on the relative error of a p50 or p95 that is not exact (0.0443: 4.43 %)."
+    )
+
+
 class InvalidData(WireMessage):
     """`data` of an INVALID_MESSAGE reply."""
 
@@ -367,6 +442,7 @@ REPLY_DATA: dict[str, type[WireMessage]] = {
     "is-finished": IsFinishedData,
     "get-events": EventsData,
     "get-instance": InstanceView,
+    "get-report": ReportData,
     "get-global-events": GlobalEventsData,
     "find-instances": FoundInstances,
 }

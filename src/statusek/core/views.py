@@ -28,6 +28,7 @@ from statusek.core.messages import (
     IsFinishedData,
     IsReadyData,
     IsSetData,
+    PingSummary,
     Reply,
     StatusChanged,
     StatusQuery,
@@ -46,8 +47,10 @@ def answer(
     events: Sequence[Event],
     now: datetime,
     sender: Sender = ANONYMOUS_SENDER,
+    pings: Sequence[PingSummary] = (),
 ) -> Reply:
-    """The reply to a read-only query; `events` is only needed for `get-events`.
+    """The reply to a read-only query; `events` is only needed for `get-events`, `pings` (the
+    summary per sender) for `get-instance`.
 
     `is-ready` answers for `sender`: a status they may not set is not ready for them.
     """
@@ -96,7 +99,7 @@ def answer(
         text = f"{len(views)} event(s) of instance {token}" + (f"; more after seq {after}" if more else "")
         return Reply.ok(text, EventsData(events=views, next_after_seq=after))
     if kind == "get-instance":
-        return Reply.ok(f"Instance {token}", instance_view(state, model))
+        return Reply.ok(f"Instance {token}", instance_view(state, model, pings))
     raise ValueError(f"unknown query {kind!r}")
 
 
@@ -116,7 +119,9 @@ def event_view(event: Event, model: StatusModel) -> EventView:
     )
 
 
-def instance_view(state: InstanceState, model: StatusModel) -> InstanceView:
+def instance_view(
+    state: InstanceState, model: StatusModel, pings: Sequence[PingSummary] = ()
+) -> InstanceView:
     return InstanceView(
         instance_token=state.token,
         object_name=state.object_name,
@@ -132,6 +137,7 @@ def instance_view(state: InstanceState, model: StatusModel) -> InstanceView:
         statuses=list(state.statuses),
         last_seq=state.last_seq,
         model=model.definition(),
+        pings=list(pings),
     )
 
 

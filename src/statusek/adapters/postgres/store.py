@@ -350,6 +350,12 @@ class Store:
         async with translated(), self._pool.acquire() as conn, conn.transaction():
             yield Transaction(conn, self)
 
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A connection of the pool, errors translated, for the modules beside this one (retention)."""
+        async with translated(), self._pool.acquire() as conn:
+            yield conn
+
     async def earliest_deadline(self) -> datetime | None:
         async with translated():
             value: datetime | None = await self._pool.fetchval(
