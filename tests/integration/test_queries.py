@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import uuid
 
+import asyncpg
+
+from statusek.app.settings import Settings
+from statusek.testing import Services, fresh_database, fresh_vhost, running_worker
 from tests.integration.test_commands import create
 from tests.integration.wire import Wire
 
@@ -86,3 +90,35 @@ async def test_bad_query_is_dead_lettered(wire: Wire) -> None:
     assert reply["code"] == "INVALID_MESSAGE"
     parked = await wire.parked("statusek.dead-letter", message_id)
     assert parked.headers["x-statusek-reason"] == "schema-violation"
+
+
+async def test_a_query_postgres_refuses_is_dead_lettered_not_retried(
+    services: Services, settings: Settings
+) -> None:
+    """A read Postgres refuses (here: its table is gone) gets INVALID_MESSAGE at once, not a retry loop."""
+    with fresh_vhost(services.amqp_url, admin=services.rabbit) as amqp_url:
+        async with fresh_database(services.database_url) as database_url:
+            own = settings.model_copy(update={"amqp_url": amqp_url, "database_url": database_url})
+            async with running_worker(own):
+                wire = await Wire.open(amqp_url)
+                try:
+                    t = await create(wire, "EDGE CASES")
+                    db = await asyncpg.connect(database_url)
+                    try:
+                        await db.execute("ALTER TABLE events RENAME TO events_elsewhere")
+                        message_id = uuid.uuid4().hex
+                        reply = await wire.request(
+                            "get-events",
+                            {"instance_token": t},
+                            exchange="statusek.queries",
+                            message_id=message_id,
+                        )
+                        parked = await wire.parked("statusek.dead-letter", message_id)
+                    finally:
+                        await db.execute("ALTER TABLE events_elsewhere RENAME TO events")
+                        await db.close()
+                finally:
+                    await wire.close()
+    assert (reply["code"], reply["data"]["reason"]) == ("INVALID_MESSAGE", "store-failure")
+    assert "events" not in reply["message"]  # the database's own text stays in the dead-letter copy
+    assert "events" in str(parked.headers["x-statusek-detail"])

@@ -95,6 +95,15 @@ class QueryHandler:
         states, now = await self._store.find_instances(query)
         return found_instances(query, states, now)
 
+    async def _dead_letter(self, delivery: AbstractIncomingMessage, error: InvalidMessage) -> None:
+        await settle.dead_letter(self._broker, delivery, error)
+        await delivery.ack()
+        self._metrics.dead_lettered.labels(reason=error.reason).inc()
+        self._metrics.queries.labels(routing_key=delivery.routing_key or "", code=Code.INVALID_MESSAGE).inc()
+        log.warning(
+            "dead-lettered", routing_key=delivery.routing_key, reason=error.reason, detail=error.detail
+        )
+
     async def _handle(self, delivery: AbstractIncomingMessage) -> None:
         started = time.perf_counter()
         structlog.contextvars.bind_contextvars(
@@ -121,14 +130,12 @@ class QueryHandler:
                 duration_ms=round((time.perf_counter() - started) * 1000, 2),
             )
         except InvalidMessage as e:
-            await settle.dead_letter(self._broker, delivery, e)
-            await delivery.ack()
-            self._metrics.dead_lettered.labels(reason=e.reason).inc()
-            self._metrics.queries.labels(
-                routing_key=delivery.routing_key or "", code=Code.INVALID_MESSAGE
-            ).inc()
-            log.warning("dead-lettered", routing_key=delivery.routing_key, reason=e.reason, detail=e.detail)
-        except (TransientError, StoreFailure) as e:
+            await self._dead_letter(delivery, e)
+        except StoreFailure as e:
+            # Postgres refused it: asking again gives the same answer, so keep it, never loop on it.
+            log.exception("query cannot be answered")
+            await self._dead_letter(delivery, InvalidMessage("store-failure", f"{type(e).__name__}: {e}"))
+        except TransientError as e:
             log.warning("query failed, requeued", error=str(e))
             await asyncio.sleep(0.5)
             await settle.requeue_all([delivery])
