@@ -24,11 +24,15 @@ def mask_secrets(text: str) -> str:
     return _CREDENTIALS.sub(lambda m: f"{m['head']}{MASK}@", text)
 
 
+# The port a URL without one means, so that logs and messages name the one really used.
+_DEFAULT_PORTS = {"amqp": 5672, "amqps": 5671, "postgresql": 5432, "postgres": 5432}
+
+
 def url_location(url: str) -> dict[str, str]:
     """Host, port and vhost (or database) of a URL, for log context; never the credentials."""
     parts = urlsplit(url)
     try:
-        port = str(parts.port or "")
+        port = str(parts.port or _DEFAULT_PORTS.get(parts.scheme, ""))
     except ValueError:
         port = ""
     location = {"host": parts.hostname or "", "port": port}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from statusek.redact import mask_secrets, mask_url, url_location
 
 
@@ -29,3 +31,17 @@ def test_url_location_names_host_port_and_vhost() -> None:
         "port": "5673",
         "path": "statusek/a",
     }
+
+
+@pytest.mark.parametrize(
+    ("url", "port"),
+    [
+        ("amqp://u:p@h/v", "5672"),
+        ("amqps://u:p@h/v", "5671"),
+        ("postgresql://u@h/db", "5432"),
+        ("amqps://h:1/", "1"),
+    ],
+)
+def test_a_url_without_port_is_located_at_its_scheme_default(url: str, port: str) -> None:
+    """amqps:// without a port means 5671, not 5672."""
+    assert url_location(url)["port"] == port
