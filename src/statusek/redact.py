@@ -32,7 +32,7 @@ def url_location(url: str) -> dict[str, str]:
     """Host, port and vhost (or database) of a URL, for log context; never the credentials."""
     parts = urlsplit(url)
     try:
-        port = str(parts.port or _DEFAULT_PORTS.get(parts.scheme, ""))
+        port = str(parts.port or _DEFAULT_PORTS.get(parts.scheme) or "")
     except ValueError:
         port = ""
     location = {"host": parts.hostname or "", "port": port}

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from statusek.adapters.rabbitmq.parser import parse
-from statusek.core.access import Sender
+from statusek.core.access import Sender, Writers
 from statusek.core.errors import InvalidMessage
 from statusek.core.global_status import GlobalEvent, decide_global, global_events_reply, global_notification
 from statusek.core.messages import COMMANDS, QUERIES, GlobalEventsQuery, SetGlobalStatus
@@ -23,6 +23,7 @@ def test_the_event_follows_the_last_seq_and_names_its_sender() -> None:
     """set-global-status appends seq last+1, actor = the sender, and replies SUCCESS with no data."""
     command = SetGlobalStatus(status_name="DEPLOYED", status_message="v2")
     reply, event = decide_global(command, 41, T0, Sender("ops-bot"))
+    assert event is not None
     assert (event.seq, event.status_name, event.message, event.actor) == (42, "DEPLOYED", "v2", "ops-bot")
     assert (reply.code, reply.data) == ("SUCCESS", {})
 
@@ -30,7 +31,20 @@ def test_the_event_follows_the_last_seq_and_names_its_sender() -> None:
 def test_an_anonymous_sender_is_recorded_as_anonymous() -> None:
     """A command without user_id is recorded with actor 'anonymous'."""
     _, event = decide_global(SetGlobalStatus(status_name="X"), 0, T0, Sender())
+    assert event is not None
     assert (event.seq, event.actor) == (1, "anonymous")
+
+
+def test_global_writers_refuse_others_and_append_nothing() -> None:
+    """With writers set, a sender outside them gets NOT_ALLOWED naming them, and no event."""
+    writers = Writers(("ops",))
+    groups = {"ops": frozenset({"alice"})}
+    command = SetGlobalStatus(status_name="DEPLOYED")
+    reply, event = decide_global(command, 3, T0, Sender("mallory", groups), writers)
+    assert (reply.code, event) == ("NOT_ALLOWED", None)
+    assert "'mallory'" in reply.message and "DEPLOYED" in reply.message
+    _, allowed = decide_global(command, 3, T0, Sender("alice", groups), writers)
+    assert allowed is not None and allowed.seq == 4
 
 
 def test_the_notification_has_a_stable_id_and_the_status_header() -> None:

@@ -339,11 +339,16 @@ class _Window:
             command = env.body
             if isinstance(command, SetGlobalStatus):
                 reply, set_global = decide_global(
-                    command, self.global_seq, now, Sender(env.user_id, self.groups)
+                    command,
+                    self.global_seq,
+                    now,
+                    Sender(env.user_id, self.groups),
+                    self.policy.global_writers,
                 )
-                self.global_seq = set_global.seq
-                self.global_events.append(set_global)
-                self.notifications.append(global_notification(set_global))
+                if set_global is not None:
+                    self.global_seq = set_global.seq
+                    self.global_events.append(set_global)
+                    self.notifications.append(global_notification(set_global))
                 if mid is not None:
                     self.replies[mid] = reply
                 outcomes.append(Outcome(delivery, env, reply))

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from uuid import UUID
 
-from statusek.core.access import ANONYMOUS_SENDER, Sender
+from statusek.core.access import ANONYMOUS_SENDER, Sender, Writers
 from statusek.core.codes import Code, FinishReason
 from statusek.core.instance import Event, EventKind, InstanceState, expire
 from statusek.core.messages import Cancel, Command, Create, CreatedData, Ping, PingData, Reply, SetStatus
@@ -31,6 +31,8 @@ class Policy:
     """Settings the rules depend on, passed in so the core reads no environment."""
 
     default_instance_timeout: float | None = None
+    # Who may set global statuses (no model names them); None: anyone.
+    global_writers: Writers | None = None
 
 
 def decide(

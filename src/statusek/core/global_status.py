@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from statusek.core.access import Sender
+from statusek.core.access import Sender, Writers
 from statusek.core.messages import (
     GlobalEventsData,
     GlobalEventsQuery,
@@ -20,6 +20,7 @@ from statusek.core.messages import (
     Reply,
     SetGlobalStatus,
 )
+from statusek.core.rules import not_allowed
 from statusek.core.views import Notification, cut_page
 
 NOTIFICATION = "global-status"
@@ -35,12 +36,16 @@ class GlobalEvent:
 
 
 def decide_global(
-    command: SetGlobalStatus, last_seq: int, now: datetime, sender: Sender
-) -> tuple[Reply, GlobalEvent]:
-    """The reply to `set-global-status` and the event it appends after `last_seq`.
+    command: SetGlobalStatus, last_seq: int, now: datetime, sender: Sender, writers: Writers | None = None
+) -> tuple[Reply, GlobalEvent | None]:
+    """The reply to `set-global-status` and the event it appends after `last_seq`, if any.
 
-    Any sender may set one (there is no model to name writers); the sender is recorded as the actor.
+    No model names their writers: `writers` comes from the settings (None: anyone may).
+    The sender is recorded as the actor.
     """
+    if not sender.may(writers):
+        verdict = not_allowed(sender, f"set global status {command.status_name!r}", writers)
+        return Reply.fail(verdict.code, verdict.message), None
     event = GlobalEvent(
         seq=last_seq + 1,
         status_name=command.status_name,
