@@ -5,14 +5,20 @@ the session (STATUSEK_TEST_BACKEND=containers, or by itself when the local
 services do not answer but Docker does; see statusek.testing). Each session gets
 its own RabbitMQ vhost and its own database, both removed afterwards. Tests
 isolate themselves further by using fresh instance tokens.
+
+The session logs in as a RabbitMQ user and a Postgres role of its own, each with
+a random password, so that the password grep (tests/log_secrets.py) has real
+passwords to look for in every line the run logged.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from statusek.testing import (
@@ -23,6 +29,7 @@ from statusek.testing import (
     fresh_database,
     fresh_vhost,
 )
+from tests.log_secrets import PasswordGrep, password, with_credentials
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_MODELS = ROOT / "tests" / "models"
@@ -35,6 +42,11 @@ DATABASE_URL = os.environ.get("STATUSEK_TEST_DATABASE_URL", LOCAL_ADMIN_DATABASE
 _USED: list[Services] = []
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    if not config.pluginmanager.has_plugin("statusek-password-grep"):
+        config.pluginmanager.register(PasswordGrep(), "statusek-password-grep")
+
+
 @pytest.fixture(scope="session")
 def services() -> Iterator[Services]:
     """The session's broker and database server (and the `rabbitmqctl` that manages the broker)."""
@@ -44,16 +56,56 @@ def services() -> Iterator[Services]:
 
 
 @pytest.fixture(scope="session")
-def amqp_url(services: Services) -> Iterator[str]:
-    """A fresh vhost for the session's in-process worker."""
-    with fresh_vhost(services.amqp_url, admin=services.rabbit) as url:
+def amqp_user_url(services: Services) -> Iterator[str]:
+    """The broker as a user of this session with a random password, deleted afterwards.
+
+    Not an administrator: it may use the vhosts `fresh_vhost(amqp_user_url, ...)` makes for it.
+    """
+    user = f"statusek-test-user-{secrets.token_hex(4)}"
+    secret = password(secrets.token_urlsafe(18))
+    services.rabbit.rabbitmqctl("add_user", user, secret)
+    try:
+        yield with_credentials(services.amqp_url, user, secret)
+    finally:
+        services.rabbit.rabbitmqctl("delete_user", user)
+
+
+@pytest.fixture(scope="session")
+async def database_owner_url(services: Services) -> AsyncIterator[str]:
+    """The database server as a role of this session with a random password, dropped afterwards.
+
+    The role may create databases (`fresh_database(database_owner_url)` makes ones it owns and
+    migrates) and roles. Local and container servers trust 127.0.0.1, so they do not ask for the
+    password; it is in the URL all the same, where a leak would show it.
+    """
+    role = f"statusek_test_owner_{secrets.token_hex(4)}"
+    secret = password(secrets.token_urlsafe(18))  # letters, digits, - and _: safe inside '...'
+    await _as_admin(services, f"CREATE ROLE \"{role}\" LOGIN CREATEDB CREATEROLE PASSWORD '{secret}'")
+    try:
+        yield with_credentials(services.database_url, role, secret)
+    finally:
+        await _as_admin(services, f'DROP ROLE "{role}"')
+
+
+async def _as_admin(services: Services, statement: str) -> None:
+    admin = await asyncpg.connect(services.database_url)
+    try:
+        await admin.execute(statement)
+    finally:
+        await admin.close()
+
+
+@pytest.fixture(scope="session")
+def amqp_url(services: Services, amqp_user_url: str) -> Iterator[str]:
+    """A fresh vhost for the session's in-process worker, as the session's user."""
+    with fresh_vhost(amqp_user_url, admin=services.rabbit) as url:
         yield url
 
 
 @pytest.fixture(scope="session")
-async def database_url(services: Services) -> AsyncIterator[str]:
-    """A fresh database for the session's in-process worker."""
-    async with fresh_database(services.database_url) as url:
+async def database_url(database_owner_url: str) -> AsyncIterator[str]:
+    """A fresh database for the session's in-process worker, owned by the session's role."""
+    async with fresh_database(database_owner_url) as url:
         yield url
 
 

@@ -21,6 +21,8 @@ from typing import Any
 
 import pytest
 
+from tests.log_secrets import password
+
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "deploy" / "compose.yaml"
 
@@ -30,8 +32,10 @@ IMAGES = {
     "POSTGRES_IMAGE": os.environ.get("POSTGRES_IMAGE", "local/statusek-postgres:test"),
     "STATUSEK_IMAGE": os.environ.get("STATUSEK_IMAGE", "local/statusek:test"),
 }
-POSTGRES_PASSWORD = "compose-test"
-ADMIN = ("statusek-admin", "admin-secret")  # deploy/rabbitmq/definitions.json
+# Passwords the stack is given, registered for the password grep (tests/log_secrets.py).
+POSTGRES_PASSWORD = password("compose-test")
+ADMIN = ("statusek-admin", password("admin-secret"))  # deploy/rabbitmq/definitions.json
+password("worker-secret")  # the workers' and migrate's, in deploy/compose.yaml
 
 REPORT_LINES: list[str] = []
 

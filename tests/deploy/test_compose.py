@@ -19,6 +19,7 @@ import pytest
 
 from tests.deploy.conftest import REPORT_LINES, Stack
 from tests.integration.wire import Wire
+from tests.log_secrets import password
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -80,8 +81,8 @@ async def test_sigkill_of_a_replica_under_load_loses_and_duplicates_nothing(stac
     """Two replicas, the active one SIGKILLed mid-load: every instance finishes, once, in order."""
     started = time.monotonic()
     workers = stack.containers("worker")
-    client = await Wire.open(stack.amqp_url("statusek-client", "client-secret"))
-    subscriber = await Wire.open(stack.amqp_url("statusek-subscriber", "subscriber-secret"))
+    client = await Wire.open(stack.amqp_url("statusek-client", password("client-secret")))
+    subscriber = await Wire.open(stack.amqp_url("statusek-subscriber", password("subscriber-secret")))
     db = await asyncpg.connect(stack.database_url)
     tokens = [str(uuid.uuid4()) for _ in range(INSTANCES)]
     correlations: list[str] = []

@@ -7,11 +7,12 @@ import aiormq
 import pytest
 
 from tests.deploy.conftest import Stack
+from tests.log_secrets import password
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
-CLIENT = ("statusek-client", "client-secret")
-SUBSCRIBER = ("statusek-subscriber", "subscriber-secret")
+CLIENT = ("statusek-client", password("client-secret"))
+SUBSCRIBER = ("statusek-subscriber", password("subscriber-secret"))
 
 
 async def _ignore(message: aio_pika.abc.AbstractIncomingMessage) -> None:

@@ -115,10 +115,16 @@ class Cluster:
 
 
 @pytest.fixture
-async def cluster(services: Services, worker_env: dict[str, str], tmp_path: Path) -> AsyncIterator[Cluster]:
-    """A vhost and a database of their own; the test starts the workers it needs."""
-    async with fresh_database(services.database_url) as db_url:
-        with fresh_vhost(services.amqp_url, admin=services.rabbit) as url:
+async def cluster(
+    services: Services,
+    worker_env: dict[str, str],
+    tmp_path: Path,
+    amqp_user_url: str,
+    database_owner_url: str,
+) -> AsyncIterator[Cluster]:
+    """A vhost and a database of their own (the session's user and role's); the test starts the workers."""
+    async with fresh_database(database_owner_url) as db_url:
+        with fresh_vhost(amqp_user_url, admin=services.rabbit) as url:
             broker = await Broker.connect(url, Names())
             try:
                 await broker.declare()

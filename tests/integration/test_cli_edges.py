@@ -30,6 +30,7 @@ from statusek.app.pipeline import FAULT_HEADER
 from statusek.testing import fresh_vhost
 from tests.integration.conftest import Cluster
 from tests.integration.faults import TcpProxy, proxied
+from tests.log_secrets import with_password
 
 TASK = "2-POINT LINE TASK"
 
@@ -120,13 +121,6 @@ def with_url(env: dict[str, str], url: str) -> dict[str, str]:
 
 def with_vhost(url: str, vhost: str) -> str:
     return urlunsplit(urlsplit(url)._replace(path="/" + vhost))
-
-
-def with_password(url: str, password: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit(
-        parts._replace(netloc=f"{parts.username}:{password}@{parts.hostname}:{parts.port or 5672}")
-    )
 
 
 # The rows. Each returns nothing: it runs commands through `edges` and checks them.
@@ -378,9 +372,9 @@ ROWS = [
             (
                 69,
                 r"statusek: cannot reach RabbitMQ at "
-                r"amqp://guest:\*\*\*@127\.0\.0\.1:\d+/statusek-missing-\w+: "
+                r"amqp://statusek-test-user-\w+:\*\*\*@127\.0\.0\.1:\d+/statusek-missing-\w+: "
                 r"the broker refused vhost 'statusek-missing-\w+': it does not exist, "
-                r"or user 'guest' may not use it; check STATUSEK_AMQP_URL$",
+                r"or user 'statusek-test-user-\w+' may not use it; check STATUSEK_AMQP_URL$",
             ),
         ],
     ),
@@ -391,8 +385,8 @@ ROWS = [
             (
                 69,
                 r"statusek: cannot reach RabbitMQ at "
-                r"amqp://guest:\*\*\*@127\.0\.0\.1:\d+/statusek-test-\w+: "
-                r"the broker refused the login of user 'guest': wrong user or password; "
+                r"amqp://statusek-test-user-\w+:\*\*\*@127\.0\.0\.1:\d+/statusek-test-\w+: "
+                r"the broker refused the login of user 'statusek-test-user-\w+': wrong user or password; "
                 r"check STATUSEK_AMQP_URL$",
             )
         ],
@@ -499,6 +493,7 @@ class _TablePrinter:
 def normal(text: str) -> str:
     """Tokens, vhosts and temporary paths made stable for the table."""
     text = re.sub(TOKEN, "<token>", text)
+    text = re.sub(r"statusek-test-user-[0-9a-f]{8}", "<test user>", text)
     text = re.sub(r"statusek-(test|missing)-[0-9a-f]{8}", r"<\1 vhost>", text)
     text = re.sub(r"\"pid\": \d+", '"pid": …', text)
     return re.sub(r"/tmp/\S+/bad\.yaml", "bad.yaml", text)

@@ -25,6 +25,7 @@ from statusek import (
 from statusek.app.worker import Worker
 from statusek.testing import Services, fresh_vhost
 from tests.integration.conftest import Cluster
+from tests.log_secrets import password as registered_password
 
 TASK = "2-POINT LINE TASK"
 
@@ -194,7 +195,7 @@ async def test_a_url_that_is_not_amqp_fails_at_once() -> None:
 
 async def test_a_user_without_permission_is_told_so(cluster: Cluster, services: Services) -> None:
     """A user that may read notifications but not publish commands gets one clear error, at once."""
-    user, password = f"statusek-reader-{uuid.uuid4().hex[:8]}", "reader-secret"
+    user, password = f"statusek-reader-{uuid.uuid4().hex[:8]}", registered_password("reader-secret")
     services.rabbit.rabbitmqctl("add_user", user, password)
     try:
         services.rabbit.set_permissions(cluster.vhost, user, "^amq\\.gen-.*$", "^amq\\.gen-.*$", ".*")

@@ -21,6 +21,7 @@ from statusek.app.identity import version
 from tests.integration.conftest import Cluster
 from tests.integration.faults import proxied
 from tests.integration.wire import Wire
+from tests.log_secrets import with_password
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -82,7 +83,7 @@ async def test_livez_answers_while_the_loop_runs(cluster: Cluster) -> None:
 
 async def test_readyz_names_what_is_missing(cluster: Cluster) -> None:
     """A worker that cannot log in to RabbitMQ is not ready, and /readyz says why."""
-    wrong = cluster.env["STATUSEK_AMQP_URL"].replace("guest:guest@", "guest:not-the-password@")
+    wrong = with_password(cluster.env["STATUSEK_AMQP_URL"], "not-the-password")
     port = start_worker(cluster, STATUSEK_AMQP_URL=wrong)
     _, body = await wait_status(port, 503, timeout=30)
     deadline = time.monotonic() + 20
@@ -214,7 +215,7 @@ async def test_connection_names_tell_replicas_apart(cluster: Cluster) -> None:
 
 async def test_log_lines_carry_identity_and_no_password(cluster: Cluster) -> None:
     """Every worker log line names host, pid, version, vhost and broker, and never the password."""
-    wrong = cluster.env["STATUSEK_AMQP_URL"].replace("guest:guest@", "guest:hunter2-secret@")
+    wrong = with_password(cluster.env["STATUSEK_AMQP_URL"], "hunter2-secret")
     port = start_worker(cluster, STATUSEK_AMQP_URL=wrong)
     await wait_status(port, 503, timeout=30)
     await asyncio.sleep(3)

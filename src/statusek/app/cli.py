@@ -19,7 +19,7 @@ from statusek.adapters.postgres.migrate import migrate
 from statusek.app import remote
 from statusek.app.identity import Identity, version
 from statusek.app.logging import configure
-from statusek.app.settings import Settings
+from statusek.app.settings import Settings, SettingsFileError
 from statusek.core.errors import StatusekError
 from statusek.core.model import ModelError
 from statusek.redact import mask_secrets, url_location
@@ -39,6 +39,9 @@ def _settings() -> Settings:
     except ValidationError as e:
         problems = "; ".join(f"STATUSEK_{str(err['loc'][0]).upper()}: {err['msg']}" for err in e.errors())
         print(f"statusek: invalid settings: {problems}: fix the environment or .env", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+    except SettingsFileError as e:  # a <VAR>_FILE: its message names the variables and path, not content
+        print(f"statusek: invalid settings: {e}: fix the environment or .env", file=sys.stderr)
         sys.exit(EXIT_USAGE)
 
 

@@ -3,18 +3,95 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BeforeValidator, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 from statusek.core.model import optional_duration
 
 BUILTIN_MODELS = Path(__file__).resolve().parent.parent / "models"
 
 
+class SettingsFileError(SettingsError):
+    """A `<VAR>_FILE` that cannot be used. The message names the variables and the path, never content."""
+
+
+class FileSettingsSource(PydanticBaseSettingsSource):
+    """Every setting `<VAR>` also from the file named by `<VAR>_FILE`: Docker and Kubernetes secrets.
+
+    `STATUSEK_AMQP_URL_FILE=/run/secrets/amqp-url` sets `amqp_url` to that file's content, less its
+    trailing newlines. `<VAR>_FILE` is looked up where `<VAR>` is (the environment, then `.env`);
+    setting both is an error, as is a file that cannot be read.
+    """
+
+    def __init__(self, settings_cls: type[BaseSettings], *sources: PydanticBaseSettingsSource) -> None:
+        super().__init__(settings_cls)
+        self.case_sensitive = bool(self.config.get("case_sensitive", False))
+        self.prefix = str(self.config.get("env_prefix", ""))
+        # The variables as the environment and `.env` sources read them (keys lower-cased unless
+        # case-sensitive); the environment wins over `.env`, as it does for the settings themselves.
+        self.variables: dict[str, str | None] = {}
+        for source in reversed(sources):
+            if isinstance(source, EnvSettingsSource):
+                self.variables.update(source.env_vars)
+
+    def _lookup(self, name: str) -> str | None:
+        return self.variables.get(name if self.case_sensitive else name.lower())
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        variable = f"{self.prefix}{field_name}".upper()
+        path = self._lookup(f"{variable}_FILE")
+        if not path:  # unset, or set to nothing
+            return None, field_name, False
+        if self._lookup(variable) is not None:
+            raise SettingsFileError(f"{variable} and {variable}_FILE are both set: set only one of them")
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as e:
+            raise SettingsFileError(f"{variable}_FILE: cannot read {path!r}: {e.strerror or e}") from None
+        except UnicodeDecodeError:
+            raise SettingsFileError(f"{variable}_FILE: {path!r} is not UTF-8 text") from None
+        return text.rstrip("\r\n"), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        problems: list[str] = []
+        for field_name, field in self.settings_cls.model_fields.items():
+            try:
+                value, key, is_complex = self.get_field_value(field, field_name)
+            except SettingsFileError as e:
+                problems.append(str(e))
+                continue
+            if value is not None:
+                values[key] = self.prepare_field_value(field_name, field, value, is_complex)
+        if problems:
+            raise SettingsFileError("; ".join(problems))
+        return values
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="STATUSEK_", env_file=".env", extra="ignore")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Arguments, then `<VAR>_FILE`, the environment and `.env` (a variable and its _FILE never both)."""
+        files = FileSettingsSource(settings_cls, env_settings, dotenv_settings)
+        return init_settings, files, env_settings, dotenv_settings, file_secret_settings
 
     amqp_url: str = "amqp://guest:guest@localhost:5672/"
     database_url: str = "postgresql://postgres@localhost:5432/statusek"
