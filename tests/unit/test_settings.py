@@ -6,7 +6,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
+from pydantic_settings import SettingsError
 
 from statusek.app.cli import _settings
 from statusek.app.settings import Settings, SettingsFileError
@@ -49,16 +50,19 @@ def test_a_url_comes_from_its_file_without_the_trailing_newline(
     assert settings.database_url == "postgresql://o:p w@db/s"  # only newlines are stripped
 
 
-def sample(field: str) -> str:
-    """A value, as an environment variable would hold it, that `field` accepts and is not its default."""
+def sample(field: str, monkeypatch: pytest.MonkeyPatch) -> tuple[str, object]:
+    """A value of STATUSEK_<FIELD> that `field` accepts and that is not its default, and the setting."""
     default = Settings.model_fields[field].default
-    for candidate in ("7", "0.5", "true", "false", "json", "/tmp/statusek-sample"):
+    for candidate in ("7", "0.5", "true", "false", "json", "/tmp/statusek-sample", '["ops"]', '{"a": 1}'):
+        monkeypatch.setenv(variable(field), candidate)
         try:
-            value = getattr(Settings.model_validate({field: candidate}), field)
-        except ValidationError:
+            value = getattr(Settings(), field)
+        except (ValidationError, SettingsError):  # SettingsError: not JSON, for a list or a dict
             continue
+        finally:
+            monkeypatch.delenv(variable(field))
         if value != default:
-            return candidate
+            return candidate, value
     raise AssertionError(f"no sample value for {field}")
 
 
@@ -67,12 +71,9 @@ def test_every_setting_can_come_from_a_file(
     field: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """`<VAR>_FILE` gives the same setting as `<VAR>` with the file's content, for every field."""
-    value = sample(field)
-    monkeypatch.setenv(variable(field), value)
-    from_variable = getattr(Settings(), field)
-    monkeypatch.delenv(variable(field))
-    monkeypatch.setenv(f"{variable(field)}_FILE", secret_file(tmp_path, value + "\n"))
-    assert getattr(Settings(), field) == from_variable != Settings.model_fields[field].default
+    text, from_variable = sample(field, monkeypatch)
+    monkeypatch.setenv(f"{variable(field)}_FILE", secret_file(tmp_path, text + "\n"))
+    assert getattr(Settings(), field) == from_variable
 
 
 def test_a_variable_and_its_file_together_are_refused(
@@ -146,6 +147,30 @@ def test_arguments_win_over_files(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
     """Settings(amqp_url=...) in code is not overridden by a file."""
     monkeypatch.setenv("STATUSEK_AMQP_URL_FILE", secret_file(tmp_path, URL))
     assert Settings(amqp_url="amqp://other/").amqp_url == "amqp://other/"
+
+
+class WithList(Settings):
+    writers: list[str] | None = None
+    tags: list[str] = Field(default_factory=list)
+
+
+def test_a_list_comes_from_a_file_as_json(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A list setting's file holds JSON, as its variable would; other content fails validation."""
+    monkeypatch.setenv("STATUSEK_WRITERS_FILE", secret_file(tmp_path, '["ops", "deployer"]\n'))
+    assert WithList().writers == ["ops", "deployer"]
+    monkeypatch.setenv("STATUSEK_WRITERS_FILE", secret_file(tmp_path, "not json\n"))
+    with pytest.raises(ValidationError) as caught:
+        WithList()
+    assert [e["msg"] for e in caught.value.errors()] == ["Input should be a valid list"]
+
+
+def test_a_file_that_is_not_the_json_a_list_needs_is_refused_unquoted(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("STATUSEK_TAGS_FILE", secret_file(tmp_path, "s3cret, not json\n"))
+    with pytest.raises(SettingsFileError) as caught:
+        WithList()
+    assert str(caught.value) == "STATUSEK_TAGS_FILE: the file does not hold STATUSEK_TAGS as JSON"
 
 
 def test_a_bad_value_from_a_file_is_validated_like_any(

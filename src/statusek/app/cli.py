@@ -12,6 +12,7 @@ from pathlib import Path
 
 import structlog
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from statusek.adapters.model_files import load_models, model_files
 from statusek.adapters.postgres.grants import GrantRefused, grant_worker
@@ -19,7 +20,7 @@ from statusek.adapters.postgres.migrate import migrate
 from statusek.app import remote
 from statusek.app.identity import Identity, version
 from statusek.app.logging import configure
-from statusek.app.settings import Settings, SettingsFileError
+from statusek.app.settings import Settings
 from statusek.core.errors import StatusekError
 from statusek.core.model import ModelError
 from statusek.redact import mask_secrets, url_location
@@ -40,7 +41,7 @@ def _settings() -> Settings:
         problems = "; ".join(f"STATUSEK_{str(err['loc'][0]).upper()}: {err['msg']}" for err in e.errors())
         print(f"statusek: invalid settings: {problems}: fix the environment or .env", file=sys.stderr)
         sys.exit(EXIT_USAGE)
-    except SettingsFileError as e:  # a <VAR>_FILE: its message names the variables and path, not content
+    except SettingsError as e:  # e.g. a <VAR>_FILE: the message names variables and path, never content
         print(f"statusek: invalid settings: {e}: fix the environment or .env", file=sys.stderr)
         sys.exit(EXIT_USAGE)
 

@@ -42,12 +42,17 @@ class FileSettingsSource(PydanticBaseSettingsSource):
         for source in reversed(sources):
             if isinstance(source, EnvSettingsSource):
                 self.variables.update(source.env_vars)
+        # A file's content is decoded as the variable's value would be (JSON for lists, also in unions).
+        self.decoder = next((s for s in sources if isinstance(s, EnvSettingsSource)), None)
 
     def _lookup(self, name: str) -> str | None:
         return self.variables.get(name if self.case_sensitive else name.lower())
 
+    def _variable(self, field_name: str) -> str:
+        return f"{self.prefix}{field_name}".upper()
+
     def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        variable = f"{self.prefix}{field_name}".upper()
+        variable = self._variable(field_name)
         path = self._lookup(f"{variable}_FILE")
         if not path:  # unset, or set to nothing
             return None, field_name, False
@@ -70,8 +75,14 @@ class FileSettingsSource(PydanticBaseSettingsSource):
             except SettingsFileError as e:
                 problems.append(str(e))
                 continue
-            if value is not None:
-                values[key] = self.prepare_field_value(field_name, field, value, is_complex)
+            if value is None:
+                continue
+            try:
+                decoder = self.decoder or self
+                values[key] = decoder.prepare_field_value(field_name, field, value, is_complex)
+            except ValueError:  # not JSON where JSON is needed; the content is never quoted
+                variable = self._variable(field_name)
+                problems.append(f"{variable}_FILE: the file does not hold {variable} as JSON")
         if problems:
             raise SettingsFileError("; ".join(problems))
         return values
