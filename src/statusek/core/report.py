@@ -113,14 +113,6 @@ class Distribution:
             self.buckets[i] += n
         self.samples = None
 
-    def merge(self, other: Distribution) -> None:
-        if other.count == 0:
-            return
-        samples = None if self.samples is None or other.samples is None else [*self.samples, *other.samples]
-        assert other.low is not None and other.high is not None
-        self.merge_histogram(other.count, other.total, other.low, other.high, other.buckets)
-        self.samples = samples
-
     def _extend(self, count: int, total: float, low: float, high: float) -> None:
         self.count += count
         self.total += total
@@ -248,7 +240,7 @@ def histogram(values: Iterable[float]) -> list[int]:
 def fold(timelines: Iterable[Timeline], slas: Slas) -> list[DailyRow]:
     """The daily aggregates of these instances (to be added to the stored ones), in key order.
 
-    Kept lean (plain tuples and lists): the purger runs it on the worker's event loop.
+    Kept lean (plain tuples and lists): the purger runs it for every batch, beside the worker's work.
     """
     samples: dict[tuple[str, int, date, FinishReason, str], list[float]] = {}
     breaches: dict[tuple[str, int, date, FinishReason, str], int] = {}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from uuid import UUID
@@ -69,8 +71,9 @@ async def report_inputs(
                 until,
             )
         ]
-        builder = Timelines()  # streamed: a range may hold many instances
-        async for r in conn.cursor(
+        # Streamed, and turned into timelines off the event loop: a range may hold many instances.
+        builder = Timelines()
+        cursor = await conn.cursor(
             f"SELECT {TIMELINE_COLUMNS}, e.status_name, e.occurred_at FROM instances i"
             " LEFT JOIN events e ON e.instance_token = i.token AND e.kind = 'status'"
             " WHERE i.object_name = $1 AND i.finished_at IS NOT NULL"
@@ -80,15 +83,20 @@ async def report_inputs(
             object_name,
             low,
             high,
-            prefetch=5000,
-        ):
-            builder.add(r)
+        )
+        while rows := await cursor.fetch(5000):
+            await asyncio.to_thread(_add_all, builder, rows)
         live = builder.finish()
         keys = {(object_name, r.key.model_version) for r in daily} | {
             (t.object_name, t.model_version) for t in live
         }
         by_version = await slas(conn, store.model_cache, keys)
     return ReportInputs(latest, daily, live, by_version)
+
+
+def _add_all(builder: Timelines, rows: Iterable[Mapping[str, object]]) -> None:
+    for row in rows:
+        builder.add(row)
 
 
 async def ping_summary(store: Store, token: UUID) -> list[PingSummary]:
