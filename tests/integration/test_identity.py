@@ -89,6 +89,7 @@ async def guarded(
             database_url=database_url,
             models_path=f"{models_path}:{folder / 'models'}",
             groups_path=str(groups),
+            global_status_writers=["reviewers"],
             log_level="WARNING",
             ops_port=0,
         )
@@ -226,3 +227,15 @@ async def test_a_command_without_user_id_is_anonymous(guarded: Guarded) -> None:
         await wire.close()
     assert refused["code"] == "NOT_ALLOWED" and "'anonymous'" in refused["message"]
     assert [e["actor"] for e in events["data"]["events"]] == ["anonymous"]
+
+
+async def test_global_status_writers_come_from_the_settings(
+    as_user: dict[str, Client], guarded: Guarded
+) -> None:
+    """STATUSEK_GLOBAL_STATUS_WRITERS=["reviewers"]: alice may set one, mallory gets NOT_ALLOWED."""
+    name = f"DEPLOYED {uuid.uuid4().hex[:6]}"
+    with pytest.raises(NotAllowed, match=guarded.mallory.name):
+        await as_user["mallory"].set_global_status(name)
+    await as_user["alice"].set_global_status(name, "v2")
+    page = await as_user["mallory"].get_global_events(status_name=name)
+    assert [(e["message"], e["actor"]) for e in page["events"]] == [("v2", guarded.alice.name)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 
 class Backoff:
@@ -11,8 +12,13 @@ class Backoff:
     def __init__(self, cap: float, first: float = 0.05):
         self.cap, self.first, self.delay = cap, first, first
 
-    async def wait(self) -> None:
-        await asyncio.sleep(self.delay)
+    async def wait(self, interrupt: asyncio.Event | None = None) -> None:
+        """Sleep the current delay, or less if `interrupt` is set meanwhile."""
+        if interrupt is None:
+            await asyncio.sleep(self.delay)
+        else:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(interrupt.wait(), self.delay)
         self.delay = min(self.cap, self.delay * 2)
 
     def reset(self) -> None:

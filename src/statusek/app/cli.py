@@ -14,7 +14,7 @@ import structlog
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
-from statusek.adapters.model_files import load_models, model_files
+from statusek.adapters.model_files import GroupsError, load_models, model_files
 from statusek.adapters.postgres.grants import GrantRefused, grant_worker
 from statusek.adapters.postgres.migrate import migrate
 from statusek.app import remote
@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     configure(settings.log_level, settings.log_format, _log_context(settings, args.command))
     try:
         code: int = args.func(settings, args)
-    except ModelError as e:
+    except (ModelError, GroupsError) as e:
         print(f"statusek: {e}", file=sys.stderr)
         return EXIT_FAILURE
     except StatusekError as e:

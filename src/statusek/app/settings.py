@@ -114,6 +114,12 @@ class Settings(BaseSettings):
         default=str(BUILTIN_MODELS),
         description="Model files or folders, ':'-separated; the shipped models by default.",
     )
+    global_status_writers: list[str] | None = Field(
+        default=None, description='Who may set global statuses, a JSON list: ["ops", "deployer"]; unset: all.'
+    )
+    groups_path: str | None = Field(
+        default=None, description="A YAML file `groups: {name: [user, ...]}` that writer lists may name."
+    )
 
     # Wire limits (SPEC section 4). Text limits are the contract's defaults.
     max_body_bytes: int = Field(default=64 * 1024, gt=0)

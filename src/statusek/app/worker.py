@@ -11,7 +11,7 @@ from typing import TypeVar
 
 import structlog
 
-from statusek.adapters.model_files import load_models
+from statusek.adapters.model_files import load_groups, load_models
 from statusek.adapters.postgres.migrate import ensure_current
 from statusek.adapters.postgres.store import DEADLINE_CHANNEL, OUTBOX_CHANNEL, Store
 from statusek.adapters.rabbitmq.broker import Broker, Consumer, Limits, Names
@@ -25,11 +25,16 @@ from statusek.app.queries import QueryHandler
 from statusek.app.relay import OutboxRelay
 from statusek.app.settings import Settings
 from statusek.app.sweeper import Sweeper
+from statusek.core.access import Writers
 from statusek.core.decide import Policy
 from statusek.core.errors import TransientError
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
+
+
+class StoppedWhileWaiting(Exception):
+    """A stop was requested while the worker still waited for a dependency at start."""
 
 
 class Worker:
@@ -59,6 +64,7 @@ class Worker:
             log.error("invalid model", error=str(error))
         if errors:
             raise errors[0]
+        self.groups = load_groups(s.groups_path)
         if s.ops_port:
             # First, so that probes see why the worker is not ready while it waits.
             self.ops = OpsServer(
@@ -100,6 +106,8 @@ class Worker:
             finally:
                 self._store = None
                 await store.close()
+        except StoppedWhileWaiting as e:
+            log.info("stopped before start: was waiting for a dependency", dependency=str(e))
         finally:
             if self.ops is not None:
                 await self.ops.close()
@@ -135,9 +143,14 @@ class Worker:
                 self.metrics.queue_messages.labels(queue=queue).set(ready)
 
     async def _until_available(self, what: str, connect: Callable[[], Awaitable[T]]) -> T:
-        """Wait for a dependency at start rather than dying: it may start after us."""
+        """Wait for a dependency at start rather than dying: it may start after us.
+
+        A stop requested meanwhile (SIGTERM) ends the wait with StoppedWhileWaiting.
+        """
         backoff = Backoff(self.settings.retry_backoff_max, first=0.5)
         while True:
+            if self._stop.is_set():
+                raise StoppedWhileWaiting(what)
             try:
                 result = await connect()
                 self._waiting.pop(what, None)
@@ -145,7 +158,7 @@ class Worker:
             except TransientError as e:
                 self._waiting[what] = str(e)
                 log.warning("waiting for dependency", dependency=what, error=str(e))
-                await backoff.wait()
+                await backoff.wait(interrupt=self._stop)
 
     async def _serve(self, store: Store, broker: Broker) -> None:
         s = self.settings
@@ -164,14 +177,20 @@ class Worker:
             broker,
             window=s.window,
             max_body_bytes=s.max_body_bytes,
-            policy=Policy(default_instance_timeout=s.default_instance_timeout),
+            policy=Policy(
+                default_instance_timeout=s.default_instance_timeout,
+                global_writers=Writers(tuple(s.global_status_writers)) if s.global_status_writers else None,
+            ),
             retry_cap=s.retry_backoff_max,
             on_deadline=sweeper.deadline_announced,
             on_committed=relay.wake,
             fault_hooks=s.fault_hooks,
             metrics=self.metrics,
+            groups=self.groups,
         )
-        queries = QueryHandler(store, broker, max_body_bytes=s.max_body_bytes, metrics=self.metrics)
+        queries = QueryHandler(
+            store, broker, max_body_bytes=s.max_body_bytes, metrics=self.metrics, groups=self.groups
+        )
 
         def on_notify(channel: str, payload: str) -> None:
             if channel == OUTBOX_CHANNEL:

@@ -1,0 +1,29 @@
+"""A worker waiting at start for a dependency still stops at once when asked."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from statusek.app.settings import Settings
+from statusek.app.worker import Worker
+
+pytestmark = pytest.mark.integration
+
+
+async def test_a_stop_ends_the_wait_for_postgres(settings: Settings) -> None:
+    """SIGTERM to a worker retrying an unreachable Postgres ends it within a second, not at the next retry."""
+    unreachable = settings.model_copy(
+        update={"database_url": "postgresql://postgres@127.0.0.1:1/statusek", "retry_backoff_max": 30.0}
+    )
+    worker = Worker(unreachable)
+    task = asyncio.create_task(worker.run())
+    # Let it fail a few times so its backoff has grown well past a second.
+    await asyncio.sleep(4)
+    assert not task.done()
+    asked = time.monotonic()
+    worker.request_stop()
+    await asyncio.wait_for(task, 5)
+    assert time.monotonic() - asked < 1.0
