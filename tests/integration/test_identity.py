@@ -19,6 +19,7 @@ from statusek.app.settings import Settings
 from statusek.client import Client, InstanceNotFound, NotAllowed
 from statusek.testing import Services, fresh_database, fresh_vhost, running_worker
 from tests.integration.wire import Wire
+from tests.log_secrets import password
 
 pytestmark = pytest.mark.integration
 
@@ -59,9 +60,9 @@ def parties(services: Services) -> Iterator[tuple[str, dict[str, Party]]]:
         made: dict[str, Party] = {}
         try:
             for role in ("author", "alice", "mallory"):
-                name, password = f"{role}-{suffix}", secrets.token_urlsafe(16)
-                services.rabbit.rabbitmqctl("add_user", name, password)
-                made[role] = Party(name, _as(admin_url, name, password))
+                name, secret = f"{role}-{suffix}", password(secrets.token_urlsafe(16))
+                services.rabbit.rabbitmqctl("add_user", name, secret)
+                made[role] = Party(name, _as(admin_url, name, secret))
                 services.rabbit.set_permissions(vhost, name)
             yield admin_url, made
         finally:

@@ -25,6 +25,7 @@ from statusek.adapters.postgres.migrate import SchemaNotReady, ensure_current, m
 from statusek.app.settings import Settings
 from statusek.client import Client
 from statusek.testing import Services, fresh_database, fresh_vhost, running_worker
+from tests.log_secrets import password
 
 pytestmark = pytest.mark.integration
 
@@ -61,7 +62,7 @@ async def database(services: Services) -> AsyncIterator[Database]:
     """A database made and migrated by an owner role (not a superuser), and a bare LOGIN role."""
     suffix = secrets.token_hex(4)
     owner, role = f"statusek_priv_owner_{suffix}", f"statusek_priv_worker_{suffix}"
-    owner_password, role_password = secrets.token_urlsafe(16), secrets.token_urlsafe(16)
+    owner_password, role_password = password(secrets.token_urlsafe(16)), password(secrets.token_urlsafe(16))
     await as_admin(services, f"CREATE ROLE {owner} LOGIN CREATEDB PASSWORD '{owner_password}'")
     try:
         await as_admin(services, f"CREATE ROLE {role} LOGIN PASSWORD '{role_password}'")

@@ -38,11 +38,12 @@ from tests.integration.tls import (
     postgres_with_tls,
     rabbitmq_with_tls,
 )
+from tests.log_secrets import password
 
 pytestmark = pytest.mark.integration
 
 TASK = "2-POINT LINE TASK"
-AMQP_PASSWORD = "amqp-password-" + secrets.token_hex(4)
+AMQP_PASSWORD = password("amqp-password-" + secrets.token_hex(4))
 VERIFY_FAILED = "TLS certificate verification failed"
 
 

@@ -22,6 +22,8 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.log_secrets import password
+
 RABBITMQ_BIN = Path("/usr/lib/rabbitmq/bin")  # the real scripts; /usr/sbin has su-wrappers
 POSTGRES_BIN = Path(os.environ.get("STATUSEK_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
 START_TIMEOUT = 90.0
@@ -282,7 +284,7 @@ class TlsPostgres:
 
 
 # Sent by nobody (the server trusts every TLS connection): it is there to prove it is never shown.
-PG_PASSWORD = "pg-password-" + secrets.token_hex(4)
+PG_PASSWORD = password("pg-password-" + secrets.token_hex(4))
 
 
 @contextmanager
