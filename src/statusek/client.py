@@ -105,6 +105,20 @@ def check_url(url: str) -> None:
         )
 
 
+def _url_from_environment() -> str:
+    """$STATUSEK_AMQP_URL, else the content of the file $STATUSEK_AMQP_URL_FILE (a mounted secret),
+    else the local broker."""
+    if url := os.environ.get("STATUSEK_AMQP_URL"):
+        return url
+    if path := os.environ.get("STATUSEK_AMQP_URL_FILE"):
+        try:
+            with open(path, encoding="utf-8") as secret:
+                return secret.read().rstrip("\r\n")
+        except OSError as e:
+            raise InvalidURL(f"STATUSEK_AMQP_URL_FILE: cannot read {path!r}: {e.strerror or e}") from None
+    return DEFAULT_URL
+
+
 def expiration_for(seconds: float) -> float:
     """How long a request may wait in its queue when its caller waits `seconds` for the answer.
 
@@ -204,14 +218,15 @@ class Client:
         queries_exchange: str = "statusek.queries",
         events_exchange: str = "statusek.events",
     ) -> Client:
-        """Connect to `url`, else $STATUSEK_AMQP_URL, else the local broker, within `timeout` seconds.
+        """Connect to `url`, else $STATUSEK_AMQP_URL (or $STATUSEK_AMQP_URL_FILE's file), else the
+        local broker, within `timeout` seconds.
 
         Raises InvalidURL for a URL that is not AMQP, TopologyNotFound when
         the vhost has no statusek exchanges, and BrokerUnreachable when the
         broker cannot be reached or refuses the login or the vhost.
         """
         client = cls(
-            url or os.environ.get("STATUSEK_AMQP_URL") or DEFAULT_URL,
+            url or _url_from_environment(),
             commands_exchange=commands_exchange,
             queries_exchange=queries_exchange,
             events_exchange=events_exchange,

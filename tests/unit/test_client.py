@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from statusek.app.cli import build_parser
-from statusek.client import check_url, expiration_for
+from statusek.client import _url_from_environment, check_url, expiration_for
 from statusek.exceptions import InvalidURL, NoAnswerError, StatusekClientError
 
 
@@ -77,3 +78,16 @@ def test_a_label_becomes_a_pair() -> None:
     """`--label k=v=w` splits at the first `=`."""
     args = build_parser().parse_args(["create", "X", "--label", "k=v=w", "--label", "e="])
     assert args.label == [("k", "v=w"), ("e", "")]
+
+
+def test_the_url_may_come_from_a_secret_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without STATUSEK_AMQP_URL, the file named by STATUSEK_AMQP_URL_FILE gives the URL."""
+    secret = tmp_path / "amqp-url"
+    secret.write_text("amqp://svc:s3cret-value@broker:5672/statusek\n")
+    monkeypatch.delenv("STATUSEK_AMQP_URL", raising=False)
+    monkeypatch.setenv("STATUSEK_AMQP_URL_FILE", str(secret))
+    assert _url_from_environment() == "amqp://svc:s3cret-value@broker:5672/statusek"
+    secret.unlink()
+    with pytest.raises(InvalidURL, match="STATUSEK_AMQP_URL_FILE: cannot read") as unreadable:
+        _url_from_environment()
+    assert "s3cret" not in str(unreadable.value)
