@@ -36,6 +36,7 @@ from statusek.core.report import RELATIVE_ERROR
 from statusek.exceptions import InstanceNotFound
 from statusek.testing import Services, fresh_database, fresh_vhost, running_worker
 from tests.integration.wire import Wire
+from tests.log_secrets import password
 
 pytestmark = pytest.mark.integration
 
@@ -320,7 +321,7 @@ async def roles(services: Services) -> AsyncIterator[Roles]:
     """A database made and migrated by an owner role, and a worker role granted by `migrate --grant`."""
     suffix = secrets.token_hex(4)
     owner, worker = f"statusek_ret_owner_{suffix}", f"statusek_ret_worker_{suffix}"
-    owner_password, worker_password = secrets.token_urlsafe(16), secrets.token_urlsafe(16)
+    owner_password, worker_password = password(secrets.token_urlsafe(16)), password(secrets.token_urlsafe(16))
     await _admin(services, f"CREATE ROLE {owner} LOGIN CREATEDB PASSWORD '{owner_password}'")
     await _admin(services, f"CREATE ROLE {worker} LOGIN PASSWORD '{worker_password}'")
     try:
