@@ -30,9 +30,14 @@ CREATE FUNCTION statusek_add_buckets(a bigint[], b bigint[]) RETURNS bigint[]
 $$;
 
 -- The purger walks finished instances of one object by age; reports read them by finish time.
-CREATE INDEX instances_finished ON instances (object_name, finished_at) WHERE finished_at IS NOT NULL;
+-- IF NOT EXISTS: on a large instances table, build it beforehand without blocking writes,
+--     CREATE INDEX CONCURRENTLY instances_finished ON instances (object_name, finished_at)
+--         WHERE finished_at IS NOT NULL;
+-- and this migration keeps it.
+CREATE INDEX IF NOT EXISTS instances_finished ON instances (object_name, finished_at)
+    WHERE finished_at IS NOT NULL;
 -- Notifications not yet sent keep their instance from being purged (and are looked up per batch).
-CREATE INDEX outbox_instance_token ON outbox (instance_token);
+CREATE INDEX IF NOT EXISTS outbox_instance_token ON outbox (instance_token);
 
 -- Events stay append-only: UPDATE and TRUNCATE are always refused, DELETE too unless the
 -- transaction-local flag statusek.purging is on, which only statusek_purge sets (for itself).
