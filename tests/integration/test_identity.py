@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import secrets
-import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -18,6 +16,7 @@ import pytest
 from statusek.app.settings import Settings
 from statusek.client import Client, InstanceNotFound, NotAllowed
 from statusek.testing import Services, fresh_database, fresh_vhost, running_worker
+from tests.integration.test_cli import statusek
 from tests.integration.wire import Wire
 from tests.log_secrets import password
 
@@ -187,15 +186,8 @@ async def test_statusek_show_names_the_actor(as_user: dict[str, Client], guarded
     """The CLI's event table has a BY column with the user."""
     token = await as_user["author"].create("DOCUMENT REVIEW")
     await as_user["alice"].set_status(token, "SUBMITTED")
-    # Not subprocess.run: the worker answering it runs in this event loop.
-    cli = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "statusek", "show", token,
-        env={**os.environ, "STATUSEK_AMQP_URL": guarded.mallory.url},
-        stdout=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, _ = await asyncio.wait_for(cli.communicate(), 60)
-    assert cli.returncode == 0
-    shown = out.decode()
+    env = {**os.environ, "STATUSEK_AMQP_URL": guarded.mallory.url}
+    shown = (await statusek(env, "show", token)).stdout
     header, *rows = shown.split("SEQ", 1)[1].splitlines()
     assert "BY" in header
     assert guarded.author.name in rows[0] and guarded.alice.name in rows[1], shown

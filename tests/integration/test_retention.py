@@ -13,7 +13,6 @@ import math
 import os
 import secrets
 import subprocess
-import sys
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator
@@ -35,6 +34,7 @@ from statusek.client import Client
 from statusek.core.report import RELATIVE_ERROR
 from statusek.exceptions import InstanceNotFound
 from statusek.testing import Services, fresh_database, fresh_vhost, running_worker
+from tests.integration.test_cli import statusek as run_cli
 from tests.integration.wire import Wire
 from tests.log_secrets import password
 
@@ -514,18 +514,7 @@ async def test_get_instance_summarises_pings_per_sender(client: Client, place: P
 
 async def statusek(place: Place, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "STATUSEK_AMQP_URL": place.amqp_url, "STATUSEK_MODELS_PATH": place.models_path}
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "statusek",
-        *args,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode is not None
-    return subprocess.CompletedProcess(args, process.returncode, out.decode(), err.decode())
+    return await run_cli(env, *args, timeout=60)
 
 
 async def test_show_prints_the_ping_summary(client: Client, place: Place) -> None:

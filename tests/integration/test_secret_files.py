@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-import sys
 import uuid
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from tests.integration.conftest import Cluster
+from tests.integration.test_cli import statusek as run_cli
 
 TASK = "2-POINT LINE TASK"
 
@@ -26,18 +25,8 @@ def from_files(env: dict[str, str], folder: Path) -> dict[str, str]:
 
 
 async def statusek(env: dict[str, str], *args: str) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "statusek",
-        *args,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
+    done = await run_cli(env, *args, timeout=60)
+    return done.returncode, done.stdout, done.stderr
 
 
 async def test_a_worker_and_the_cli_read_every_setting_from_files(cluster: Cluster, tmp_path: Path) -> None:
