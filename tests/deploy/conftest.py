@@ -135,12 +135,13 @@ class Stack:
     def containers(self, service: str) -> list[str]:
         return self.run("ps", "-q", service).split()
 
-    def inspect(self, container: str) -> dict[str, Any]:
-        data: list[dict[str, Any]] = json.loads(_run("docker", "inspect", container).stdout)
-        return data[0]
+    def inspect(self, container: str, part: str) -> Any:
+        """One part of `docker inspect` (`State`, `NetworkSettings`): never `Config`, whose
+        environment holds the URLs with their passwords (this output is under the password grep)."""
+        return json.loads(_run("docker", "inspect", "--format", f"{{{{json .{part}}}}}", container).stdout)
 
     def health(self, container: str) -> str:
-        state = self.inspect(container)["State"]
+        state = self.inspect(container, "State")
         return str(state.get("Health", {}).get("Status") or state["Status"])
 
     def wait_healthy(self, service: str, count: int, timeout: float = 180) -> list[str]:
@@ -174,7 +175,7 @@ class Stack:
             return json.load(response)
 
     def ip(self, container: str) -> set[str]:
-        networks = self.inspect(container)["NetworkSettings"]["Networks"].values()
+        networks = self.inspect(container, "NetworkSettings")["Networks"].values()
         return {n["IPAddress"] for n in networks if n.get("IPAddress")}
 
 

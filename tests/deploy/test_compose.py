@@ -133,7 +133,7 @@ async def test_sigkill_of_a_replica_under_load_loses_and_duplicates_nothing(stac
         duplicated = sum(r["n"] - 1 for r in rows)
         logged = Counter(str(r["instance_token"]) for r in rows)  # distinct (kind, status) per instance
         out_of_order = [t for t in tokens if not in_order(subscriber.notifications.get(t, []))]
-        state = stack.inspect(killed)
+        state = stack.inspect(killed, "State")
         survivor_log = [
             line for c in workers if c != killed for line in worker_log(c) if line.get("event") == "command"
         ]
@@ -148,8 +148,8 @@ async def test_sigkill_of_a_replica_under_load_loses_and_duplicates_nothing(stac
             "duplicated": duplicated,
             "out_of_order": len(out_of_order),
             "notifications": sum(len(subscriber.notifications.get(t, [])) for t in tokens),
-            "killed": state["Name"].lstrip("/"),
-            "killed_state": state["State"]["Status"],
+            "killed": str(stack.inspect(killed, "Name")).lstrip("/"),
+            "killed_state": state["Status"],
             # Deliveries the killed worker held, taken over by the survivor (already applied: by message_id).
             "redelivered": sum(bool(line.get("redelivered")) for line in survivor_log),
             "redelivered_already_applied": sum(bool(line.get("duplicate")) for line in survivor_log),
