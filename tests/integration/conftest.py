@@ -2,20 +2,24 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import asyncpg
 import pytest
 
+from statusek.adapters.postgres.grants import grant_worker
 from statusek.adapters.rabbitmq.broker import Broker, Names
 from statusek.app.settings import Settings
 from statusek.app.worker import Worker
 from statusek.testing import RabbitAdmin, Services, fresh_database, fresh_vhost, running_worker
 from tests.integration.wire import Wire
+from tests.log_secrets import password, with_credentials
 
 pytestmark = pytest.mark.integration
 
@@ -154,3 +158,65 @@ async def cluster_db(cluster: Cluster) -> AsyncIterator[asyncpg.Connection]:
     conn = await asyncpg.connect(cluster.env["STATUSEK_DATABASE_URL"])
     yield conn
     await conn.close()
+
+
+# --- an owner role and a worker role of their own (least-privilege and retention tests) ---
+
+
+@dataclass(frozen=True)
+class Database:
+    owner_url: str  # as the owner role, who made the database and migrated it
+    role: str
+    role_url: str  # as the worker's role (LOGIN, password), granted nothing yet unless `granted`
+
+
+async def as_admin(services: Services, statement: str, database: str | None = None) -> None:
+    url = services.database_url
+    if database is not None:
+        url = urlunsplit(urlsplit(url)._replace(path="/" + database))
+    admin = await asyncpg.connect(url)
+    try:
+        await admin.execute(statement)
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+async def database(services: Services) -> AsyncIterator[Database]:
+    """A database made and migrated by an owner role (not a superuser), and a bare LOGIN role."""
+    suffix = secrets.token_hex(4)
+    owner, role = f"statusek_priv_owner_{suffix}", f"statusek_priv_worker_{suffix}"
+    owner_password, role_password = password(secrets.token_urlsafe(16)), password(secrets.token_urlsafe(16))
+    await as_admin(services, f"CREATE ROLE {owner} LOGIN CREATEDB PASSWORD '{owner_password}'")
+    try:
+        await as_admin(services, f"CREATE ROLE {role} LOGIN PASSWORD '{role_password}'")
+        try:
+            async with fresh_database(
+                with_credentials(services.database_url, owner, owner_password)
+            ) as owner_url:
+                try:
+                    yield Database(owner_url, role, with_credentials(owner_url, role, role_password))
+                finally:
+                    name = urlsplit(owner_url).path[1:]
+                    await as_admin(services, f"DROP OWNED BY {role}", database=name)
+        finally:
+            await as_admin(services, f"DROP ROLE IF EXISTS {role}")
+    finally:
+        # fresh_database leaves its database behind when migrating fails; the owner's go with it.
+        admin = await asyncpg.connect(services.database_url)
+        try:
+            for row in await admin.fetch(
+                "SELECT datname FROM pg_database WHERE pg_get_userbyid(datdba) = $1",
+                owner,
+            ):
+                await admin.execute(f'DROP DATABASE IF EXISTS "{row["datname"]}" WITH (FORCE)')
+            await admin.execute(f"DROP ROLE IF EXISTS {owner}")
+        finally:
+            await admin.close()
+
+
+@pytest.fixture
+async def granted(database: Database) -> Database:
+    """The database after `statusek migrate --grant ROLE` (the function)."""
+    await grant_worker(database.owner_url, database.role)
+    return database

@@ -8,7 +8,7 @@ import secrets
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from urllib.parse import quote, unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
 import aio_pika
 import pytest
@@ -18,7 +18,7 @@ from statusek.client import Client, InstanceNotFound, NotAllowed
 from statusek.testing import Services, fresh_database, fresh_vhost, running_worker
 from tests.integration.test_cli import statusek
 from tests.integration.wire import Wire
-from tests.log_secrets import password
+from tests.log_secrets import password, with_credentials
 
 pytestmark = pytest.mark.integration
 
@@ -61,7 +61,7 @@ def parties(services: Services) -> Iterator[tuple[str, dict[str, Party]]]:
             for role in ("author", "alice", "mallory"):
                 name, secret = f"{role}-{suffix}", password(secrets.token_urlsafe(16))
                 services.rabbit.rabbitmqctl("add_user", name, secret)
-                made[role] = Party(name, _as(admin_url, name, secret))
+                made[role] = Party(name, with_credentials(admin_url, name, secret))
                 services.rabbit.set_permissions(vhost, name)
             yield admin_url, made
         finally:
@@ -105,12 +105,6 @@ async def as_user(guarded: Guarded) -> AsyncIterator[dict[str, Client]]:
     yield clients
     for client in clients.values():
         await client.close()
-
-
-def _as(url: str, user: str, password: str) -> str:
-    parts = urlsplit(url)
-    netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{parts.hostname}:{parts.port or 5672}"
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 async def test_a_forged_user_id_is_refused_by_the_broker(

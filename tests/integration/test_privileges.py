@@ -13,9 +13,8 @@ import secrets
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -24,76 +23,13 @@ from statusek.adapters.postgres.grants import grant_worker
 from statusek.adapters.postgres.migrate import SchemaNotReady, ensure_current, migrations
 from statusek.app.settings import Settings
 from statusek.client import Client
-from statusek.testing import Services, fresh_database, fresh_vhost, running_worker
-from tests.log_secrets import password
+from statusek.testing import Services, fresh_vhost, running_worker
+from tests.integration.conftest import Database
 
 pytestmark = pytest.mark.integration
 
 STATUSEK = Path(sys.executable).with_name("statusek")  # .venv/bin/statusek
 LAST_MIGRATION = migrations()[-1][0]
-
-
-@dataclass(frozen=True)
-class Database:
-    owner_url: str  # as the owner role, who made the database and migrated it
-    role: str
-    role_url: str  # as the worker's role (LOGIN, password), granted nothing yet unless `granted`
-
-
-def as_role(url: str, role: str, password: str) -> str:
-    parts = urlsplit(url)
-    netloc = f"{quote(role, safe='')}:{quote(password, safe='')}@{parts.hostname}"
-    return urlunsplit(parts._replace(netloc=f"{netloc}:{parts.port}" if parts.port else netloc))
-
-
-async def as_admin(services: Services, statement: str, database: str | None = None) -> None:
-    url = services.database_url
-    if database is not None:
-        url = urlunsplit(urlsplit(url)._replace(path="/" + database))
-    admin = await asyncpg.connect(url)
-    try:
-        await admin.execute(statement)
-    finally:
-        await admin.close()
-
-
-@pytest.fixture
-async def database(services: Services) -> AsyncIterator[Database]:
-    """A database made and migrated by an owner role (not a superuser), and a bare LOGIN role."""
-    suffix = secrets.token_hex(4)
-    owner, role = f"statusek_priv_owner_{suffix}", f"statusek_priv_worker_{suffix}"
-    owner_password, role_password = password(secrets.token_urlsafe(16)), password(secrets.token_urlsafe(16))
-    await as_admin(services, f"CREATE ROLE {owner} LOGIN CREATEDB PASSWORD '{owner_password}'")
-    try:
-        await as_admin(services, f"CREATE ROLE {role} LOGIN PASSWORD '{role_password}'")
-        try:
-            async with fresh_database(as_role(services.database_url, owner, owner_password)) as owner_url:
-                try:
-                    yield Database(owner_url, role, as_role(owner_url, role, role_password))
-                finally:
-                    name = urlsplit(owner_url).path[1:]
-                    await as_admin(services, f"DROP OWNED BY {role}", database=name)
-        finally:
-            await as_admin(services, f"DROP ROLE IF EXISTS {role}")
-    finally:
-        # fresh_database leaves its database behind when migrating fails; the owner's go with it.
-        admin = await asyncpg.connect(services.database_url)
-        try:
-            for row in await admin.fetch(
-                "SELECT datname FROM pg_database WHERE pg_get_userbyid(datdba) = $1",
-                owner,
-            ):
-                await admin.execute(f'DROP DATABASE IF EXISTS "{row["datname"]}" WITH (FORCE)')
-            await admin.execute(f"DROP ROLE IF EXISTS {owner}")
-        finally:
-            await admin.close()
-
-
-@pytest.fixture
-async def granted(database: Database) -> Database:
-    """The database after `statusek migrate --grant ROLE` (the function)."""
-    await grant_worker(database.owner_url, database.role)
-    return database
 
 
 @pytest.fixture

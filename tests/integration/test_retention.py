@@ -11,7 +11,6 @@ import asyncio
 import json
 import math
 import os
-import secrets
 import subprocess
 import uuid
 from collections import defaultdict
@@ -20,12 +19,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit, urlunsplit
 
 import asyncpg
 import pytest
 
-from statusek.adapters.postgres.grants import grant_worker
 from statusek.adapters.postgres.retention import PURGE_LOCK, purge_batch
 from statusek.adapters.postgres.store import RELAY_LOCK, Store, outbox_partition
 from statusek.app.purger import Purger
@@ -34,9 +31,9 @@ from statusek.client import Client
 from statusek.core.report import RELATIVE_ERROR
 from statusek.exceptions import InstanceNotFound
 from statusek.testing import Services, fresh_database, fresh_vhost, running_worker
+from tests.integration.conftest import Database
 from tests.integration.test_cli import statusek as run_cli
 from tests.integration.wire import Wire
-from tests.log_secrets import password
 
 pytestmark = pytest.mark.integration
 
@@ -299,41 +296,10 @@ class Roles:
     worker_url: str
 
 
-def _as(url: str, role: str, password: str) -> str:
-    parts = urlsplit(url)
-    netloc = f"{quote(role, safe='')}:{quote(password, safe='')}@{parts.hostname}"
-    return urlunsplit(parts._replace(netloc=f"{netloc}:{parts.port}" if parts.port else netloc))
-
-
-async def _admin(services: Services, statement: str, database: str | None = None) -> None:
-    url = services.database_url
-    if database:
-        url = urlunsplit(urlsplit(url)._replace(path="/" + database))
-    conn = await asyncpg.connect(url)
-    try:
-        await conn.execute(statement)
-    finally:
-        await conn.close()
-
-
 @pytest.fixture
-async def roles(services: Services) -> AsyncIterator[Roles]:
+async def roles(granted: Database) -> Roles:
     """A database made and migrated by an owner role, and a worker role granted by `migrate --grant`."""
-    suffix = secrets.token_hex(4)
-    owner, worker = f"statusek_ret_owner_{suffix}", f"statusek_ret_worker_{suffix}"
-    owner_password, worker_password = password(secrets.token_urlsafe(16)), password(secrets.token_urlsafe(16))
-    await _admin(services, f"CREATE ROLE {owner} LOGIN CREATEDB PASSWORD '{owner_password}'")
-    await _admin(services, f"CREATE ROLE {worker} LOGIN PASSWORD '{worker_password}'")
-    try:
-        async with fresh_database(_as(services.database_url, owner, owner_password)) as owner_url:
-            await grant_worker(owner_url, worker)
-            try:
-                yield Roles(owner_url, _as(owner_url, worker, worker_password))
-            finally:
-                await _admin(services, f"DROP OWNED BY {worker}", database=urlsplit(owner_url).path[1:])
-    finally:
-        await _admin(services, f"DROP ROLE IF EXISTS {worker}")
-        await _admin(services, f"DROP ROLE IF EXISTS {owner}")
+    return Roles(granted.owner_url, granted.role_url)
 
 
 async def seed_finished(conn: asyncpg.Connection, token: uuid.UUID) -> None:
