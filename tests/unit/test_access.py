@@ -9,7 +9,7 @@ import pytest
 
 from statusek.core.access import Sender, Writers, parse_groups
 from statusek.core.codes import Code
-from statusek.core.decide import decide
+from statusek.core.decide import Decision, decide
 from statusek.core.instance import EventKind, InstanceState, expire
 from statusek.core.messages import Cancel, Create, Ping, SetStatus, StatusQuery
 from statusek.core.model import ModelError, StatusModel, check_model, parse_model
@@ -45,22 +45,26 @@ def created(model: StatusModel, user: str | None = "author-service") -> Instance
     return decision.state
 
 
-def set_status(model: StatusModel, state: InstanceState, name: str, user: str | None) -> tuple[Code, str]:
+def setting(model: StatusModel, state: InstanceState, name: str, user: str | None) -> Decision:
     command = SetStatus(instance_token=state.token, status_name=name)
-    models = {model.object_name: model}
-    reply = decide(command, state, models, T0, new_token=uuid4(), sender=sender(user)).reply
+    return decide(command, state, {model.object_name: model}, T0, new_token=uuid4(), sender=sender(user))
+
+
+def set_status(model: StatusModel, state: InstanceState, name: str, user: str | None) -> tuple[Code, str]:
+    reply = setting(model, state, name, user).reply
     return Code(reply.code), reply.message
+
+
+def submitted(by: str = "author-service") -> InstanceState:
+    """A REVIEW instance with SUBMITTED set by `by`."""
+    state = setting(REVIEW, created(REVIEW), "SUBMITTED", by).state
+    assert state is not None
+    return state
 
 
 def test_a_group_member_may_set_a_status_reserved_to_the_group() -> None:
     """alice is a reviewer, so she may approve."""
-    state = created(REVIEW)
-    state = decide(
-        SetStatus(instance_token=state.token, status_name="SUBMITTED"), state, {"REVIEW": REVIEW}, T0,
-        new_token=uuid4(), sender=sender("author-service"),
-    ).state  # fmt: skip
-    assert state is not None
-    assert set_status(REVIEW, state, "APPROVED", "alice")[0] is Code.SUCCESS
+    assert set_status(REVIEW, submitted(), "APPROVED", "alice")[0] is Code.SUCCESS
 
 
 def test_a_user_outside_the_writers_gets_not_allowed_naming_user_and_status() -> None:
@@ -127,11 +131,7 @@ def test_events_record_their_actor_and_deadlines_record_none() -> None:
 
 def test_notifications_carry_the_actor() -> None:
     """status-changed and instance-finished name the user that caused them."""
-    state = created(REVIEW)
-    decision = decide(
-        SetStatus(instance_token=state.token, status_name="SUBMITTED"), state, {"REVIEW": REVIEW}, T0,
-        new_token=uuid4(), sender=sender("bob"),
-    )  # fmt: skip
+    decision = setting(REVIEW, created(REVIEW), "SUBMITTED", "bob")
     assert decision.state is not None
     notification = notification_for(decision.events[0], decision.state)
     assert notification is not None and notification.body["actor"] == "bob"
@@ -139,12 +139,7 @@ def test_notifications_carry_the_actor() -> None:
 
 def test_is_ready_answers_for_the_asking_user() -> None:
     """APPROVED after SUBMITTED is ready for alice and NOT_ALLOWED for the author."""
-    state = created(REVIEW)
-    state = decide(
-        SetStatus(instance_token=state.token, status_name="SUBMITTED"), state, {"REVIEW": REVIEW}, T0,
-        new_token=uuid4(), sender=sender("author-service"),
-    ).state  # fmt: skip
-    assert state is not None
+    state = submitted()
     query = StatusQuery(instance_token=state.token, status_name="APPROVED")
     for user, ready, code in (("alice", True, "SUCCESS"), ("author-service", False, "NOT_ALLOWED")):
         data = answer("is-ready", query, state, REVIEW, [], T0, sender(user)).data

@@ -173,9 +173,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="then give ROLE exactly the worker's privileges (grants.sql); repeatable or comma-separated",
     )
     migrate_parser.set_defaults(func=cmd_migrate)
-    sub.add_parser("worker", help="migrate, then run the worker until SIGTERM/SIGINT").set_defaults(
-        func=cmd_worker
-    )
+    sub.add_parser(
+        "worker",
+        help="run the worker until SIGTERM/SIGINT (migrating a schema found behind, unless "
+        "STATUSEK_MIGRATE_ON_START=false)",
+    ).set_defaults(func=cmd_worker)
     sub.add_parser(
         "gateway",
         help="serve the original Statusek's REST API on STATUSEK_HTTP_PORT until SIGTERM/SIGINT",
