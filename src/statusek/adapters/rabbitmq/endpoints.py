@@ -1,0 +1,101 @@
+"""Several broker addresses: STATUSEK_AMQP_URL as a comma-separated list, and failing over between them.
+
+    amqp://u:p@rabbit-1:5672/v,amqp://u:p@rabbit-2:5672/v,amqp://u:p@rabbit-3:5672/v
+
+A connection is made to the first address that answers, trying them in turn from
+an offset that moves on with every attempt and starts at random in each process,
+so that replicas spread over the nodes of a cluster and a dead node is skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import AbstractConnection
+
+from statusek.redact import mask_url
+
+VARIABLE = "STATUSEK_AMQP_URL"
+
+# Where the next connect_first starts in its list: random per process, one further on every call.
+_offsets = itertools.count(random.randrange(1 << 16))
+
+
+def split_urls(value: str, *, variable: str = VARIABLE) -> list[str]:
+    """The AMQP URLs of a comma-separated list, spaces around commas ignored.
+
+    Raises ValueError naming `variable` when the list or an entry of it is empty
+    (`a,,b`, a trailing comma); the message never holds a password.
+    """
+    urls = [part.strip() for part in value.split(",")]
+    if not any(urls):
+        raise ValueError(f"{variable} is empty: give an AMQP URL, or several separated by commas")
+    empty = [str(i + 1) for i, url in enumerate(urls) if not url]
+    if empty:
+        raise ValueError(
+            f"{variable} has an empty entry (number {', '.join(empty)} of {len(urls)}) in "
+            f"{mask_url(value)!r}: separate AMQP URLs by single commas"
+        )
+    return urls
+
+
+class NoBrokerReachable(ConnectionError):
+    """None of several addresses opened a connection: says which were tried and why each failed.
+
+    The last attempt's error is the cause (`__cause__`); every password is masked.
+    """
+
+    def __init__(self, attempts: Sequence[tuple[str, BaseException]]):
+        # Imported here: broker.py imports this module.
+        from statusek.adapters.rabbitmq.broker import describe
+
+        self.attempts = list(attempts)
+        self.urls = [url for url, _ in self.attempts]
+        tried = "; ".join(f"{mask_url(url)}: {describe(e, url)}" for url, e in self.attempts)
+        super().__init__(f"no broker address of {len(self.attempts)} answered ({tried})")
+
+
+def rotated(urls: Sequence[str], start: int) -> list[str]:
+    """`urls` from index `start` (modulo their number) round to the one before it."""
+    if not urls:
+        return []
+    start %= len(urls)
+    return [*urls[start:], *urls[:start]]
+
+
+async def connect_first(
+    urls: Sequence[str],
+    *,
+    timeout: float,
+    client_properties: dict[str, Any],
+    start: int | None = None,
+) -> tuple[AbstractConnection, str]:
+    """The first connection that opens, trying `urls` in turn, and the URL it was made to.
+
+    Each attempt is bounded by `timeout` seconds. The first address tried is the
+    one at `start`, by default the process's rotating offset. When every address
+    fails: with one address, its error as it was raised (callers describe it
+    against that URL); with several, NoBrokerReachable naming each one.
+    """
+    if not urls:
+        raise ValueError("no broker address to connect to")
+    order = rotated(urls, next(_offsets) if start is None else start)
+    attempts: list[tuple[str, BaseException]] = []
+    for url in order:
+        try:
+            connection = await asyncio.wait_for(
+                aio_pika.connect(url, client_properties=client_properties), timeout
+            )
+        except Exception as e:  # any failure of this address: try the next one
+            attempts.append((url, e))
+            continue
+        return connection, url
+    last = attempts[-1][1]
+    if len(attempts) == 1:
+        raise last
+    raise NoBrokerReachable(attempts) from last
