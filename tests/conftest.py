@@ -125,7 +125,13 @@ def worker_env(amqp_url: str, database_url: str, models_path: str) -> dict[str, 
         "STATUSEK_LOG_FORMAT": "json",
         # Many workers share this host in tests; ops tests give theirs a free port.
         "STATUSEK_OPS_PORT": "0",
+        "STATUSEK_COMMAND_PARTITIONS": str(command_partitions()),
     }
+
+
+def command_partitions() -> int:
+    """The partition count every worker of this session runs with (STATUSEK_TEST_COMMAND_PARTITIONS)."""
+    return int(os.environ.get("STATUSEK_TEST_COMMAND_PARTITIONS", "1"))
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

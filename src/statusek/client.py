@@ -40,7 +40,9 @@ import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange, AbstractIncomingMessage
 
 from statusek.adapters.rabbitmq.broker import describe
+from statusek.adapters.rabbitmq.endpoints import NoBrokerReachable, connect_first, split_urls
 from statusek.core.messages import MAX_EVENTS_PAGE
+from statusek.core.partitions import routing_headers
 from statusek.exceptions import (
     BrokerUnreachable,
     InstanceFinishedError,
@@ -103,6 +105,29 @@ def check_url(url: str) -> None:
         raise InvalidURL(
             f"{mask_url(url)!r} is not an AMQP URL: expected amqp://user:password@host:5672/vhost"
         )
+
+
+def check_urls(value: str) -> list[str]:
+    """The URLs of a comma-separated list (one URL is a list of one), each checked by `check_url`.
+
+    Raises InvalidURL for an empty entry, a URL that is not AMQP, or URLs that
+    differ in user or vhost: they must be addresses of the same broker cluster.
+    """
+    try:
+        urls = split_urls(value, variable="the AMQP URL")
+    except ValueError as e:
+        raise InvalidURL(str(e)) from None
+    for url in urls:
+        check_url(url)
+    first = urlsplit(urls[0])
+    for url in urls[1:]:
+        parts = urlsplit(url)
+        if (parts.username, parts.path.rstrip("/")) != (first.username, first.path.rstrip("/")):
+            raise InvalidURL(
+                f"{mask_url(url)!r} and {mask_url(urls[0])!r} differ in user or vhost: "
+                "the URLs of a list are addresses of one broker cluster"
+            )
+    return urls
 
 
 def _url_from_environment() -> str:
@@ -186,11 +211,12 @@ class Client:
         reconnect_max_delay: float = 2,
         name: str | None = None,
     ):
-        check_url(url)
-        self.url = url
+        # Several addresses (comma-separated): each link is made to the first of them that answers.
+        self.urls = check_urls(url)
+        self.url = self.urls[0]  # the address of the current link, else the first
         # Sent as user_id on every request: RabbitMQ checks it is the connection's user, and the
         # worker records it as the actor and judges the model's writer lists by it.
-        self.user = unquote(urlsplit(url).username or "guest")
+        self.user = unquote(urlsplit(self.url).username or "guest")
         self.name = name or f"statusek client {socket.gethostname()}:{os.getpid()}"
         self._commands = commands_exchange
         self._queries = queries_exchange
@@ -646,6 +672,7 @@ class Client:
                     raise NoAnswerError(routing_key, timeout, self.vhost)
                 message = aio_pika.Message(
                     payload,
+                    headers=dict[str, Any](routing_headers(body)),
                     content_type="application/json",
                     correlation_id=correlation_id,
                     message_id=message_id,
@@ -737,9 +764,13 @@ class Client:
         """A new link with the reply consumer (and the notification queue, if wanted)."""
         try:
             async with asyncio.timeout(timeout):
-                connection = await aio_pika.connect(
-                    self.url, client_properties={"connection_name": self.name}
+                # Each address gets its share of the time; a refused one costs nothing.
+                connection, url = await connect_first(
+                    self.urls,
+                    timeout=timeout / len(self.urls),
+                    client_properties={"connection_name": self.name},
                 )
+                self.url = url
                 try:
                     lost = asyncio.Event()
                     connection.close_callbacks.add(lambda *_: lost.set())
@@ -754,6 +785,9 @@ class Client:
                     with contextlib.suppress(Exception):
                         await connection.close()
                     raise
+        except NoBrokerReachable as e:  # several addresses: it names each (passwords masked)
+            self.last_error = str(e)
+            raise BrokerUnreachable(f"cannot reach RabbitMQ: {e}") from e
         except _LINK_ERRORS_OR_TIMEOUT as e:
             self.last_error = describe(e, self.url)
             raise BrokerUnreachable(

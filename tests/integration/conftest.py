@@ -18,6 +18,7 @@ from statusek.adapters.rabbitmq.broker import Broker, Names
 from statusek.app.settings import Settings
 from statusek.app.worker import Worker
 from statusek.testing import RabbitAdmin, Services, fresh_database, fresh_vhost, running_worker
+from tests.conftest import command_partitions
 from tests.integration.wire import Wire
 from tests.log_secrets import password, with_credentials
 
@@ -33,6 +34,7 @@ def settings(amqp_url: str, database_url: str, models_path: str) -> Settings:
         sweep_max_sleep=2.0,
         log_level="WARNING",
         ops_port=0,
+        command_partitions=command_partitions(),
     )
 
 
@@ -96,8 +98,20 @@ class Cluster:
             await asyncio.sleep(0.1)
 
     def queue_depths(self) -> dict[str, tuple[int, int]]:
-        """Queue name -> (ready, unacked), from the broker itself."""
-        return self.rabbit.list_queues(self.vhost)
+        """Queue name -> (ready, unacked), from the broker itself.
+
+        The command partitions are summed under `statusek.commands`, so a test
+        reads the same with one partition or several.
+        """
+        depths = self.rabbit.list_queues(self.vhost)
+        partitions = [d for name, d in depths.items() if name.startswith("statusek.commands.")]
+        if partitions and "statusek.commands" in depths:
+            ready, unacked = depths["statusek.commands"]
+            depths["statusek.commands"] = (
+                ready + sum(r for r, _ in partitions),
+                unacked + sum(u for _, u in partitions),
+            )
+        return depths
 
     def log_lines(self) -> list[dict[str, object]]:
         lines = []
@@ -129,7 +143,7 @@ async def cluster(
     """A vhost and a database of their own (the session's user and role's); the test starts the workers."""
     async with fresh_database(database_owner_url) as db_url:
         with fresh_vhost(amqp_user_url, admin=services.rabbit) as url:
-            broker = await Broker.connect(url, Names())
+            broker = await Broker.connect(url, Names(partitions=command_partitions()))
             try:
                 await broker.declare()
             finally:

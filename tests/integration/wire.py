@@ -11,6 +11,8 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 
+from statusek.core.partitions import routing_headers
+
 
 class Wire:
     def __init__(self, connection: aio_pika.abc.AbstractConnection, channel: aio_pika.abc.AbstractChannel):
@@ -61,6 +63,9 @@ class Wire:
         """Publish with confirms; returns the correlation id to await the reply by."""
         correlation_id = uuid.uuid4().hex
         payload = body if isinstance(body, bytes) else json.dumps(body).encode()
+        if isinstance(body, dict):
+            # The README's rule for several partitions, as a careful publisher follows it.
+            properties.setdefault("headers", routing_headers(body))
         if reply:
             properties.setdefault("reply_to", self.reply_queue)
             properties.setdefault("correlation_id", correlation_id)

@@ -128,6 +128,14 @@ class Settings(BaseSettings):
     prefetch: int = Field(default=512, gt=0)
     window: int = Field(default=256, gt=0)
     query_concurrency: int = Field(default=32, gt=0)
+    # README "Partitions": more than one needs the rabbitmq_consistent_hash_exchange plugin, and
+    # publishers that set the instance_token header to keep per-instance order.
+    command_partitions: int = Field(
+        default=1, ge=1, le=256, description="Command queues that replicas apply in parallel."
+    )
+    rebalance_every: float = Field(
+        default=2.0, gt=0, description="Seconds between two hand-overs of one partition by a replica."
+    )
     db_pool_size: int = Field(default=10, ge=4)
 
     default_instance_timeout: float | None = Field(

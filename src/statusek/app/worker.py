@@ -12,6 +12,7 @@ from typing import TypeVar
 import structlog
 
 from statusek.adapters.model_files import load_groups, load_models
+from statusek.adapters.postgres.membership import hold_membership, new_member_key
 from statusek.adapters.postgres.migrate import ensure_current
 from statusek.adapters.postgres.store import DEADLINE_CHANNEL, OUTBOX_CHANNEL, Store
 from statusek.adapters.rabbitmq.broker import Broker, Consumer, Limits, Names
@@ -19,6 +20,7 @@ from statusek.app.backoff import Backoff
 from statusek.app.identity import Identity
 from statusek.app.metrics import Metrics
 from statusek.app.ops import OpsServer
+from statusek.app.partitions import Partitions
 from statusek.app.pipeline import CommandPipeline
 from statusek.app.purger import Purger
 from statusek.app.queries import QueryHandler
@@ -40,10 +42,9 @@ class StoppedWhileWaiting(Exception):
 class Worker:
     def __init__(self, settings: Settings, names: Names | None = None):
         self.settings = settings
-        self.names = names or Names()
+        self.names = names or Names(partitions=settings.command_partitions)
         self._stop = asyncio.Event()
         self.started = asyncio.Event()
-        self._commands_consumer: Consumer | None = None
         self._queries_consumer: Consumer | None = None
         self.identity = Identity.current("worker")
         self.metrics = Metrics()
@@ -172,22 +173,37 @@ class Worker:
             retry_cap=s.retry_backoff_max,
             on_committed=relay.wake,
         )
-        pipeline = CommandPipeline(
-            store,
-            broker,
-            window=s.window,
-            max_body_bytes=s.max_body_bytes,
-            policy=Policy(
-                default_instance_timeout=s.default_instance_timeout,
-                global_writers=Writers(tuple(s.global_status_writers)) if s.global_status_writers else None,
-            ),
-            retry_cap=s.retry_backoff_max,
-            on_deadline=sweeper.deadline_announced,
-            on_committed=relay.wake,
-            fault_hooks=s.fault_hooks,
-            metrics=self.metrics,
-            groups=self.groups,
+
+        def make_pipeline() -> CommandPipeline:
+            return CommandPipeline(
+                store,
+                broker,
+                window=s.window,
+                max_body_bytes=s.max_body_bytes,
+                policy=policy,
+                retry_cap=s.retry_backoff_max,
+                on_deadline=sweeper.deadline_announced,
+                on_committed=relay.wake,
+                fault_hooks=s.fault_hooks,
+                metrics=self.metrics,
+                groups=self.groups,
+            )
+
+        policy = Policy(
+            default_instance_timeout=s.default_instance_timeout,
+            global_writers=Writers(tuple(s.global_status_writers)) if s.global_status_writers else None,
         )
+        member_key = new_member_key()
+        partitions = Partitions(
+            self.names.command_queues,
+            broker,
+            prefetch=s.prefetch,
+            make_pipeline=make_pipeline,
+            member_key=member_key,
+            rebalance_every=s.rebalance_every,
+            drain_timeout=s.shutdown_timeout,
+        )
+        self.partitions = partitions
         queries = QueryHandler(
             store, broker, max_body_bytes=s.max_body_bytes, metrics=self.metrics, groups=self.groups
         )
@@ -209,10 +225,8 @@ class Worker:
             relay.wake()
             sweeper.wake()
 
-        pipeline_task = asyncio.create_task(pipeline.run(), name="pipeline")
         sweeper_task = asyncio.create_task(sweeper.run(), name="sweeper")
         tasks = [
-            pipeline_task,
             sweeper_task,
             asyncio.create_task(relay.run(), name="relay"),
             asyncio.create_task(
@@ -234,7 +248,21 @@ class Worker:
                 name="purger",
             ),
         ]
-        consuming = asyncio.create_task(self._consume(broker, pipeline, queries), name="consumer")
+        if len(partitions.slots) > 1:
+            # One partition needs no balance: every replica stands in the same line.
+            tasks.append(
+                asyncio.create_task(
+                    hold_membership(
+                        s.database_url,
+                        member_key,
+                        partitions.members_changed,
+                        every=s.rebalance_every,
+                        retry_cap=s.retry_backoff_max,
+                    ),
+                    name="membership",
+                )
+            )
+        consuming = asyncio.create_task(self._consume(broker, partitions, queries), name="consumer")
         stop_wait = asyncio.create_task(self._stop.wait())
         done, _ = await asyncio.wait([stop_wait, consuming, *tasks], return_when=asyncio.FIRST_COMPLETED)
         for task in done:
@@ -249,19 +277,17 @@ class Worker:
         if self._queries_consumer is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._queries_consumer.cancel(), 2)
-        pipeline.stop()
+        partitions.stop()
         sweeper.stop()
         try:
+            # Each partition finishes its window, then its held but unprocessed commands
+            # return to the head of its queue, in order, for the next consumer in line.
             await asyncio.wait_for(
-                asyncio.gather(pipeline_task, sweeper_task, queries.drain()), timeout=s.shutdown_timeout
+                asyncio.gather(partitions.release_all(), sweeper_task, queries.drain()),
+                timeout=s.shutdown_timeout + 3,
             )
         except TimeoutError:
             log.warning("shutdown timeout: unfinished deliveries go back to the queue")
-        # Held but unprocessed commands return to the head of the queue, in order,
-        # before the next active consumer takes over (see CommandPipeline.stop).
-        if self._commands_consumer is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._commands_consumer.close(), 2)
         self.metrics.active_consumer.set(0)
         relay.stop()
         with contextlib.suppress(Exception):
@@ -270,10 +296,14 @@ class Worker:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         log.info(
-            "worker stopped", applied=pipeline.applied, swept=sweeper.finished, published=relay.published
+            "worker stopped",
+            applied=partitions.applied,
+            swept=sweeper.finished,
+            published=relay.published,
+            handovers=partitions.handovers,
         )
 
-    async def _consume(self, broker: Broker, pipeline: CommandPipeline, queries: QueryHandler) -> None:
+    async def _consume(self, broker: Broker, partitions: Partitions, queries: QueryHandler) -> None:
         """Connect, declare, consume; when the connection drops, do it all again."""
         s = self.settings
         backoff = Backoff(s.retry_backoff_max, first=0.2)
@@ -281,9 +311,7 @@ class Worker:
             try:
                 await broker.open()
                 await broker.declare()
-                self._commands_consumer = await broker.consume(
-                    self.names.commands, s.prefetch, pipeline.on_message
-                )
+                await partitions.subscribe_all()
                 self._queries_consumer = await broker.consume(
                     self.names.queries, s.query_concurrency, queries.on_message
                 )
@@ -295,7 +323,7 @@ class Worker:
             backoff.reset()
             self._waiting.pop("rabbitmq", None)
             self._consuming = True
-            log.info("consuming", commands=self.names.commands, queries=self.names.queries)
+            log.info("consuming", commands=self.names.command_queues, queries=self.names.queries)
             self.started.set()
             await broker.closed()
             self._consuming = False

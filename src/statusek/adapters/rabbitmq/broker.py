@@ -27,9 +27,11 @@ from aio_pika.abc import (
 )
 from pamqp.common import FieldTable
 
+from statusek.adapters.rabbitmq.endpoints import NoBrokerReachable, connect_first, split_urls
 from statusek.adapters.tls import tls_failure
 from statusek.core.errors import BrokerUnavailable
 from statusek.core.messages import COMMANDS, QUERIES, Reply
+from statusek.core.partitions import INSTANCE_TOKEN_HEADER
 from statusek.core.views import Notification
 from statusek.redact import mask_secrets, url_location
 
@@ -91,6 +93,10 @@ def describe(e: BaseException, url: str | None = None) -> str:
     return f"{type(e).__name__}: {e}"
 
 
+class PartitionerMissing(BrokerUnavailable):
+    """The broker lacks the consistent-hash exchange that several partitions need."""
+
+
 @dataclass(frozen=True, slots=True)
 class Limits:
     """Bounds on the queues, declared as queue arguments (policies may tighten them)."""
@@ -112,9 +118,29 @@ class Names:
     events: str = "statusek.events"
     dead_letter: str = "statusek.dead-letter"  # a queue, and the broker's dead-letter exchange
     rejected: str = "statusek.rejected"
+    # Command partitions. Partition 0 is the `commands` queue itself, so one partition is
+    # the original layout and raising the count keeps the queue publishers may know.
+    partitions: int = 1
 
     def unrouted(self, exchange: str) -> str:
         return f"{exchange}.unrouted"
+
+    def partition(self, index: int) -> str:
+        return self.commands if index == 0 else f"{self.commands}.{index}"
+
+    @property
+    def command_queues(self) -> list[str]:
+        return [self.partition(i) for i in range(self.partitions)]
+
+    @property
+    def partitioner(self) -> str:
+        """The consistent-hash exchange that spreads commands by their instance_token header."""
+        return f"{self.commands}.partitions"
+
+    @property
+    def headerless(self) -> str:
+        """Where the partitioner sends a command without the header: partition 0."""
+        return f"{self.commands}.headerless"
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,9 +179,13 @@ class Broker:
         limits: Limits | None = None,
         connect_timeout: float = 10,
     ):
-        self.url = url
+        # STATUSEK_AMQP_URL may list several nodes' URLs, comma-separated: open() fails over between them.
+        self.urls = split_urls(url)
+        self.url = self.urls[0]  # the URL of the current (else the first) connection
         self.names = names
         self.limits = limits or Limits()
+        # The plugin's exchange type (rabbitmq_consistent_hash_exchange); a test names a missing one.
+        self.partitioner_type = "x-consistent-hash"
         # Known only when our declaration of the command queue was accepted.
         self.delivery_limit_in_force: int | None = None
         self._name = name
@@ -177,10 +207,14 @@ class Broker:
         """(Re)connect; the previous connection, if any, is dropped."""
         await self.close()
         async with translated():
-            connection = await asyncio.wait_for(
-                aio_pika.connect(self.url, client_properties={"connection_name": self._name}),
-                self._connect_timeout,
-            )
+            try:
+                connection, self.url = await connect_first(
+                    self.urls,
+                    timeout=self._connect_timeout,
+                    client_properties={"connection_name": self._name},
+                )
+            except NoBrokerReachable as e:  # several addresses: it names each (passwords masked)
+                raise BrokerUnavailable(f"rabbitmq unavailable: {e}") from e
         # aio-pika's closed() only resolves on an explicit close; a lost link
         # shows up as a close callback.
         lost = asyncio.Event()
@@ -247,9 +281,11 @@ class Broker:
                         arguments={"alternate-exchange": unrouted.name},
                     )
                     channel, q, accepted = await self._declare_queue(channel, queue, arguments)
+                    await q.bind(unrouted, routing_key="")
                     if queue == n.commands:
                         self.delivery_limit_in_force = limits.delivery_limit if accepted else None
-                    await q.bind(unrouted, routing_key="")
+                        channel = await self._declare_partitions(channel, direct, q, arguments)
+                        continue
                     for key in keys:
                         await q.bind(direct, routing_key=key)
                 await channel.declare_exchange(n.events, aio_pika.ExchangeType.FANOUT, durable=True)
@@ -259,6 +295,99 @@ class Broker:
                         await q.bind(dead_letter, routing_key="")
             finally:
                 await channel.close()
+
+    async def _declare_partitions(
+        self,
+        channel: AbstractChannel,
+        direct: AbstractExchange,
+        first: AbstractQueue,
+        arguments: FieldTable,
+    ) -> AbstractChannel:
+        """Route commands to one queue, or spread them over partitions by instance_token.
+
+        With several partitions the command exchange feeds a consistent-hash
+        exchange keyed by the `instance_token` header; commands without the
+        header all go to one partition. Bindings of the other layout are removed, so changing
+        the count never delivers a command twice.
+        """
+        n = self.names
+        partitioned = n.partitions > 1
+        existing = await self._exchange_exists(n.partitioner)
+        if partitioned:
+            headerless = await channel.declare_exchange(
+                n.headerless, aio_pika.ExchangeType.FANOUT, durable=True
+            )
+            try:
+                partitioner = await channel.declare_exchange(
+                    n.partitioner,
+                    self.partitioner_type,
+                    durable=True,
+                    arguments={"hash-header": INSTANCE_TOKEN_HEADER, "alternate-exchange": headerless.name},
+                )
+            except aiormq.exceptions.ConnectionCommandInvalid as e:
+                raise PartitionerMissing(
+                    f"STATUSEK_COMMAND_PARTITIONS={n.partitions} needs RabbitMQ's consistent-hash exchange:"
+                    " run 'rabbitmq-plugins enable rabbitmq_consistent_hash_exchange' on the broker"
+                ) from e
+            # RabbitMQ 3.10 hashes a missing header as a constant, so headerless commands share
+            # one partition; should a broker route them nowhere instead, they reach partition 0.
+            await first.bind(headerless, routing_key="")
+            for index in range(n.partitions):
+                if index == 0:
+                    queue = first
+                else:
+                    channel, queue, _ = await self._declare_queue(channel, n.partition(index), arguments)
+                # The routing key of a consistent-hash binding is its weight.
+                await queue.bind(partitioner, routing_key="1")
+            for key in COMMANDS:
+                await partitioner.bind(direct, routing_key=key)
+                await first.unbind(direct, routing_key=key)
+            channel = await self._unbind_retired_partitions(channel, partitioner)
+        else:
+            for key in COMMANDS:
+                await first.bind(direct, routing_key=key)
+            if existing:
+                partitioner = await channel.get_exchange(n.partitioner, ensure=False)
+                for key in COMMANDS:
+                    await partitioner.unbind(direct, routing_key=key)
+        return channel
+
+    async def _exchange_exists(self, name: str) -> bool:
+        channel = await self._require().channel()
+        try:
+            await channel.declare_exchange(name, passive=True)
+            return True
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            return False
+        finally:
+            with contextlib.suppress(Exception):
+                await channel.close()
+
+    async def _unbind_retired_partitions(
+        self, channel: AbstractChannel, partitioner: AbstractExchange
+    ) -> AbstractChannel:
+        """Partitions beyond the count (it was lowered) take no new commands; say if they still hold some."""
+        index = self.names.partitions
+        while True:
+            name = self.names.partition(index)
+            probe = await self._require().channel()
+            try:
+                queue = await probe.declare_queue(name, passive=True)
+            except aiormq.exceptions.ChannelNotFoundEntity:
+                return channel
+            finally:
+                with contextlib.suppress(Exception):
+                    await probe.close()
+            await (await channel.get_queue(name, ensure=False)).unbind(partitioner, routing_key="1")
+            left = int(queue.declaration_result.message_count or 0)
+            if left:
+                log.warning(
+                    "a retired command partition still holds commands",
+                    queue=name,
+                    messages=left,
+                    fix="raise STATUSEK_COMMAND_PARTITIONS again until it is empty, or move its messages",
+                )
+            index += 1
 
     async def _declare_queue(
         self, channel: AbstractChannel, name: str, arguments: FieldTable
@@ -289,7 +418,7 @@ class Broker:
         async with translated():
             channel = await self._require().channel()
             try:
-                for name in (n.commands, n.queries, n.dead_letter, n.rejected):
+                for name in (*n.command_queues, n.queries, n.dead_letter, n.rejected):
                     q = await channel.declare_queue(name, passive=True)
                     depths[name] = int(q.declaration_result.message_count or 0)
             finally:

@@ -1,0 +1,180 @@
+"""Command partitions of one replica: a consumer and a pipeline per partition, and hand-over.
+
+Every replica consumes every partition; the broker's single active consumer
+decides who applies each. A replica that finds itself applying a partition
+outside its share (core.partitions.share) steps back: it finishes the window
+in progress, closes the partition's channel, which returns what it held to
+the head of the queue in order for the next consumer in line, and consumes
+again at the back of the line. Membership only steers the balance; order
+and exactly-once never depend on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Sequence
+
+import structlog
+from aio_pika.abc import AbstractIncomingMessage
+
+from statusek.adapters.rabbitmq.broker import Broker, Consumer
+from statusek.app.pipeline import CommandPipeline
+from statusek.core.partitions import share
+
+log = structlog.get_logger(__name__)
+
+
+class PartitionSlot:
+    """One partition queue: the channel consuming it and the pipeline applying what it delivers."""
+
+    def __init__(
+        self,
+        index: int,
+        queue: str,
+        broker: Broker,
+        prefetch: int,
+        make_pipeline: Callable[[], CommandPipeline],
+        on_delivery: Callable[[PartitionSlot], None],
+    ):
+        self.index = index
+        self.queue = queue
+        self._broker = broker
+        self._prefetch = prefetch
+        self._make_pipeline = make_pipeline
+        self._on_delivery = on_delivery
+        self.pipeline: CommandPipeline | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._consumer: Consumer | None = None
+        self.applied = 0  # by the pipelines already released
+        self.stepped_back_at = float("-inf")
+
+    @property
+    def total_applied(self) -> int:
+        return self.applied + (self.pipeline.applied if self.pipeline is not None else 0)
+
+    async def subscribe(self) -> None:
+        """Join the partition's line of consumers, at its back."""
+        pipeline = self._make_pipeline()
+        task = asyncio.create_task(pipeline.run(), name=f"pipeline {self.queue}")
+
+        async def on_message(delivery: AbstractIncomingMessage) -> None:
+            self._on_delivery(self)
+            await pipeline.on_message(delivery)
+
+        self.pipeline, self._task = pipeline, task
+        self._consumer = await self._broker.consume(self.queue, self._prefetch, on_message)
+
+    def stop(self) -> None:
+        """Take no new window (the one in progress is finished)."""
+        if self.pipeline is not None:
+            self.pipeline.stop()
+
+    async def release(self, timeout: float) -> None:
+        """Finish the window in progress, then give back every delivery held.
+
+        The channel closes only after the window is settled: the next consumer
+        in line must not apply a later command of an instance before it.
+        """
+        pipeline, task, consumer = self.pipeline, self._task, self._consumer
+        self.pipeline = self._task = self._consumer = None
+        if pipeline is not None:
+            pipeline.stop()
+            self.applied += pipeline.applied
+        if task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(task), timeout)
+            except TimeoutError:
+                log.warning("partition window still running at hand-over", queue=self.queue)
+            except Exception:
+                log.exception("partition pipeline failed", queue=self.queue)
+        if consumer is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(consumer.close(), 2)
+
+    async def step_back(self, timeout: float) -> None:
+        self.stepped_back_at = time.monotonic()
+        await self.release(timeout)
+        await self.subscribe()
+
+
+class Partitions:
+    """The slots of every command partition, and when to hand one over."""
+
+    def __init__(
+        self,
+        queues: Sequence[str],
+        broker: Broker,
+        *,
+        prefetch: int,
+        make_pipeline: Callable[[], CommandPipeline],
+        member_key: int,
+        rebalance_every: float,
+        drain_timeout: float,
+    ):
+        self.slots = [
+            PartitionSlot(i, q, broker, prefetch, make_pipeline, self._delivered)
+            for i, q in enumerate(queues)
+        ]
+        self._key = member_key
+        self._every = rebalance_every
+        self._drain_timeout = drain_timeout
+        # Unknown membership: keep everything (see core.partitions.share).
+        self._share = frozenset(range(len(self.slots)))
+        self._lock = asyncio.Lock()
+        self._handovers: set[asyncio.Task[None]] = set()
+        self._stopping = False
+        self.handovers = 0
+
+    @property
+    def applied(self) -> int:
+        return sum(s.total_applied for s in self.slots)
+
+    def members_changed(self, members: frozenset[int]) -> None:
+        new = share(len(self.slots), members, self._key)
+        if new != self._share:
+            log.info("partition share", share=sorted(new), members=len(members))
+        self._share = new
+
+    async def subscribe_all(self) -> None:
+        """(Re)join every partition's line: after a (re)connection, every old channel is gone."""
+        async with self._lock:
+            for slot in self.slots:
+                await slot.release(self._drain_timeout)
+                await slot.subscribe()
+
+    def stop(self) -> None:
+        self._stopping = True
+        for slot in self.slots:
+            slot.stop()
+
+    async def release_all(self) -> None:
+        for task in list(self._handovers):
+            with contextlib.suppress(Exception):
+                await task
+        async with self._lock:
+            await asyncio.gather(*(slot.release(self._drain_timeout) for slot in self.slots))
+
+    def _delivered(self, slot: PartitionSlot) -> None:
+        # A delivery means this replica is the active consumer of the slot's partition.
+        if self._stopping or slot.index in self._share:
+            return
+        if time.monotonic() - slot.stepped_back_at < self._every:
+            return
+        slot.stepped_back_at = time.monotonic()
+        task = asyncio.create_task(self._step_back(slot), name=f"hand-over {slot.queue}")
+        self._handovers.add(task)
+        task.add_done_callback(self._handovers.discard)
+
+    async def _step_back(self, slot: PartitionSlot) -> None:
+        async with self._lock:
+            if self._stopping or slot.pipeline is None:
+                return
+            log.info("handing a partition over to its owner", queue=slot.queue)
+            try:
+                await slot.step_back(self._drain_timeout)
+                self.handovers += 1
+            except Exception as e:
+                # The connection is going: the reconnection subscribes every slot again.
+                log.warning("partition hand-over interrupted", queue=slot.queue, error=str(e))
