@@ -19,4 +19,9 @@ if ! rabbitmq-plugins -q list -e -m | grep -qx rabbitmq_management; then
   echo "enabling rabbitmq_management"
   rabbitmq-plugins -q enable rabbitmq_management >/dev/null
 fi
+# Several command partitions (STATUSEK_COMMAND_PARTITIONS > 1) route through a consistent-hash exchange.
+if ! rabbitmq-plugins -q list -e -m | grep -qx rabbitmq_consistent_hash_exchange; then
+  echo "enabling rabbitmq_consistent_hash_exchange"
+  rabbitmq-plugins -q enable rabbitmq_consistent_hash_exchange >/dev/null
+fi
 echo "services are up"

@@ -27,6 +27,7 @@ from statusek.core.messages import (
     StatusChanged,
     WireMessage,
 )
+from statusek.core.partitions import INSTANCE_TOKEN_HEADER
 
 NOTIFICATIONS: dict[str, type[WireMessage]] = {
     "status-changed": StatusChanged,
@@ -124,8 +125,12 @@ def asyncapi() -> dict[str, Any]:
     channels["commands"] = exchange_channel(
         "statusek.commands",
         "direct",
-        "State-changing commands; bound to the quorum queue `statusek.commands` (single active consumer)."
-        " The routing key names the command.",
+        "State-changing commands. The routing key names the command. With one partition (the default)"
+        " the exchange feeds the quorum queue `statusek.commands` (single active consumer); with"
+        " STATUSEK_COMMAND_PARTITIONS=P it feeds the consistent-hash exchange `statusek.commands.partitions`,"
+        " which spreads commands over the quorum queues `statusek.commands`, `statusek.commands.1` ..."
+        " `statusek.commands.<P-1>` by the hash of the `instance_token` header. Commands without the"
+        " header all go to one partition.",
     )
     channels["queries"] = exchange_channel(
         "statusek.queries",
@@ -160,11 +165,26 @@ def asyncapi() -> dict[str, Any]:
 
     def request(channel: str, key: str, model: type[BaseModel]) -> None:
         name = f"{key}-request"
+        partition_header = {
+            "headers": {
+                "type": "object",
+                "properties": {
+                    INSTANCE_TOKEN_HEADER: {
+                        "type": "string",
+                        "format": "uuid",
+                        "description": "The body's instance_token. Set it on every command of an instance"
+                        " to keep them in order when commands have several partitions; the client and"
+                        " the CLI always do.",
+                    }
+                },
+            }
+        }
         messages[name] = {
             "name": key,
             "title": f"{key} request",
             "contentType": "application/json",
             "payload": {"$ref": ref(model.__name__)},
+            **(partition_header if channel == "commands" and key != "set-global-status" else {}),
             "correlationId": {"location": "$message.header#/correlation_id"},
             "description": (
                 "The AMQP property `user_id` names the sender (RabbitMQ refuses one that is not the "
