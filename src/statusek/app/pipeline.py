@@ -5,6 +5,12 @@ see README "Ordering"). They are parsed, then decided in that order against
 states locked for the whole window, written in one transaction together with
 their notifications (outbox) and replies (idempotency), and only then
 answered and acked.
+
+The pipeline publishes the window's notifications itself, beside the replies,
+and deletes their outbox rows once confirmed: the relay is only the safety
+net (a crash or a broker failure after commit), see `OUTBOX_INSERT` for which
+rows it publishes directly and `relay.sendable` for how the relay leaves them
+alone meanwhile.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from uuid import UUID
 import structlog
 from aio_pika.abc import AbstractIncomingMessage
 
-from statusek.adapters.postgres.store import Store, Transaction
+from statusek.adapters.postgres.store import OutboxRow, Store, Transaction
 from statusek.adapters.rabbitmq.broker import Broker
 from statusek.adapters.rabbitmq.parser import Envelope, parse_delivery
 from statusek.app import settle
@@ -39,6 +45,10 @@ from statusek.core.model import StatusModel
 from statusek.core.views import Notification, notification_for
 
 log = structlog.get_logger(__name__)
+
+# Longest wait for the confirms of a window's direct publishing before the relay is asked to send
+# them; below the relay's grace (2 s by default), after which it would send them anyway.
+DIRECT_PUBLISH_TIMEOUT = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +74,7 @@ class CommandPipeline:
         fault_hooks: bool = False,
         metrics: Metrics | None = None,
         groups: Groups | None = None,
+        direct_publish: bool = True,
     ):
         self._store = store
         self._groups: Groups = groups or {}
@@ -76,9 +87,14 @@ class CommandPipeline:
         self._on_committed = on_committed
         self._fault_hooks = fault_hooks
         self._metrics = metrics or Metrics()
-        self._inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+        self._direct_publish = direct_publish
+        # None only wakes `run` for a stop.
+        self._inbox: asyncio.Queue[AbstractIncomingMessage | None] = asyncio.Queue()
         self._stopping = False
+        # Outbox rows committed by this process's window, for it to publish after commit.
+        self._direct: list[OutboxRow] = []
         self.applied = 0
+        self.published = 0  # notifications published directly
 
     async def on_message(self, delivery: AbstractIncomingMessage) -> None:
         # Only the single active consumer ever gets a delivery.
@@ -88,13 +104,14 @@ class CommandPipeline:
     async def run(self) -> None:
         """Process windows until stopped; a window in progress is always finished."""
         while not self._stopping:
-            try:
-                first = await asyncio.wait_for(self._inbox.get(), timeout=0.2)
-            except TimeoutError:
+            # At once when idle; the window is whatever queued up meanwhile, so it grows only under load.
+            first = await self._inbox.get()
+            if first is None:
                 continue
             window = [first]
             while len(window) < self._window and not self._inbox.empty():
-                window.append(self._inbox.get_nowait())
+                if (delivery := self._inbox.get_nowait()) is not None:
+                    window.append(delivery)
             try:
                 await self.process(window)
             except Exception:
@@ -112,6 +129,7 @@ class CommandPipeline:
         would break per-instance order.
         """
         self._stopping = True
+        self._inbox.put_nowait(None)
 
     async def process(self, deliveries: Sequence[AbstractIncomingMessage]) -> None:
         started = time.perf_counter()
@@ -127,22 +145,30 @@ class CommandPipeline:
                 invalid.append((d, e))
         if self._fault_hooks:
             _fail_if_asked(deliveries)
+        self._direct = []
         outcomes, failed = await self._apply_with_retry(valid)
+        direct, self._direct = self._direct, []
+        # Started even when there is nothing to answer, and always awaited before the next window.
+        publishing = asyncio.ensure_future(self._publish_direct(direct))
         if outcomes is None:
+            await publishing
             await self._requeue(deliveries)
             return
         invalid.extend(failed)
         try:
-            # Confirms are awaited together: one round trip per window, not per reply.
+            # Confirms are awaited together: one round trip per window, not per reply or notification.
             await asyncio.gather(
                 *(settle.answer(self._broker, o.delivery, o.reply) for o in outcomes),
                 *(settle.dead_letter(self._broker, d, error) for d, error in invalid),
+                publishing,
             )
             await settle.ack_all(deliveries)
         except TransientError as e:
             # The effects are committed; unacked deliveries come back and get
             # their stored reply (message_id) or a rule's answer.
             log.warning("could not answer or ack after commit", error=str(e))
+        finally:
+            await publishing  # never raises
         elapsed = time.perf_counter() - started
         elapsed_ms = round(elapsed * 1000, 2)
         self._metrics.window_size.observe(len(deliveries))
@@ -173,6 +199,40 @@ class CommandPipeline:
                 reason=error.reason,
                 detail=error.detail,
             )
+
+    async def _publish_direct(self, rows: Sequence[OutboxRow]) -> None:
+        """Publish a committed window's notifications, wait for the confirms, delete their rows.
+
+        Never raises. When publishing fails the rows stay in the outbox for the relay, marked
+        for it to take at once when the database answers (else after its grace), and it is woken.
+        Either way an instance's later notifications wait for them (`OUTBOX_INSERT`).
+        """
+        if not rows:
+            return
+        ids = [r.id for r in rows]
+        try:
+            await asyncio.wait_for(
+                self._broker.publish_notifications([r.notification for r in rows]), DIRECT_PUBLISH_TIMEOUT
+            )
+        except Exception as e:
+            log.warning(
+                "could not publish notifications after commit; the relay sends them",
+                error=f"{type(e).__name__}: {e}",
+                count=len(rows),
+            )
+            try:
+                await self._store.undirect_outbox(ids)
+            except Exception as e:
+                log.warning("could not hand notifications to the relay at once", error=str(e))
+            self._on_committed()
+            return
+        try:
+            await self._store.delete_outbox(ids)
+        except Exception as e:
+            # Published: the relay sends them again after its grace (at least once, in order).
+            log.warning("published notifications stay in the outbox", error=str(e), count=len(rows))
+            return
+        self.published += len(rows)
 
     async def _requeue(self, deliveries: Sequence[AbstractIncomingMessage]) -> None:
         last = await settle.requeue_all(deliveries, self._broker.delivery_limit_in_force)
@@ -224,14 +284,15 @@ class CommandPipeline:
         if not valid:
             return []
         async with self._store.transaction() as tx:
-            window = _Window(tx, self._policy, self._groups)
+            window = _Window(tx, self._policy, self._groups, direct=self._direct_publish)
             outcomes = await window.apply(valid)
-            earliest = await window.save()
+            earliest, direct = await window.save()
         if self._fault_hooks:
             _crash_if_asked(valid)
+        self._direct.extend(direct)
         self.applied += sum(1 for o in outcomes if not o.duplicate)
-        if window.notifications:
-            self._on_committed()
+        if len(window.notifications) > len(direct):
+            self._on_committed()  # rows for the relay
         if earliest is not None:
             self._on_deadline(earliest)
         return outcomes
@@ -287,9 +348,13 @@ def _fail_if_asked(deliveries: Sequence[AbstractIncomingMessage]) -> None:
 
 
 def _crash_if_asked(valid: list[tuple[AbstractIncomingMessage, Envelope]]) -> None:
-    """Test-only: die between commit and ack, as a power cut would, on first delivery."""
+    """Test-only: die after commit, before publishing, answering and acking, as a power cut would.
+
+    On first delivery only. `crash-before-publish` is the same point, named for the notifications.
+    """
     for delivery, _ in valid:
-        if (delivery.headers or {}).get(FAULT_HEADER) == "crash-after-commit" and not delivery.redelivered:
+        fault = (delivery.headers or {}).get(FAULT_HEADER)
+        if fault in ("crash-after-commit", "crash-before-publish") and not delivery.redelivered:
             log.warning("fault hook: exiting between commit and ack", message_id=delivery.message_id)
             os._exit(70)
 
@@ -301,8 +366,9 @@ class _Window:
     the instances) only by windows that hold a `set-global-status`.
     """
 
-    def __init__(self, tx: Transaction, policy: Policy, groups: Groups):
+    def __init__(self, tx: Transaction, policy: Policy, groups: Groups, *, direct: bool = False):
         self.tx = tx
+        self.direct = direct
         self.policy = policy
         self.groups = groups
         self.states: dict[UUID, InstanceState] = {}
@@ -385,13 +451,15 @@ class _Window:
             outcomes.append(Outcome(delivery, env, decision.reply))
         return outcomes
 
-    async def save(self) -> datetime | None:
-        """Write the window; returns the earliest deadline it set, to wake sweepers."""
-        await self.tx.save(list(self.changed.values()), self.events, self.notifications, self.replies)
+    async def save(self) -> tuple[datetime | None, list[OutboxRow]]:
+        """Write the window; returns the earliest deadline it set (for sweepers) and the rows to publish."""
+        direct = await self.tx.save(
+            list(self.changed.values()), self.events, self.notifications, self.replies, direct=self.direct
+        )
         if self.global_events:
             await self.tx.save_global_events(self.global_events)
         deadlines = [d for s in self.changed.values() if (d := s.next_deadline) is not None]
         earliest = min(deadlines) if deadlines else None
         if earliest is not None:
             await self.tx.announce_deadline(earliest)
-        return earliest
+        return earliest, direct

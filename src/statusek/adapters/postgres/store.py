@@ -87,6 +87,8 @@ class Backlog:
 class OutboxRow:
     id: int
     notification: Notification
+    # Written for its pipeline to publish itself (`direct`) less than the relay's grace ago: in flight.
+    in_flight: bool = False
 
 
 class Transaction:
@@ -198,8 +200,17 @@ class Transaction:
         events: Sequence[Event],
         notifications: Sequence[Notification],
         replies: Mapping[str, Reply],
-    ) -> None:
-        """Write the outcome of a window of commands in one go."""
+        *,
+        direct: bool = False,
+    ) -> list[OutboxRow]:
+        """Write the outcome of a window of commands in one go.
+
+        With `direct`, returns the outbox rows the caller is to publish itself after commit (then
+        `delete_outbox` them): those of instances with no notification already waiting in the
+        outbox. The others (and global statuses' notifications) are left to the relays, which
+        are woken on commit (`OUTBOX_CHANNEL`) only when there are such rows.
+        """
+        direct_rows: list[OutboxRow] = []
         async with translated():
             if states:
                 await self._conn.executemany(
@@ -253,52 +264,53 @@ class Transaction:
                     ],
                 )
             if notifications:
-                await self._conn.executemany(
-                    "INSERT INTO outbox (message_id, type, instance_token, body, headers, partition)"
-                    " VALUES ($1, $2, $3, $4, $5, $6)",
-                    [
-                        (
-                            n.message_id,
-                            n.type,
-                            UUID(n.instance_token) if n.instance_token else None,
-                            n.body,
-                            n.headers,
-                            outbox_partition(n.instance_token),
-                        )
-                        for n in notifications
-                    ],
+                inserted = await self._conn.fetch(
+                    OUTBOX_INSERT,
+                    [n.type for n in notifications],
+                    [n.instance_token for n in notifications],
+                    [json.dumps(n.body) for n in notifications],
+                    [json.dumps(n.headers) for n in notifications],
+                    [outbox_partition(n.instance_token) for n in notifications],
+                    direct,
+                    [n.message_id for n in notifications],
                 )
-                await self._conn.execute("SELECT pg_notify($1, '')", OUTBOX_CHANNEL)
+                # Ids follow the window's order (ORDER BY ord); RETURNING's order is not relied on.
+                marked = {r["message_id"]: (r["id"], r["direct"]) for r in inserted}
+                direct_rows = [
+                    OutboxRow(marked[n.message_id][0], n) for n in notifications if marked[n.message_id][1]
+                ]
+                if len(direct_rows) < len(notifications):
+                    await self._conn.execute("SELECT pg_notify($1, '')", OUTBOX_CHANNEL)
             if replies:
                 await self._conn.executemany(
                     "INSERT INTO processed_messages (message_id, reply) VALUES ($1, $2)"
                     " ON CONFLICT (message_id) DO NOTHING",
                     [(mid, r.model_dump(mode="json")) for mid, r in replies.items()],
                 )
+        return direct_rows
 
     async def announce_deadline(self, deadline: datetime) -> None:
         """Wake sweepers that sleep past `deadline` (delivered on commit)."""
         async with translated():
             await self._conn.execute("SELECT pg_notify($1, $2)", DEADLINE_CHANNEL, deadline.isoformat())
 
-    async def take_outbox(self, partition: int, limit: int) -> list[OutboxRow] | None:
-        """The oldest unsent notifications of a partition, or None if another relay has it.
+    async def take_outbox(
+        self, partition: int, limit: int, *, after: int = 0, grace: float = 0.0
+    ) -> list[OutboxRow] | None:
+        """The oldest unsent rows of a partition after id `after`, or None if another relay has it.
 
         One relay per partition at a time (a transaction-scoped advisory
         lock), and an instance's rows all in one partition: that is what
-        keeps an instance's notifications in order across replicas.
+        keeps an instance's notifications in order across replicas. A row
+        written for direct publishing less than `grace` seconds ago is
+        marked `in_flight`: its pipeline is publishing it.
         """
         async with translated():
             if not await self._conn.fetchval(
                 "SELECT pg_try_advisory_xact_lock($1, $2)", RELAY_LOCK, partition
             ):
                 return None
-            rows = await self._conn.fetch(
-                "SELECT id, message_id, type, instance_token, body, headers FROM outbox"
-                " WHERE partition = $1 ORDER BY id LIMIT $2",
-                partition,
-                limit,
-            )
+            rows = await self._conn.fetch(OUTBOX_TAKE, partition, after, limit, grace)
         return [
             OutboxRow(
                 r["id"],
@@ -309,14 +321,45 @@ class Transaction:
                     body=r["body"],
                     headers=r["headers"],
                 ),
+                in_flight=r["in_flight"],
             )
             for r in rows
         ]
 
     async def delete_outbox(self, ids: Sequence[int]) -> None:
         async with translated():
-            await self._conn.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", list(ids))
+            await self._conn.execute(OUTBOX_DELETE, list(ids))
 
+
+# A window's notifications in one statement. `direct` (the pipeline publishes them itself) only for
+# an instance with no row already waiting: an earlier notification still in the outbox (its
+# publisher crashed or failed) must leave first, through the relay. The rows of one statement do
+# not see each other, so all of an instance's rows of a window get the same mark. created_at is
+# the time of writing (not of the transaction's start): the relay's grace counts from it.
+OUTBOX_INSERT = (
+    "INSERT INTO outbox (message_id, type, instance_token, body, headers, partition, direct, created_at)"
+    " SELECT u.message_id, u.type, u.token, u.body::jsonb, u.headers::jsonb, u.part,"
+    "  $6 AND u.token IS NOT NULL AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.instance_token = u.token),"
+    "  clock_timestamp()"
+    " FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::smallint[], $7::text[])"
+    "  WITH ORDINALITY AS u(type, token, body, headers, part, message_id, ord)"
+    " ORDER BY u.ord RETURNING id, direct, message_id"
+)
+# After the partition's lock, in a statement of its own: its snapshot must come after the lock, so
+# that rows another relay deleted before letting go of it are not read again.
+OUTBOX_TAKE = (
+    "SELECT id, message_id, type, instance_token, body, headers,"
+    " direct AND created_at > clock_timestamp() - make_interval(secs => $4) AS in_flight"
+    " FROM outbox WHERE partition = $1 AND id > $2 ORDER BY id LIMIT $3"
+)
+# Partitions holding a row a relay may send now (not in flight): one round trip, no lock.
+OUTBOX_WAITING = (
+    "SELECT p FROM generate_series(0, $1 - 1) AS p WHERE EXISTS (SELECT 1 FROM outbox"
+    " WHERE partition = p AND NOT (direct AND created_at > clock_timestamp() - make_interval(secs => $2)))"
+)
+OUTBOX_DELETE = "DELETE FROM outbox WHERE id = ANY($1::bigint[])"
+# Direct rows whose publishing failed: the relay takes them at once, in order.
+OUTBOX_UNDIRECT = "UPDATE outbox SET direct = false WHERE id = ANY($1::bigint[])"
 
 RELAY_LOCK = 0x5354_4F42  # arbitrary int4, shared by every replica's relay
 # Fixed: changing it while rows wait could split an instance across partitions.
@@ -372,6 +415,22 @@ class Store:
         """Raise unless the database answers a query through the pool."""
         async with translated():
             await self._pool.fetchval("SELECT 1")
+
+    async def delete_outbox(self, ids: Sequence[int]) -> None:
+        """Remove rows published by their own pipeline (one statement, no transaction of its own)."""
+        async with translated():
+            await self._pool.execute(OUTBOX_DELETE, list(ids))
+
+    async def undirect_outbox(self, ids: Sequence[int]) -> None:
+        """Hand rows whose direct publishing failed to the relays at once (they need not wait the grace)."""
+        async with translated():
+            await self._pool.execute(OUTBOX_UNDIRECT, list(ids))
+
+    async def waiting_partitions(self, grace: float) -> list[int]:
+        """The outbox partitions holding a row a relay may send now, in one round trip."""
+        async with translated():
+            rows = await self._pool.fetch(OUTBOX_WAITING, OUTBOX_PARTITIONS, grace)
+        return [r["p"] for r in rows]
 
     async def backlog(self) -> Backlog:
         # The outbox holds a few rows while the relay keeps up, and the deadline
