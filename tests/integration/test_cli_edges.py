@@ -180,7 +180,7 @@ async def wait_tells_no_worker_from_not_finished(edges: Edges) -> None:
     nobody = await edges.run(
         "wait", str(uuid.uuid4()), "--timeout", "3", env=cluster.env, shown="<no worker>"
     )
-    assert nobody.elapsed < 5.5
+    assert nobody.elapsed < 7  # the 3 s timeout plus the start of a Python process on a busy machine
     token = await edges.token()
     await edges.run("wait", token, "--timeout", "2")
 

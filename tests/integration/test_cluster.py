@@ -8,9 +8,8 @@ notifications from a quorum queue of its own. The command queues' leader node is
 stopped, then started again, while commands flow. Nothing may be lost,
 applied twice, or reordered within an instance.
 
-The worker's queries and holding queues are declared as quorum queues before
-it starts (it declares them classic, which live on one node only: see
-OTHER_QUEUES).
+Every queue the worker declares is a quorum queue with members on all three
+nodes, so no node is the only home of a queue the worker needs.
 
 The partition count is the session's (STATUSEK_TEST_COMMAND_PARTITIONS): every
 queue named `statusek.commands*` counts as a command queue.
@@ -89,7 +88,6 @@ async def deployment(
     await asyncio.to_thread(rabbit.add_vhost, vhost)
     await asyncio.to_thread(rabbit.add_user, user, secret, vhost=vhost)
     urls = rabbit.urls(user, secret, vhost)
-    await replicate_other_queues(urls[0])
     async with fresh_database(database_owner_url) as db_url:
         env = {**worker_env, "STATUSEK_AMQP_URL": ",".join(urls), "STATUSEK_DATABASE_URL": db_url}
         workers = []
@@ -122,24 +120,6 @@ async def deployment(
 # The worker declares these classic queues (on the node it is connected to). A classic queue lives on
 # one node: while that node is down no worker can declare it, so none consumes commands either.
 # Declared first as quorum queues, they are replicated; the worker keeps them as they are.
-OTHER_QUEUES: dict[str, dict[str, Any]] = {
-    "statusek.queries": {"x-message-ttl": 60_000},
-    "statusek.dead-letter": {"x-max-length": 100_000, "x-overflow": "drop-head"},
-    "statusek.rejected": {"x-max-length": 100_000, "x-overflow": "drop-head"},
-}
-
-
-async def replicate_other_queues(url: str) -> None:
-    """The worker's queries and holding queues declared as quorum queues, on every node."""
-    connection = await aio_pika.connect(url)
-    try:
-        channel = await connection.channel()
-        for name, arguments in OTHER_QUEUES.items():
-            await channel.declare_queue(name, durable=True, arguments={"x-queue-type": "quorum", **arguments})
-    finally:
-        await connection.close()
-
-
 class Link:
     """A connection to the first node that answers, made again (to another node) when it breaks."""
 

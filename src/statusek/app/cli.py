@@ -17,6 +17,7 @@ from pydantic_settings import SettingsError
 from statusek.adapters.model_files import GroupsError, load_models, model_files
 from statusek.adapters.postgres.grants import GrantRefused, grant_worker
 from statusek.adapters.postgres.migrate import migrate
+from statusek.adapters.rabbitmq.endpoints import split_urls
 from statusek.app import remote
 from statusek.app.identity import Identity, version
 from statusek.app.logging import configure
@@ -145,13 +146,13 @@ def cmd_schemas(_settings: Settings, args: argparse.Namespace) -> int:
 def _log_context(settings: Settings, command: str) -> dict[str, object]:
     """Who wrote a log line: the process, and which broker and vhost it meant (no credentials)."""
     me = Identity.current(command)
-    broker = url_location(settings.amqp_url)
+    nodes = [url_location(url) for url in split_urls(settings.amqp_url)]
     return {
         "host": me.host,
         "pid": me.pid,
         "version": version(),
-        "vhost": broker["path"] or "/",
-        "broker": f"{broker['host']}:{broker['port'] or 5672}",
+        "vhost": nodes[0]["path"] or "/",
+        "broker": ",".join(f"{node['host']}:{node['port'] or 5672}" for node in nodes),
     }
 
 

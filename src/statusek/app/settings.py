@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator, Field
+from pydantic import AfterValidator, BeforeValidator, Field
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -15,6 +15,7 @@ from pydantic_settings import (
     SettingsError,
 )
 
+from statusek.adapters.rabbitmq.endpoints import split_urls
 from statusek.core.model import optional_duration
 
 BUILTIN_MODELS = Path(__file__).resolve().parent.parent / "models"
@@ -88,6 +89,11 @@ class FileSettingsSource(PydanticBaseSettingsSource):
         return values
 
 
+def _checked_urls(value: str) -> str:
+    split_urls(value)  # an empty entry is refused here, naming the variable, not at connect time
+    return value
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="STATUSEK_", env_file=".env", extra="ignore")
 
@@ -104,7 +110,8 @@ class Settings(BaseSettings):
         files = FileSettingsSource(settings_cls, env_settings, dotenv_settings)
         return init_settings, files, env_settings, dotenv_settings, file_secret_settings
 
-    amqp_url: str = "amqp://guest:guest@localhost:5672/"
+    # Several nodes' URLs, comma-separated, to fail over between (README "A RabbitMQ cluster").
+    amqp_url: Annotated[str, AfterValidator(_checked_urls)] = "amqp://guest:guest@localhost:5672/"
     database_url: str = "postgresql://postgres@localhost:5432/statusek"
     migrate_on_start: bool = Field(
         default=True,

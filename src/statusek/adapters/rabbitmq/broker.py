@@ -255,9 +255,15 @@ class Broker:
             "x-overflow": "reject-publish",
         }
         # Nobody waits for a query older than its caller's timeout.
-        queries_arguments: FieldTable = {"x-message-ttl": limits.query_ttl_ms}
+        # Every queue is a quorum queue: a classic queue lives on one node, and while that node
+        # is down its declaration fails on every node, which would stop commands too.
+        queries_arguments: FieldTable = {"x-queue-type": "quorum", "x-message-ttl": limits.query_ttl_ms}
         # Holding queues keep the newest: an incident must not fill the broker's disk.
-        holding_arguments: FieldTable = {"x-max-length": limits.holding_max_length, "x-overflow": "drop-head"}
+        holding_arguments: FieldTable = {
+            "x-queue-type": "quorum",
+            "x-max-length": limits.holding_max_length,
+            "x-overflow": "drop-head",
+        }
         async with translated():
             connection = self._require()
             channel = await connection.channel()
