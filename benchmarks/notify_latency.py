@@ -4,7 +4,9 @@ Publishes instances' (create, STARTED, FINISHED) back to back at `--rate`
 commands per second for `--seconds`, to K worker processes on a fresh vhost
 and database, and reports the percentiles of FINISHED publish ->
 instance-finished received (and of FINISHED publish -> its reply), after a
-warm-up second.
+warm-up second; then the work it cost, which a busy machine distorts less
+than latency: the workers' CPU seconds and the database's transactions (and
+rows read) per 1,000 commands.
 
     .venv/bin/python benchmarks/notify_latency.py --rate 300 --seconds 20
     .venv/bin/python benchmarks/notify_latency.py --rate 1500 --seconds 20
@@ -16,11 +18,13 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 import statistics
 import time
 import uuid
 
 import aio_pika
+import asyncpg
 
 from statusek.testing import (
     LOCAL_ADMIN_DATABASE_URL,
@@ -60,7 +64,7 @@ def percentiles(name: str, values: list[float]) -> str:
     )
 
 
-async def drive(url: str, rate: float, seconds: float) -> None:
+async def drive(url: str, rate: float, seconds: float) -> int:
     connection = await aio_pika.connect(url)
     channel = await connection.channel(publisher_confirms=False)
     replies = await channel.declare_queue(exclusive=True)
@@ -96,7 +100,7 @@ async def drive(url: str, rate: float, seconds: float) -> None:
     owed = 0.0
     sent = 0
     next_tick = started
-    while (now := time.perf_counter()) - started < seconds:
+    while time.perf_counter() - started < seconds:
         owed += rate / 3 * TICK
         while owed >= 1:
             owed -= 1
@@ -126,6 +130,20 @@ async def drive(url: str, rate: float, seconds: float) -> None:
     print(percentiles("FINISHED publish -> instance-finished", notified))
     print(percentiles("FINISHED publish -> reply", replied))
     await connection.close()
+    return sent
+
+
+async def database_work(db_url: str) -> tuple[int, int]:
+    """Transactions committed and rows fetched in the benchmark's database so far."""
+    conn = await asyncpg.connect(db_url)
+    try:
+        await asyncio.sleep(1.5)  # statistics reach pg_stat_database within a second
+        row = await conn.fetchrow(
+            "SELECT xact_commit, tup_fetched FROM pg_stat_database WHERE datname = current_database()"
+        )
+        return int(row["xact_commit"]), int(row["tup_fetched"])
+    finally:
+        await conn.close()
 
 
 async def main() -> None:
@@ -143,10 +161,21 @@ async def main() -> None:
                 "STATUSEK_LOG_LEVEL": "WARNING",
                 "STATUSEK_OPS_PORT": "0",
             }
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
             with worker_processes(env, args.workers):
                 await wait_for_worker(amqp_url)
                 await asyncio.sleep(1)
-                await drive(amqp_url, args.rate, args.seconds)
+                xacts, fetched = await database_work(db_url)
+                sent = await drive(amqp_url, args.rate, args.seconds)
+                xacts_after, fetched_after = await database_work(db_url)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+            per = 1000 / max(sent, 1)
+            print(
+                f"work per 1,000 commands: worker CPU {cpu * per:.2f} s (whole run, start and stop included),"
+                f" database transactions {(xacts_after - xacts) * per:.0f},"
+                f" rows fetched {(fetched_after - fetched) * per:.0f}"
+            )
 
 
 if __name__ == "__main__":

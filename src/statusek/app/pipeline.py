@@ -46,10 +46,6 @@ from statusek.core.views import Notification, notification_for
 
 log = structlog.get_logger(__name__)
 
-# Longest wait for the confirms of a window's direct publishing before the relay is asked to send
-# them; below the relay's grace (2 s by default), after which it would send them anyway.
-DIRECT_PUBLISH_TIMEOUT = 1.0
-
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
@@ -211,9 +207,9 @@ class CommandPipeline:
             return
         ids = [r.id for r in rows]
         try:
-            await asyncio.wait_for(
-                self._broker.publish_notifications([r.notification for r in rows]), DIRECT_PUBLISH_TIMEOUT
-            )
+            # No timeout of its own, as for the replies beside it: a lost link fails it. Should the
+            # confirms take longer than the relay's grace, the relay sends the rows too (twice, in order).
+            await self._broker.publish_notifications([r.notification for r in rows])
         except Exception as e:
             log.warning(
                 "could not publish notifications after commit; the relay sends them",

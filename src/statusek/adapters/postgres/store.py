@@ -417,9 +417,19 @@ class Store:
             await self._pool.fetchval("SELECT 1")
 
     async def delete_outbox(self, ids: Sequence[int]) -> None:
-        """Remove rows published by their own pipeline (one statement, no transaction of its own)."""
+        """Remove rows their own pipeline published: one round trip, without waiting for the disk.
+
+        The commit does not wait for its WAL flush (synchronous_commit off for it alone): a
+        database crash may undo the delete, and the relay then sends those notifications again,
+        at least once as ever. No later commit can outlive it (the WAL is written in order), so
+        an instance's later notifications never go out before them.
+        """
+        listed = ",".join(str(int(i)) for i in ids)  # integers: a simple query, so two statements
         async with translated():
-            await self._pool.execute(OUTBOX_DELETE, list(ids))
+            await self._pool.execute(
+                "SELECT set_config('synchronous_commit', 'off', true);"
+                f" DELETE FROM outbox WHERE id = ANY('{{{listed}}}'::bigint[])"
+            )
 
     async def undirect_outbox(self, ids: Sequence[int]) -> None:
         """Hand rows whose direct publishing failed to the relays at once (they need not wait the grace)."""
