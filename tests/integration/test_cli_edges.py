@@ -26,8 +26,10 @@ from urllib.parse import urlsplit, urlunsplit
 import pika  # type: ignore[import-untyped]
 import pytest
 
+from statusek.adapters.rabbitmq.broker import Names
 from statusek.app.pipeline import FAULT_HEADER
 from statusek.testing import fresh_vhost
+from tests.conftest import command_partitions
 from tests.integration.conftest import Cluster
 from tests.integration.faults import TcpProxy, proxied
 from tests.log_secrets import with_password
@@ -293,11 +295,18 @@ async def without_message_id(
 
 
 async def messages(cluster: Cluster, queue: str, *, unacked: bool = False) -> int:
-    """Ready messages in `queue` (with `unacked`, also those delivered and not yet acked)."""
+    """Ready messages in `queue` (with `unacked`, also those delivered and not yet acked).
+
+    `statusek.commands` counts every command partition.
+    """
+    names = Names(partitions=command_partitions())
+    queues = names.command_queues if queue == names.commands else [queue]
     channel = await cluster.wire.connection.channel()
     try:
-        declared = await channel.declare_queue(queue, passive=True)
-        ready = int(declared.declaration_result.message_count or 0)
+        ready = 0
+        for name in queues:
+            declared = await channel.declare_queue(name, passive=True)
+            ready += int(declared.declaration_result.message_count or 0)
     finally:
         await channel.close()
     return ready + (cluster.queue_depths()[queue][1] if unacked else 0)

@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from statusek.adapters.rabbitmq.broker import ORIGINAL_SIZE_HEADER, TRUNCATED_HEADER
+from statusek.adapters.rabbitmq.broker import ORIGINAL_SIZE_HEADER, TRUNCATED_HEADER, Names
 from statusek.app.identity import version
+from tests.conftest import command_partitions
 from tests.integration.conftest import Cluster
 from tests.integration.faults import proxied
 from tests.integration.wire import Wire
@@ -180,7 +181,7 @@ async def test_poison_commands_end_in_dead_letter_after_the_delivery_limit(clust
         deaths[message.message_id or ""] = (message.headers or {})["x-death"]
     for x_death in deaths.values():
         assert x_death[0]["reason"] == "delivery_limit"
-        assert x_death[0]["queue"] == "statusek.commands"
+        assert x_death[0]["queue"] in Names(partitions=command_partitions()).command_queues
     figures = await metrics(port)
     assert figures[("statusek_dead_lettered_total", (("reason", "delivery-limit"),))] == 50
     assert (await get(port, "/readyz"))[0] == 200
@@ -236,7 +237,8 @@ async def test_a_queue_declared_with_other_limits_is_kept(cluster: Cluster) -> N
     await wait_status(port, 200, timeout=30)
     cluster.stop()
     warnings = [line for line in cluster.log_lines() if line["event"].startswith("queue exists with other")]
-    assert [w["queue"] for w in warnings] == ["statusek.commands"]
+    # The fixture declared every partition with the default limit.
+    assert [w["queue"] for w in warnings] == Names(partitions=command_partitions()).command_queues
     assert "definitions.json" in str(warnings[0]["fix"])
 
 

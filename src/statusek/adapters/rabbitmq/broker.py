@@ -290,7 +290,7 @@ class Broker:
                     await q.bind(unrouted, routing_key="")
                     if queue == n.commands:
                         self.delivery_limit_in_force = limits.delivery_limit if accepted else None
-                        channel = await self._declare_partitions(channel, direct, q, arguments)
+                        channel = await self._declare_partitions(channel, arguments)
                         continue
                     for key in keys:
                         await q.bind(direct, routing_key=key)
@@ -302,61 +302,56 @@ class Broker:
             finally:
                 await channel.close()
 
-    async def _declare_partitions(
-        self,
-        channel: AbstractChannel,
-        direct: AbstractExchange,
-        first: AbstractQueue,
-        arguments: FieldTable,
-    ) -> AbstractChannel:
+    async def _declare_partitions(self, channel: AbstractChannel, arguments: FieldTable) -> AbstractChannel:
         """Route commands to one queue, or spread them over partitions by instance_token.
 
         With several partitions the command exchange feeds a consistent-hash
         exchange keyed by the `instance_token` header; commands without the
-        header all go to one partition. Bindings of the other layout are removed, so changing
-        the count never delivers a command twice.
+        header all go to one partition. Bindings of the other layout are
+        removed, so changing the count never delivers a command twice.
         """
         n = self.names
-        partitioned = n.partitions > 1
+        for index in range(1, n.partitions):
+            channel, _, _ = await self._declare_queue(channel, n.partition(index), arguments)
+        # Bind on a channel of our own: a declaration refused above closed the one it ran on,
+        # and with it every exchange and queue object made there.
+        await channel.close()
+        channel = await self._require().channel()
+        direct = await channel.get_exchange(n.commands, ensure=False)
+        first = await channel.get_queue(n.commands, ensure=False)
         existing = await self._exchange_exists(n.partitioner)
-        if partitioned:
-            headerless = await channel.declare_exchange(
-                n.headerless, aio_pika.ExchangeType.FANOUT, durable=True
-            )
-            try:
-                partitioner = await channel.declare_exchange(
-                    n.partitioner,
-                    self.partitioner_type,
-                    durable=True,
-                    arguments={"hash-header": INSTANCE_TOKEN_HEADER, "alternate-exchange": headerless.name},
-                )
-            except aiormq.exceptions.ConnectionCommandInvalid as e:
-                raise PartitionerMissing(
-                    f"STATUSEK_COMMAND_PARTITIONS={n.partitions} needs RabbitMQ's consistent-hash exchange:"
-                    " run 'rabbitmq-plugins enable rabbitmq_consistent_hash_exchange' on the broker"
-                ) from e
-            # RabbitMQ 3.10 hashes a missing header as a constant, so headerless commands share
-            # one partition; should a broker route them nowhere instead, they reach partition 0.
-            await first.bind(headerless, routing_key="")
-            for index in range(n.partitions):
-                if index == 0:
-                    queue = first
-                else:
-                    channel, queue, _ = await self._declare_queue(channel, n.partition(index), arguments)
-                # The routing key of a consistent-hash binding is its weight.
-                await queue.bind(partitioner, routing_key="1")
-            for key in COMMANDS:
-                await partitioner.bind(direct, routing_key=key)
-                await first.unbind(direct, routing_key=key)
-            channel = await self._unbind_retired_partitions(channel, partitioner)
-        else:
+        if n.partitions == 1:
             for key in COMMANDS:
                 await first.bind(direct, routing_key=key)
             if existing:
                 partitioner = await channel.get_exchange(n.partitioner, ensure=False)
                 for key in COMMANDS:
                     await partitioner.unbind(direct, routing_key=key)
-        return channel
+            return channel
+        headerless = await channel.declare_exchange(n.headerless, aio_pika.ExchangeType.FANOUT, durable=True)
+        try:
+            partitioner = await channel.declare_exchange(
+                n.partitioner,
+                self.partitioner_type,
+                durable=True,
+                arguments={"hash-header": INSTANCE_TOKEN_HEADER, "alternate-exchange": headerless.name},
+            )
+        except aiormq.exceptions.ConnectionCommandInvalid as e:
+            raise PartitionerMissing(
+                f"STATUSEK_COMMAND_PARTITIONS={n.partitions} needs RabbitMQ's consistent-hash exchange:"
+                " run 'rabbitmq-plugins enable rabbitmq_consistent_hash_exchange' on the broker"
+            ) from e
+        # RabbitMQ 3.10 hashes a missing header as a constant, so headerless commands share
+        # one partition; should a broker route them nowhere instead, they reach partition 0.
+        await first.bind(headerless, routing_key="")
+        for index in range(n.partitions):
+            queue = await channel.get_queue(n.partition(index), ensure=False)
+            # The routing key of a consistent-hash binding is its weight.
+            await queue.bind(partitioner, routing_key="1")
+        for key in COMMANDS:
+            await partitioner.bind(direct, routing_key=key)
+            await first.unbind(direct, routing_key=key)
+        return await self._unbind_retired_partitions(channel, partitioner)
 
     async def _exchange_exists(self, name: str) -> bool:
         channel = await self._require().channel()
