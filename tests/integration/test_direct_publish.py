@@ -22,6 +22,7 @@ from statusek.app.pipeline import FAULT_HEADER, CommandPipeline
 from statusek.app.relay import OutboxRelay
 from statusek.core.decide import Policy
 from statusek.core.errors import BrokerUnavailable
+from tests.conftest import command_partitions
 from tests.integration.conftest import Cluster
 
 STARTED = {"status_name": "STARTED"}
@@ -53,7 +54,7 @@ class InProcess:
 @pytest.fixture
 async def in_process(cluster: Cluster, models_path: str) -> AsyncIterator[InProcess]:
     store = await Store.open(cluster.env["STATUSEK_DATABASE_URL"])
-    broker = FlakyBroker(cluster.env["STATUSEK_AMQP_URL"], Names())
+    broker = FlakyBroker(cluster.env["STATUSEK_AMQP_URL"], Names(partitions=command_partitions()))
     wakes: list[float] = []
     try:
         models, errors = load_models(Path(p) for p in models_path.split(":"))
@@ -69,7 +70,8 @@ async def in_process(cluster: Cluster, models_path: str) -> AsyncIterator[InProc
             retry_cap=1.0,
             on_committed=lambda: wakes.append(time.monotonic()),
         )
-        consumer = await broker.consume("statusek.commands", 64, pipeline.on_message)
+        # One pipeline for every partition: enough for these tests, which watch one instance at a time.
+        consumers = [await broker.consume(q, 64, pipeline.on_message) for q in broker.names.command_queues]
         running = asyncio.create_task(pipeline.run())
         try:
             yield InProcess(store, broker, pipeline, wakes)
@@ -77,7 +79,8 @@ async def in_process(cluster: Cluster, models_path: str) -> AsyncIterator[InProc
             pipeline.stop()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(running, 10)
-            await consumer.close()
+            for consumer in consumers:
+                await consumer.close()
     finally:
         await broker.close()
         await store.close()
