@@ -159,6 +159,12 @@ class Settings(BaseSettings):
     purge_every: float = Field(default=60.0, gt=0, description="Seconds between purge passes.")
     outbox_batch: int = Field(default=500, gt=0)
     outbox_poll: float = Field(default=1.0, gt=0)
+    direct_publish: bool = Field(
+        default=True, description="The applying worker publishes a window's notifications after commit."
+    )
+    outbox_grace: float = Field(
+        default=2.0, gt=0, description="Seconds a relay leaves a directly published row to its worker."
+    )
     idempotency_window: float = Field(default=7 * 24 * 3600, gt=0, description="Seconds.")
     # Also bounds how long a worker stays unready after RabbitMQ comes back.
     retry_backoff_max: float = Field(default=2.0, gt=0)

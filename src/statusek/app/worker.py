@@ -164,7 +164,12 @@ class Worker:
     async def _serve(self, store: Store, broker: Broker) -> None:
         s = self.settings
         relay = OutboxRelay(
-            store, broker, batch=s.outbox_batch, poll=s.outbox_poll, retry_cap=s.retry_backoff_max
+            store,
+            broker,
+            batch=s.outbox_batch,
+            poll=s.outbox_poll,
+            retry_cap=s.retry_backoff_max,
+            grace=s.outbox_grace,
         )
         sweeper = Sweeper(
             store,
@@ -187,6 +192,7 @@ class Worker:
                 fault_hooks=s.fault_hooks,
                 metrics=self.metrics,
                 groups=self.groups,
+                direct_publish=s.direct_publish,
             )
 
         policy = Policy(
