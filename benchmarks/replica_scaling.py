@@ -17,11 +17,21 @@ cgroup (cpuacct usage and CFS throttling), the broker's and Postgres' from
 /proc; commands per replica from its /metrics. Containers run with host
 networking, so they reach the broker and the database on 127.0.0.1; each gets
 its own STATUSEK_OPS_PORT. Every container started is removed at the end, on
-failure and on Ctrl-C too.
+failure and on Ctrl-C too. The uncapped reference is one container of the same
+image without --cpus (`--uncapped host`: a `statusek worker` of this venv).
+
+Before each run it waits (--quiet-wait) for the machine to be idle, and it
+reports `other`: CPU taken by anything else meanwhile. A run whose instances
+did not all finish normally (no progress for --stall seconds), or whose
+replies were not all SUCCESS, or that left messages in the vhost's queues,
+gets an INCOMPLETE line. On 2 cores, 1 replica at 0.5 cpus already needs
+about as much broker + Postgres + load CPU as the machine has left, so the
+curve with room for 4 replicas is the one with a smaller cap:
 
     deploy/docker/build-images.sh --force worker   # local/statusek:test from this checkout
-    .venv/bin/python benchmarks/replica_scaling.py --partitions 4 --instances 3000
-    .venv/bin/python benchmarks/replica_scaling.py --partitions 4 --replicas 1 2 4 --cpus 0.5 --json
+    .venv/bin/python benchmarks/replica_scaling.py --partitions 4 --instances 2000 --rounds 2
+    .venv/bin/python benchmarks/replica_scaling.py --partitions 4 --cpus 0.1 --uncapped none \
+        --instances 1200 --warmup 100 --rounds 2
 """
 
 from __future__ import annotations
@@ -31,6 +41,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import resource
 import secrets
 import signal
@@ -44,7 +55,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import aio_pika
 import aio_pika.abc
@@ -222,14 +233,16 @@ class Replica:
         except urllib.error.HTTPError as e:
             return e.code, e.read().decode(errors="replace")
 
-    def commands_answered(self) -> int:
-        """The sum of statusek_commands_total on its /metrics (all routing keys and codes)."""
+    def commands_answered(self) -> dict[str, int]:
+        """statusek_commands_total on its /metrics, summed per reply code (all routing keys)."""
         _, text = self.get("/metrics")
-        total = 0.0
+        codes: dict[str, int] = {}
         for line in text.splitlines():
             if line.startswith("statusek_commands_total{"):
-                total += float(line.rsplit(None, 1)[1])
-        return int(total)
+                found = re.search(r'code="([^"]*)"', line)
+                code = found.group(1) if found else "?"
+                codes[code] = codes.get(code, 0) + int(float(line.rsplit(None, 1)[1]))
+        return codes
 
 
 def docker(*args: str, env: dict[str, str] | None = None, check: bool = True) -> str:
@@ -356,13 +369,20 @@ class Progress:
 
 @dataclass
 class Load:
-    commands: int
+    commands: int  # of the instances that finished
     seconds: float
     published_after: float
+    missing: int  # instances with no instance-finished when the load stalled
+    reasons: dict[str, int]  # finish reasons of those that finished
 
 
-async def drive(amqp_url: str, instances: int, progress: Progress, timeout: float) -> Load:
-    """Publish `instances` x (create, STARTED, FINISHED); time until every instance-finished arrived."""
+async def drive(amqp_url: str, instances: int, progress: Progress, timeout: float, stall: float) -> Load:
+    """Publish `instances` x (create, STARTED, FINISHED); time until every instance-finished arrived.
+
+    Gives up when no instance finished for `stall` seconds after the last publish (a lost or
+    rejected command would otherwise show only when the model's instance_timeout fires): the
+    instances left are reported as missing.
+    """
     connection = await aio_pika.connect(amqp_url)
     try:
         channel = await connection.channel(publisher_confirms=True)
@@ -373,14 +393,18 @@ async def drive(amqp_url: str, instances: int, progress: Progress, timeout: floa
         waiting = set(tokens)
         all_finished = asyncio.Event()
         last_finished = 0.0
+        reasons: dict[str, int] = {}
 
         async def on_event(m: aio_pika.abc.AbstractIncomingMessage) -> None:
             nonlocal last_finished
             if m.type != "instance-finished":
                 return
-            token = json.loads(m.body).get("instance_token")
+            body = json.loads(m.body)
+            token = body.get("instance_token")
             if token in waiting:  # a notification may come twice (at least once)
                 waiting.discard(token)
+                reason = str(body.get("reason"))
+                reasons[reason] = reasons.get(reason, 0) + 1
                 last_finished = time.perf_counter()
                 if not waiting:
                     all_finished.set()
@@ -430,10 +454,14 @@ async def drive(amqp_url: str, instances: int, progress: Progress, timeout: floa
                 raise TimeoutError(
                     f"{len(waiting)} of {instances} instances not finished within {timeout:g} s"
                 )
+            if time.perf_counter() - max(last_finished, started + published_after) > stall:
+                progress.show(f"stalled: {len(waiting)} instance(s) unfinished for {stall:g} s", final=True)
+                break
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(all_finished.wait(), 0.5)
         report(final=True)
-        return Load(total, last_finished - started, published_after)
+        done = instances - len(waiting)
+        return Load(3 * done, last_finished - started, published_after, len(waiting), reasons)
     finally:
         await connection.close()
 
@@ -447,6 +475,7 @@ class ReplicaResult:
     cpu_cores: float  # CPU seconds / wall seconds of the measured window
     throttled: float | None  # share of CFS periods in which the cap stopped it (None: no cap)
     commands: int  # answered during the measured load
+    codes: dict[str, int] = field(default_factory=dict)  # the same, per reply code
 
 
 @dataclass
@@ -465,6 +494,9 @@ class RunResult:
     other_cores: float  # the machine less workers, broker, postgres and load: whatever else ran
     busy_before: float | None  # cores busy just before the run, with nothing of ours running
     worker_ms_per_command: float  # CPU of all replicas per command
+    missing: int = 0  # instances not finished when the load stalled (see --stall)
+    reasons: dict[str, int] = field(default_factory=dict)  # finish reasons
+    queues_after: dict[str, int] = field(default_factory=dict)  # messages left in the vhost's queues
     workers: list[ReplicaResult] = field(default_factory=list)
     ratio: float | None = None
 
@@ -519,20 +551,25 @@ async def run(
                 progress.show(f"starting {count} worker(s)", final=True)
                 await wait_ready(replicas, args.start_timeout)
                 if args.warmup:
-                    await drive(amqp_url, args.warmup, Progress(f"{label} warm-up"), args.timeout)
+                    await drive(amqp_url, args.warmup, Progress(f"{label} warm-up"), args.timeout, args.stall)
                 await asyncio.sleep(args.settle)
                 answered_before = [await asyncio.to_thread(r.commands_answered) for r in replicas]
                 cpu_before = [r.sample() for r in replicas]
                 host_before = HostSample.now(broker_pid, postgres_pid)
                 window = time.perf_counter()
-                load = await drive(amqp_url, args.instances, progress, args.timeout)
+                load = await drive(amqp_url, args.instances, progress, args.timeout, args.stall)
                 window = time.perf_counter() - window
                 cpu_after = [r.sample() for r in replicas]
                 host_after = HostSample.now(broker_pid, postgres_pid)
                 answered = [
-                    await asyncio.to_thread(r.commands_answered) - before
+                    {
+                        code: n - before.get(code, 0)
+                        for code, n in (await asyncio.to_thread(r.commands_answered)).items()
+                        if n - before.get(code, 0)
+                    }
                     for r, before in zip(replicas, answered_before, strict=True)
                 ]
+                queues = admin.list_queues(unquote(urlsplit(amqp_url).path[1:]))
             # CPU shares are over the sampled window (a little longer than first publish -> last event).
             workers = [
                 ReplicaResult(
@@ -541,6 +578,7 @@ async def run(
                     (after.throttled - before.throttled) / (after.periods - before.periods)
                     if after.periods > before.periods
                     else None,
+                    sum(n.values()),
                     n,
                 )
                 for r, before, after, n in zip(replicas, cpu_before, cpu_after, answered, strict=True)
@@ -557,6 +595,11 @@ async def run(
                 seconds=load.seconds,
                 commands_per_s=load.commands / load.seconds,
                 published_after=load.published_after,
+                missing=load.missing,
+                reasons=load.reasons,
+                queues_after={
+                    q: ready + unacked for q, (ready, unacked) in queues.items() if ready + unacked
+                },
                 broker_cores=broker,
                 postgres_cores=postgres,
                 load_cores=load_cores,
@@ -596,6 +639,16 @@ def table(
             f"  {r.postgres_cores:>4.2f}  {r.load_cores:>4.2f}  {r.other_cores:>5.2f}"
             f"  {r.machine_cores:>5.2f}/{CORES}  {per}"
         )
+        normal = {k: v for k, v in r.reasons.items() if k != "ALL_MANDATORY_STATUSES_ARE_SET"}
+        codes: dict[str, int] = {}
+        for w in r.workers:
+            for code, n in w.codes.items():
+                codes[code] = codes.get(code, 0) + n
+        if r.missing or normal or set(codes) - {"SUCCESS"} or r.queues_after:
+            lines.append(
+                f"{'':>8}  {'':>4}  INCOMPLETE: {r.missing} instance(s) unfinished,"
+                f" finish reasons {r.reasons}, reply codes {codes}, left in queues {r.queues_after}"
+            )
         if several:
             each = ", ".join(f"{v:,.0f}" for v in rounds[r.label])
             lines.append(f"{'':>8}  {'':>4}  rounds: {each} commands/s")
@@ -644,6 +697,9 @@ async def main() -> None:
     parser.add_argument("--ops-port", type=int, default=19464, help="first STATUSEK_OPS_PORT")
     parser.add_argument("--start-timeout", type=float, default=120.0)
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds a run's load may take")
+    parser.add_argument(
+        "--stall", type=float, default=60.0, help="give up waiting after this many seconds without progress"
+    )
     parser.add_argument(
         "--quiet-below",
         type=float,
