@@ -29,7 +29,7 @@ from statusek.testing import (
     fresh_database,
     fresh_vhost,
 )
-from tests.log_secrets import PasswordGrep, password, with_credentials
+from tests.log_secrets import PasswordGrep, new_password, with_credentials
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_MODELS = ROOT / "tests" / "models"
@@ -62,7 +62,7 @@ def amqp_user_url(services: Services) -> Iterator[str]:
     Not an administrator: it may use the vhosts `fresh_vhost(amqp_user_url, ...)` makes for it.
     """
     user = f"statusek-test-user-{secrets.token_hex(4)}"
-    secret = password(secrets.token_urlsafe(18))
+    secret = new_password(18)
     services.rabbit.rabbitmqctl("add_user", user, secret)
     try:
         yield with_credentials(services.amqp_url, user, secret)
@@ -79,7 +79,7 @@ async def database_owner_url(services: Services) -> AsyncIterator[str]:
     password; it is in the URL all the same, where a leak would show it.
     """
     role = f"statusek_test_owner_{secrets.token_hex(4)}"
-    secret = password(secrets.token_urlsafe(18))  # letters, digits, - and _: safe inside '...'
+    secret = new_password(18)  # letters, digits, - and _: safe inside '...'
     await _as_admin(services, f"CREATE ROLE \"{role}\" LOGIN CREATEDB CREATEROLE PASSWORD '{secret}'")
     try:
         yield with_credentials(services.database_url, role, secret)

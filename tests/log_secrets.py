@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio.subprocess
 import os
+import secrets
 import subprocess
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -48,6 +49,11 @@ def password(value: str) -> str:
         raise ValueError(f"a password to grep for needs {MIN_LENGTH} characters or more")
     PASSWORDS.add(value)
     return value
+
+
+def new_password(nbytes: int = 18) -> str:
+    """A fresh random password, registered; it never starts with '-', which rabbitmqctl reads as an option."""
+    return password("p" + secrets.token_urlsafe(nbytes))
 
 
 def with_credentials(url: str, user: str, secret: str) -> str:

@@ -20,7 +20,7 @@ from statusek.app.worker import Worker
 from statusek.testing import RabbitAdmin, Services, fresh_database, fresh_vhost, running_worker
 from tests.conftest import command_partitions
 from tests.integration.wire import Wire
-from tests.log_secrets import password, with_credentials
+from tests.log_secrets import new_password, with_credentials
 
 pytestmark = pytest.mark.integration
 
@@ -200,7 +200,7 @@ async def database(services: Services) -> AsyncIterator[Database]:
     """A database made and migrated by an owner role (not a superuser), and a bare LOGIN role."""
     suffix = secrets.token_hex(4)
     owner, role = f"statusek_priv_owner_{suffix}", f"statusek_priv_worker_{suffix}"
-    owner_password, role_password = password(secrets.token_urlsafe(16)), password(secrets.token_urlsafe(16))
+    owner_password, role_password = new_password(16), new_password(16)
     await as_admin(services, f"CREATE ROLE {owner} LOGIN CREATEDB PASSWORD '{owner_password}'")
     try:
         await as_admin(services, f"CREATE ROLE {role} LOGIN PASSWORD '{role_password}'")

@@ -40,7 +40,7 @@ from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange, 
 from statusek.adapters.rabbitmq.endpoints import connect_first
 from statusek.testing import fresh_database
 from tests.integration.cluster import SERVER, Node, RabbitCluster, available, rabbitmq_cluster
-from tests.log_secrets import password
+from tests.log_secrets import new_password
 
 pytestmark = [
     pytest.mark.integration,
@@ -84,7 +84,7 @@ async def deployment(
 ) -> AsyncIterator[Deployment]:
     """A vhost and user on the cluster, a fresh database, and worker processes given every node's URL."""
     vhost, user = "statusek", "statusek-cluster"
-    secret = password(secrets.token_urlsafe(18))
+    secret = new_password(18)
     await asyncio.to_thread(rabbit.add_vhost, vhost)
     await asyncio.to_thread(rabbit.add_user, user, secret, vhost=vhost)
     urls = rabbit.urls(user, secret, vhost)

@@ -18,7 +18,7 @@ from statusek.client import Client, InstanceNotFound, NotAllowed
 from statusek.testing import Services, fresh_database, fresh_vhost, running_worker
 from tests.integration.test_cli import statusek
 from tests.integration.wire import Wire
-from tests.log_secrets import password, with_credentials
+from tests.log_secrets import new_password, with_credentials
 
 pytestmark = pytest.mark.integration
 
@@ -59,7 +59,7 @@ def parties(services: Services) -> Iterator[tuple[str, dict[str, Party]]]:
         made: dict[str, Party] = {}
         try:
             for role in ("author", "alice", "mallory"):
-                name, secret = f"{role}-{suffix}", password(secrets.token_urlsafe(16))
+                name, secret = f"{role}-{suffix}", new_password(16)
                 services.rabbit.rabbitmqctl("add_user", name, secret)
                 made[role] = Party(name, with_credentials(admin_url, name, secret))
                 services.rabbit.set_permissions(vhost, name)
