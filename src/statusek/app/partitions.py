@@ -35,7 +35,7 @@ class PartitionSlot:
         queue: str,
         broker: Broker,
         prefetch: int,
-        make_pipeline: Callable[[], CommandPipeline],
+        make_pipeline: Callable[[int], CommandPipeline],
         on_delivery: Callable[[PartitionSlot], None],
     ):
         self.index = index
@@ -56,7 +56,7 @@ class PartitionSlot:
 
     async def subscribe(self) -> None:
         """Join the partition's line of consumers, at its back."""
-        pipeline = self._make_pipeline()
+        pipeline = self._make_pipeline(self.index)
         task = asyncio.create_task(pipeline.run(), name=f"pipeline {self.queue}")
 
         async def on_message(delivery: AbstractIncomingMessage) -> None:
@@ -108,7 +108,7 @@ class Partitions:
         broker: Broker,
         *,
         prefetch: int,
-        make_pipeline: Callable[[], CommandPipeline],
+        make_pipeline: Callable[[int], CommandPipeline],
         member_key: int,
         rebalance_every: float,
         drain_timeout: float,

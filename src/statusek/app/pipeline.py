@@ -71,8 +71,10 @@ class CommandPipeline:
         metrics: Metrics | None = None,
         groups: Groups | None = None,
         direct_publish: bool = True,
+        partition: int = 0,
     ):
         self._store = store
+        self._partition = partition
         self._groups: Groups = groups or {}
         self._broker = broker
         self._window = window
@@ -279,10 +281,12 @@ class CommandPipeline:
     async def _apply(self, valid: list[tuple[AbstractIncomingMessage, Envelope]]) -> list[Outcome]:
         if not valid:
             return []
-        async with self._store.transaction() as tx:
+        async with self._store.transaction(fence=self._partition) as tx:
             window = _Window(tx, self._policy, self._groups, direct=self._direct_publish)
             outcomes = await window.apply(valid)
             earliest, direct = await window.save()
+            if self._fault_hooks:
+                await _stall_if_asked(valid)
         if self._fault_hooks:
             _crash_if_asked(valid)
         self._direct.extend(direct)
@@ -341,6 +345,18 @@ def _fail_if_asked(deliveries: Sequence[AbstractIncomingMessage]) -> None:
     for delivery in deliveries:
         if (delivery.headers or {}).get(FAULT_HEADER) == "fail-window":
             raise RuntimeError(f"fault hook: window with {delivery.message_id} fails")
+
+
+STALL_SECONDS = 1.5
+
+
+async def _stall_if_asked(valid: list[tuple[AbstractIncomingMessage, Envelope]]) -> None:
+    """Test-only: hold the window's transaction open, as a starved replica would, on first delivery."""
+    for delivery, _ in valid:
+        if (delivery.headers or {}).get(FAULT_HEADER) == "stall-before-commit" and not delivery.redelivered:
+            log.warning("fault hook: stalling before commit", message_id=delivery.message_id)
+            await asyncio.sleep(STALL_SECONDS)
+            return
 
 
 def _crash_if_asked(valid: list[tuple[AbstractIncomingMessage, Envelope]]) -> None:

@@ -179,7 +179,7 @@ class Worker:
             on_committed=relay.wake,
         )
 
-        def make_pipeline() -> CommandPipeline:
+        def make_pipeline(partition: int) -> CommandPipeline:
             return CommandPipeline(
                 store,
                 broker,
@@ -193,6 +193,7 @@ class Worker:
                 metrics=self.metrics,
                 groups=self.groups,
                 direct_publish=s.direct_publish,
+                partition=partition,
             )
 
         policy = Policy(

@@ -31,6 +31,7 @@ log = structlog.get_logger(__name__)
 
 OUTBOX_CHANNEL = "statusek_outbox"
 DEADLINE_CHANNEL = "statusek_deadline"
+PARTITION_FENCE = 0x5354_5046  # arbitrary int4, the lock space of command partitions' windows
 _INSTANCE_COLUMNS = (
     "token, object_name, model_version, labels, create_args, created_at, instance_deadline,"
     " heartbeat_timeout, heartbeat_deadline, statuses, last_seq, finished_at, finish_reason"
@@ -389,8 +390,17 @@ class Store:
         await self._pool.close()
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[Transaction]:
+    async def transaction(self, *, fence: int | None = None) -> AsyncIterator[Transaction]:
+        """A transaction; with `fence`, it first waits for any other transaction holding that fence.
+
+        A command partition's windows take its fence: a window still committing after its
+        channel closed (a hand-over that timed out, a lost connection) and the window of the
+        same redelivered commands on another replica then run one after the other, and the
+        second finds the first's replies, instead of both creating the same instance.
+        """
         async with translated(), self._pool.acquire() as conn, conn.transaction():
+            if fence is not None:
+                await conn.execute("SELECT pg_advisory_xact_lock($1, $2)", PARTITION_FENCE, fence)
             yield Transaction(conn, self)
 
     @asynccontextmanager
