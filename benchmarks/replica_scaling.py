@@ -199,6 +199,20 @@ class HostSample:
         )
 
 
+async def left_in_queues(admin: RabbitAdmin, vhost: str, wait: float = 12.0) -> dict[str, tuple[int, int]]:
+    """Messages in the vhost's queues once they drained, or after `wait` seconds.
+
+    Quorum queues report their depth with the broker's statistics, every 5 s by
+    default: a look right after the last notification may still show the load.
+    """
+    deadline = time.monotonic() + wait
+    while True:
+        queues = await asyncio.to_thread(admin.list_queues, vhost)
+        if not any(ready + unacked for ready, unacked in queues.values()) or time.monotonic() > deadline:
+            return queues
+        await asyncio.sleep(1.0)
+
+
 def _delta(before: dict[int, float], after: dict[int, float]) -> float:
     # A process that started in between counts from 0; one that ended in between is lost (rare here).
     return sum(seconds - before.get(pid, 0.0) for pid, seconds in after.items())
@@ -243,6 +257,14 @@ class Replica:
                 code = found.group(1) if found else "?"
                 codes[code] = codes.get(code, 0) + int(float(line.rsplit(None, 1)[1]))
         return codes
+
+    def windows_taken(self) -> int:
+        """statusek_window_size_count on its /metrics: windows of commands applied so far."""
+        _, text = self.get("/metrics")
+        for line in text.splitlines():
+            if line.startswith("statusek_window_size_count"):
+                return int(float(line.rsplit(None, 1)[1]))
+        return 0
 
 
 def docker(*args: str, env: dict[str, str] | None = None, check: bool = True) -> str:
@@ -476,6 +498,7 @@ class ReplicaResult:
     throttled: float | None  # share of CFS periods in which the cap stopped it (None: no cap)
     commands: int  # answered during the measured load
     codes: dict[str, int] = field(default_factory=dict)  # the same, per reply code
+    windows: int = 0  # transactions of commands (windows) taken during the measured load
 
 
 @dataclass
@@ -540,6 +563,7 @@ async def run(
                 "STATUSEK_DATABASE_URL": db_url,
                 "STATUSEK_COMMAND_PARTITIONS": str(args.partitions),
                 "STATUSEK_LOG_LEVEL": "WARNING",
+                **dict(kv.split("=", 1) for kv in args.env),
             }
             started = (
                 containers(args.image, count, cpus, env, args.ops_port, run_id)
@@ -554,6 +578,7 @@ async def run(
                     await drive(amqp_url, args.warmup, Progress(f"{label} warm-up"), args.timeout, args.stall)
                 await asyncio.sleep(args.settle)
                 answered_before = [await asyncio.to_thread(r.commands_answered) for r in replicas]
+                windows_before = [await asyncio.to_thread(r.windows_taken) for r in replicas]
                 cpu_before = [r.sample() for r in replicas]
                 host_before = HostSample.now(broker_pid, postgres_pid)
                 window = time.perf_counter()
@@ -569,7 +594,11 @@ async def run(
                     }
                     for r, before in zip(replicas, answered_before, strict=True)
                 ]
-                queues = admin.list_queues(unquote(urlsplit(amqp_url).path[1:]))
+                windows = [
+                    await asyncio.to_thread(r.windows_taken) - before
+                    for r, before in zip(replicas, windows_before, strict=True)
+                ]
+                queues = await left_in_queues(admin, unquote(urlsplit(amqp_url).path[1:]))
             # CPU shares are over the sampled window (a little longer than first publish -> last event).
             workers = [
                 ReplicaResult(
@@ -580,8 +609,11 @@ async def run(
                     else None,
                     sum(n.values()),
                     n,
+                    w,
                 )
-                for r, before, after, n in zip(replicas, cpu_before, cpu_after, answered, strict=True)
+                for r, before, after, n, w in zip(
+                    replicas, cpu_before, cpu_after, answered, windows, strict=True
+                )
             ]
             broker = _delta(host_before.broker, host_after.broker) / window
             postgres = _delta(host_before.postgres, host_after.postgres) / window
@@ -622,14 +654,16 @@ def table(
         "",
         f"{'replicas':>8}  {'cpus':>4}  {'commands/s':>10}  {'ratio':>5}  {'seconds':>7}  {'ms/cmd':>6}"
         f"  {'workers':>7}  {'broker':>6}  {'pg':>4}  {'load':>4}  {'other':>5}  {'machine':>7}"
-        "  per replica: cores (throttled) commands",
+        "  per replica: cores (throttled) commands/windows",
     ]
     several = any(len(v) > 1 for v in rounds.values())
     for r in results:
         cpus = "none" if r.cpus is None else f"{r.cpus:g}"
         ratio = "-" if r.ratio is None else f"{r.ratio:.2f}"
         per = "  ".join(
-            f"{w.cpu_cores:.2f}" + ("" if w.throttled is None else f" ({w.throttled:.0%})") + f" {w.commands}"
+            f"{w.cpu_cores:.2f}"
+            + ("" if w.throttled is None else f" ({w.throttled:.0%})")
+            + f" {w.commands}/{w.windows}"
             for w in r.workers
         )
         workers = sum(w.cpu_cores for w in r.workers)
@@ -660,7 +694,8 @@ def table(
         "replicas), broker (the process on the AMQP port), pg (the postmaster on the database port and",
         "its backends), load (this process), other (the machine less those: anything else running),",
         "machine (all of it, of the cores there are). throttled: share of CFS periods in which the cpus",
-        "cap stopped the replica; commands: answered by that replica during the measured load.",
+        "cap stopped the replica; commands/windows: answered by that replica during the measured load,",
+        "and the windows (one transaction each) they took.",
     ]
     return "\n".join(lines)
 
@@ -709,6 +744,13 @@ async def main() -> None:
     parser.add_argument("--quiet-wait", type=float, default=300.0, help="how long at most; 0: do not wait")
     parser.add_argument(
         "--rounds", type=int, default=1, help="measure each configuration this many times; report the best"
+    )
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting for every replica (repeatable), e.g. STATUSEK_PREFETCH=128",
     )
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead")
     args = parser.parse_args()

@@ -133,9 +133,17 @@ class Partitions:
 
     def members_changed(self, members: frozenset[int]) -> None:
         new = share(len(self.slots), members, self._key)
-        if new != self._share:
-            log.info("partition share", share=sorted(new), members=len(members))
+        if new == self._share:
+            return
+        log.info("partition share", share=sorted(new), members=len(members))
         self._share = new
+        # Step back from every partition outside the share at once, whether or not this
+        # replica heads its line (the broker does not say): the owners, who never step
+        # back, come to the head of their lines within one change, not one delivery and
+        # `rebalance_every` at a time each.
+        for slot in self.slots:
+            if slot.index not in new:
+                self._hand_over(slot)
 
     async def subscribe_all(self) -> None:
         """(Re)join every partition's line: after a (re)connection, every old channel is gone."""
@@ -161,6 +169,11 @@ class Partitions:
         if self._stopping or slot.index in self._share:
             return
         if time.monotonic() - slot.stepped_back_at < self._every:
+            return
+        self._hand_over(slot)
+
+    def _hand_over(self, slot: PartitionSlot) -> None:
+        if self._stopping:
             return
         slot.stepped_back_at = time.monotonic()
         task = asyncio.create_task(self._step_back(slot), name=f"hand-over {slot.queue}")
