@@ -18,6 +18,7 @@ import pytest
 from statusek.adapters.model_files import load_models
 from statusek.adapters.postgres.store import Store
 from statusek.adapters.rabbitmq.broker import Broker, Names
+from statusek.app.metrics import Metrics
 from statusek.app.pipeline import FAULT_HEADER, CommandPipeline
 from statusek.app.relay import OutboxRelay
 from statusek.core.decide import Policy
@@ -49,6 +50,7 @@ class InProcess:
     broker: FlakyBroker
     pipeline: CommandPipeline
     relay_wakes: list[float]
+    metrics: Metrics
 
 
 @pytest.fixture
@@ -56,6 +58,7 @@ async def in_process(cluster: Cluster, models_path: str) -> AsyncIterator[InProc
     store = await Store.open(cluster.env["STATUSEK_DATABASE_URL"])
     broker = FlakyBroker(cluster.env["STATUSEK_AMQP_URL"], Names(partitions=command_partitions()))
     wakes: list[float] = []
+    metrics = Metrics()
     try:
         models, errors = load_models(Path(p) for p in models_path.split(":"))
         assert not errors
@@ -69,12 +72,13 @@ async def in_process(cluster: Cluster, models_path: str) -> AsyncIterator[InProc
             policy=Policy(),
             retry_cap=1.0,
             on_committed=lambda: wakes.append(time.monotonic()),
+            metrics=metrics,
         )
         # One pipeline for every partition: enough for these tests, which watch one instance at a time.
         consumers = [await broker.consume(q, 64, pipeline.on_message) for q in broker.names.command_queues]
         running = asyncio.create_task(pipeline.run())
         try:
-            yield InProcess(store, broker, pipeline, wakes)
+            yield InProcess(store, broker, pipeline, wakes, metrics)
         finally:
             pipeline.stop()
             with contextlib.suppress(Exception):
@@ -134,6 +138,8 @@ async def test_the_applying_pipeline_publishes_its_notifications(
     assert kinds(received) == expected(token)
     await outbox_empty(cluster_db)
     assert in_process.relay_wakes == []
+    direct = {"path": "direct"}
+    assert in_process.metrics.registry.get_sample_value("statusek_notifications_published_total", direct) == 3
 
 
 async def test_a_failed_direct_publish_goes_to_the_relay_before_later_notifications(

@@ -6,6 +6,8 @@ several workers in one process and read each one's figures.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -81,7 +83,21 @@ class Metrics:
         )
         self.active_consumer = Gauge(
             "statusek_active_consumer",
-            "1 while this replica holds statusek.commands; set at its first delivery there.",
+            "1 while this replica is the active consumer of a command queue (partition);"
+            " set at its first delivery there.",
+            ["queue"],
+            registry=r,
+        )
+        self.handovers = Counter(
+            "statusek_partition_handovers",
+            "Command partitions this replica stepped back from for the replica whose share they are.",
+            registry=r,
+        )
+        self.notifications = Counter(
+            "statusek_notifications_published",
+            "Notifications published, by path: direct (by the window that committed them) or relay"
+            " (the outbox's safety net, and global statuses).",
+            ["path"],
             registry=r,
         )
         self.queue_messages = Gauge(
@@ -97,6 +113,13 @@ class Metrics:
             self.reconnects.labels(dependency=dependency)
         for reason in DEAD_LETTER_REASONS:
             self.dead_lettered.labels(reason=reason)
+        for path in ("direct", "relay"):
+            self.notifications.labels(path=path)
+
+    def not_consuming(self, queues: Iterable[str]) -> None:
+        """Every command queue at 0: the series exist, so an alert sees a queue nobody consumes."""
+        for queue in queues:
+            self.active_consumer.labels(queue=queue).set(0)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -114,6 +137,8 @@ METRIC_NAMES = frozenset(
         "statusek_outbox_oldest_age_seconds",
         "statusek_sweeper_lag_seconds",
         "statusek_active_consumer",
+        "statusek_partition_handovers_total",
+        "statusek_notifications_published_total",
         "statusek_queue_messages",
         "statusek_ready",
         "statusek_build_info",

@@ -20,6 +20,7 @@ import structlog
 from aio_pika.abc import AbstractIncomingMessage
 
 from statusek.adapters.rabbitmq.broker import Broker, Consumer
+from statusek.app.metrics import Metrics
 from statusek.app.pipeline import CommandPipeline
 from statusek.core.partitions import share
 
@@ -35,7 +36,7 @@ class PartitionSlot:
         queue: str,
         broker: Broker,
         prefetch: int,
-        make_pipeline: Callable[[int], CommandPipeline],
+        make_pipeline: Callable[[int, str], CommandPipeline],
         on_delivery: Callable[[PartitionSlot], None],
     ):
         self.index = index
@@ -56,7 +57,7 @@ class PartitionSlot:
 
     async def subscribe(self) -> None:
         """Join the partition's line of consumers, at its back."""
-        pipeline = self._make_pipeline(self.index)
+        pipeline = self._make_pipeline(self.index, self.queue)
         task = asyncio.create_task(pipeline.run(), name=f"pipeline {self.queue}")
 
         async def on_message(delivery: AbstractIncomingMessage) -> None:
@@ -108,10 +109,11 @@ class Partitions:
         broker: Broker,
         *,
         prefetch: int,
-        make_pipeline: Callable[[int], CommandPipeline],
+        make_pipeline: Callable[[int, str], CommandPipeline],
         member_key: int,
         rebalance_every: float,
         drain_timeout: float,
+        metrics: Metrics | None = None,
     ):
         self.slots = [
             PartitionSlot(i, q, broker, prefetch, make_pipeline, self._delivered)
@@ -125,6 +127,7 @@ class Partitions:
         self._lock = asyncio.Lock()
         self._handovers: set[asyncio.Task[None]] = set()
         self._stopping = False
+        self._metrics = metrics or Metrics()
         self.handovers = 0
 
     @property
@@ -188,6 +191,7 @@ class Partitions:
             try:
                 await slot.step_back(self._drain_timeout)
                 self.handovers += 1
+                self._metrics.handovers.inc()
             except Exception as e:
                 # The connection is going: the reconnection subscribes every slot again.
                 log.warning("partition hand-over interrupted", queue=slot.queue, error=str(e))

@@ -72,9 +72,11 @@ class CommandPipeline:
         groups: Groups | None = None,
         direct_publish: bool = True,
         partition: int = 0,
+        queue: str = "statusek.commands",
     ):
         self._store = store
         self._partition = partition
+        self._queue = queue
         self._groups: Groups = groups or {}
         self._broker = broker
         self._window = window
@@ -96,7 +98,7 @@ class CommandPipeline:
 
     async def on_message(self, delivery: AbstractIncomingMessage) -> None:
         # Only the single active consumer ever gets a delivery.
-        self._metrics.active_consumer.set(1)
+        self._metrics.active_consumer.labels(queue=self._queue).set(1)
         await self._inbox.put(delivery)
 
     async def run(self) -> None:
@@ -128,6 +130,8 @@ class CommandPipeline:
         """
         self._stopping = True
         self._inbox.put_nowait(None)
+        # Its channel closes next: the next consumer in line takes over.
+        self._metrics.active_consumer.labels(queue=self._queue).set(0)
 
     async def process(self, deliveries: Sequence[AbstractIncomingMessage]) -> None:
         started = time.perf_counter()
@@ -231,6 +235,7 @@ class CommandPipeline:
             log.warning("published notifications stay in the outbox", error=str(e), count=len(rows))
             return
         self.published += len(rows)
+        self._metrics.notifications.labels(path="direct").inc(len(rows))
 
     async def _requeue(self, deliveries: Sequence[AbstractIncomingMessage]) -> None:
         last = await settle.requeue_all(deliveries, self._broker.delivery_limit_in_force)

@@ -25,6 +25,7 @@ import structlog
 from statusek.adapters.postgres.store import OutboxRow, Store
 from statusek.adapters.rabbitmq.broker import Broker
 from statusek.app.backoff import Backoff
+from statusek.app.metrics import Metrics
 from statusek.core.errors import StoreFailure, TransientError
 
 log = structlog.get_logger(__name__)
@@ -59,8 +60,10 @@ class OutboxRelay:
         poll: float,
         retry_cap: float,
         grace: float = 2.0,
+        metrics: Metrics | None = None,
     ):
         self._store = store
+        self._metrics = metrics or Metrics()
         self._broker = broker
         self._batch = batch
         self._poll = poll
@@ -122,6 +125,7 @@ class OutboxRelay:
                     await self._broker.publish_notifications([r.notification for r in send])
                     await tx.delete_outbox([r.id for r in send])
             self.published += len(send)
+            self._metrics.notifications.labels(path="relay").inc(len(send))
             if len(rows) < self._batch:
                 return True
             after = rows[-1].id

@@ -170,6 +170,7 @@ class Worker:
             poll=s.outbox_poll,
             retry_cap=s.retry_backoff_max,
             grace=s.outbox_grace,
+            metrics=self.metrics,
         )
         sweeper = Sweeper(
             store,
@@ -179,7 +180,7 @@ class Worker:
             on_committed=relay.wake,
         )
 
-        def make_pipeline(partition: int) -> CommandPipeline:
+        def make_pipeline(partition: int, queue: str) -> CommandPipeline:
             return CommandPipeline(
                 store,
                 broker,
@@ -194,6 +195,7 @@ class Worker:
                 groups=self.groups,
                 direct_publish=s.direct_publish,
                 partition=partition,
+                queue=queue,
             )
 
         policy = Policy(
@@ -209,7 +211,9 @@ class Worker:
             member_key=member_key,
             rebalance_every=s.rebalance_every,
             drain_timeout=s.shutdown_timeout,
+            metrics=self.metrics,
         )
+        self.metrics.not_consuming(self.names.command_queues)
         self.partitions = partitions
         queries = QueryHandler(
             store, broker, max_body_bytes=s.max_body_bytes, metrics=self.metrics, groups=self.groups
@@ -295,7 +299,7 @@ class Worker:
             )
         except TimeoutError:
             log.warning("shutdown timeout: unfinished deliveries go back to the queue")
-        self.metrics.active_consumer.set(0)
+        self.metrics.not_consuming(self.names.command_queues)
         relay.stop()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(relay.flush(), timeout=max(1.0, s.shutdown_timeout / 2))
@@ -334,7 +338,7 @@ class Worker:
             self.started.set()
             await broker.closed()
             self._consuming = False
-            self.metrics.active_consumer.set(0)
+            self.metrics.not_consuming(self.names.command_queues)
             self.metrics.reconnects.labels(dependency="rabbitmq").inc()
             log.warning("rabbitmq connection lost; reconnecting")
 
