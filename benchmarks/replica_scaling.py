@@ -258,13 +258,15 @@ class Replica:
                 codes[code] = codes.get(code, 0) + int(float(line.rsplit(None, 1)[1]))
         return codes
 
-    def windows_taken(self) -> int:
-        """statusek_window_size_count on its /metrics: windows of commands applied so far."""
+    def windows_taken(self) -> tuple[int, int]:
+        """Windows of commands applied so far and partitions handed over, from its /metrics."""
         _, text = self.get("/metrics")
+        found = {"statusek_window_size_count": 0, "statusek_partition_handovers_total": 0}
         for line in text.splitlines():
-            if line.startswith("statusek_window_size_count"):
-                return int(float(line.rsplit(None, 1)[1]))
-        return 0
+            name, _, value = line.partition(" ")
+            if name in found:
+                found[name] = int(float(value))
+        return found["statusek_window_size_count"], found["statusek_partition_handovers_total"]
 
 
 def docker(*args: str, env: dict[str, str] | None = None, check: bool = True) -> str:
@@ -499,6 +501,7 @@ class ReplicaResult:
     commands: int  # answered during the measured load
     codes: dict[str, int] = field(default_factory=dict)  # the same, per reply code
     windows: int = 0  # transactions of commands (windows) taken during the measured load
+    handovers: int = 0  # partitions it stepped back from during the measured load
 
 
 @dataclass
@@ -594,9 +597,9 @@ async def run(
                     }
                     for r, before in zip(replicas, answered_before, strict=True)
                 ]
+                windows_after = [await asyncio.to_thread(r.windows_taken) for r in replicas]
                 windows = [
-                    await asyncio.to_thread(r.windows_taken) - before
-                    for r, before in zip(replicas, windows_before, strict=True)
+                    (a[0] - b[0], a[1] - b[1]) for a, b in zip(windows_after, windows_before, strict=True)
                 ]
                 queues = await left_in_queues(admin, unquote(urlsplit(amqp_url).path[1:]))
             # CPU shares are over the sampled window (a little longer than first publish -> last event).
@@ -609,7 +612,7 @@ async def run(
                     else None,
                     sum(n.values()),
                     n,
-                    w,
+                    *w,
                 )
                 for r, before, after, n, w in zip(
                     replicas, cpu_before, cpu_after, answered, windows, strict=True
@@ -664,6 +667,7 @@ def table(
             f"{w.cpu_cores:.2f}"
             + ("" if w.throttled is None else f" ({w.throttled:.0%})")
             + f" {w.commands}/{w.windows}"
+            + (f" ({w.handovers} hand-overs)" if w.handovers else "")
             for w in r.workers
         )
         workers = sum(w.cpu_cores for w in r.workers)
