@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import signal
+import time
 import uuid
 
 import asyncpg
@@ -84,12 +85,27 @@ async def test_a_broker_without_the_partitioner_type_is_named_with_the_plugin(cl
         await broker.close()
 
 
+async def shares_known(cluster: Cluster, members: int, timeout: float = 20) -> None:
+    """Until every replica has logged its share among `members` (then it has stepped back from the rest)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        last: dict[object, object] = {}
+        for line in cluster.log_lines():
+            if line.get("event") == "partition share":
+                last[line.get("pid")] = line.get("members")
+        if len(last) >= members and all(m == members for m in last.values()):
+            return
+        assert time.monotonic() < deadline, f"shares after {timeout} s: {last}"
+        await asyncio.sleep(0.1)
+
+
 async def test_replicas_apply_partitions_in_parallel_and_keep_order(
     cluster: Cluster, cluster_db: asyncpg.Connection
 ) -> None:
     """Two replicas on four partitions both apply commands; 300 instances end gapless, in order."""
     cluster.start(2, STATUSEK_COMMAND_PARTITIONS=str(PARTITIONS), STATUSEK_LOG_LEVEL="INFO")
     await cluster.wait_for_consumers(2)
+    await shares_known(cluster, members=2)
     ledger = Ledger(cluster.wire, Report(f"{PARTITIONS} partitions, 2 replicas"))
     await ledger.run(300)
     await ledger.wait_replies(timeout=60)

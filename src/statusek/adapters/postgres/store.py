@@ -98,6 +98,7 @@ class Transaction:
     def __init__(self, conn: asyncpg.Connection, store: Store):
         self._conn = conn
         self._store = store
+        self.fenced_at: datetime | None = None
 
     async def now(self) -> datetime:
         """The database clock, read now (not at transaction start): the one clock."""
@@ -203,13 +204,16 @@ class Transaction:
         replies: Mapping[str, Reply],
         *,
         direct: bool = False,
+        in_flight: Sequence[int] = (),
     ) -> list[OutboxRow]:
         """Write the outcome of a window of commands in one go.
 
         With `direct`, returns the outbox rows the caller is to publish itself after commit (then
         `delete_outbox` them): those of instances with no notification already waiting in the
         outbox. The others (and global statuses' notifications) are left to the relays, which
-        are woken on commit (`OUTBOX_CHANNEL`) only when there are such rows.
+        are woken on commit (`OUTBOX_CHANNEL`) only when there are such rows. `in_flight`:
+        rows the caller is still publishing, before these; they do not hold an instance back
+        (should they fail, the caller hands these to the relays too).
         """
         direct_rows: list[OutboxRow] = []
         async with translated():
@@ -274,6 +278,7 @@ class Transaction:
                     [outbox_partition(n.instance_token) for n in notifications],
                     direct,
                     [n.message_id for n in notifications],
+                    list(in_flight),
                 )
                 # Ids follow the window's order (ORDER BY ord); RETURNING's order is not relied on.
                 marked = {r["message_id"]: (r["id"], r["direct"]) for r in inserted}
@@ -334,13 +339,15 @@ class Transaction:
 
 # A window's notifications in one statement. `direct` (the pipeline publishes them itself) only for
 # an instance with no row already waiting: an earlier notification still in the outbox (its
-# publisher crashed or failed) must leave first, through the relay. The rows of one statement do
+# publisher crashed or failed) must leave first, through the relay. Rows the same pipeline is
+# still publishing ($8) do not count: it publishes these after them. The rows of one statement do
 # not see each other, so all of an instance's rows of a window get the same mark. created_at is
 # the time of writing (not of the transaction's start): the relay's grace counts from it.
 OUTBOX_INSERT = (
     "INSERT INTO outbox (message_id, type, instance_token, body, headers, partition, direct, created_at)"
     " SELECT u.message_id, u.type, u.token, u.body::jsonb, u.headers::jsonb, u.part,"
-    "  $6 AND u.token IS NOT NULL AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.instance_token = u.token),"
+    "  $6 AND u.token IS NOT NULL AND NOT EXISTS"
+    "   (SELECT 1 FROM outbox o WHERE o.instance_token = u.token AND o.id <> ALL($8::bigint[])),"
     "  clock_timestamp()"
     " FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::smallint[], $7::text[])"
     "  WITH ORDINALITY AS u(type, token, body, headers, part, message_id, ord)"
@@ -399,9 +406,13 @@ class Store:
         second finds the first's replies, instead of both creating the same instance.
         """
         async with translated(), self._pool.acquire() as conn, conn.transaction():
+            tx = Transaction(conn, self)
             if fence is not None:
-                await conn.execute("SELECT pg_advisory_xact_lock($1, $2)", PARTITION_FENCE, fence)
-            yield Transaction(conn, self)
+                # The clock once the fence is held: the window's `now`, without a round trip of its own.
+                tx.fenced_at = await conn.fetchval(
+                    "SELECT clock_timestamp() FROM pg_advisory_xact_lock($1, $2)", PARTITION_FENCE, fence
+                )
+            yield tx
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[asyncpg.Connection]:
