@@ -247,30 +247,10 @@ class Transaction:
                         for s in states
                     ],
                 )
-            if events:
-                await self._conn.executemany(
-                    "INSERT INTO events (instance_token, seq, kind, occurred_at, status_name,"
-                    " status_type, message, code, reason, actor)"
-                    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-                    [
-                        (
-                            e.instance_token,
-                            e.seq,
-                            e.kind.value,
-                            e.occurred_at,
-                            e.status_name,
-                            e.status_type.value if e.status_type else None,
-                            e.message,
-                            e.code,
-                            e.reason.value if e.reason else None,
-                            e.actor,
-                        )
-                        for e in events
-                    ],
-                )
-            if notifications:
+            if events or notifications or replies:
+                # One round trip for the events, the replies and the outbox rows of the window.
                 inserted = await self._conn.fetch(
-                    OUTBOX_INSERT,
+                    WINDOW_INSERT,
                     [n.type for n in notifications],
                     [n.instance_token for n in notifications],
                     [json.dumps(n.body) for n in notifications],
@@ -279,6 +259,18 @@ class Transaction:
                     direct,
                     [n.message_id for n in notifications],
                     list(in_flight),
+                    [e.instance_token for e in events],
+                    [e.seq for e in events],
+                    [e.kind.value for e in events],
+                    [e.occurred_at for e in events],
+                    [e.status_name for e in events],
+                    [e.status_type.value if e.status_type else None for e in events],
+                    [e.message for e in events],
+                    [e.code for e in events],
+                    [e.reason.value if e.reason else None for e in events],
+                    [e.actor for e in events],
+                    list(replies),
+                    [r.model_dump_json() for r in replies.values()],
                 )
                 # Ids follow the window's order (ORDER BY ord); RETURNING's order is not relied on.
                 marked = {r["message_id"]: (r["id"], r["direct"]) for r in inserted}
@@ -287,12 +279,6 @@ class Transaction:
                 ]
                 if len(direct_rows) < len(notifications):
                     await self._conn.execute("SELECT pg_notify($1, '')", OUTBOX_CHANNEL)
-            if replies:
-                await self._conn.executemany(
-                    "INSERT INTO processed_messages (message_id, reply) VALUES ($1, $2)"
-                    " ON CONFLICT (message_id) DO NOTHING",
-                    [(mid, r.model_dump(mode="json")) for mid, r in replies.items()],
-                )
         return direct_rows
 
     async def announce_deadline(self, deadline: datetime) -> None:
@@ -352,6 +338,17 @@ OUTBOX_INSERT = (
     " FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::smallint[], $7::text[])"
     "  WITH ORDINALITY AS u(type, token, body, headers, part, message_id, ord)"
     " ORDER BY u.ord RETURNING id, direct, message_id"
+)
+# OUTBOX_INSERT with the window's events and replies written beside it (data-modifying CTEs
+# always run, returned from or not).
+WINDOW_INSERT = (
+    "WITH events_written AS (INSERT INTO events (instance_token, seq, kind, occurred_at, status_name,"
+    "  status_type, message, code, reason, actor)"
+    "  SELECT * FROM unnest($9::uuid[], $10::int[], $11::text[], $12::timestamptz[], $13::text[],"
+    "   $14::text[], $15::text[], $16::int[], $17::text[], $18::text[])),"
+    " replies_written AS (INSERT INTO processed_messages (message_id, reply)"
+    "  SELECT m, r::jsonb FROM unnest($19::text[], $20::text[]) AS u(m, r)"
+    "  ON CONFLICT (message_id) DO NOTHING) " + OUTBOX_INSERT
 )
 # After the partition's lock, in a statement of its own: its snapshot must come after the lock, so
 # that rows another relay deleted before letting go of it are not read again.
