@@ -11,11 +11,6 @@ and deletes their outbox rows once confirmed: the relay is only the safety
 net (a crash or a broker failure after commit), see `OUTBOX_INSERT` for which
 rows it publishes directly and `relay.sendable` for how the relay leaves them
 alone meanwhile.
-
-A committed window is finished (answered, acked, its notifications published)
-while the next window applies: an idle worker's latency is then one
-transaction plus the confirms, and under load Postgres and the broker work
-side by side. Windows still finish in order, one at a time.
 """
 
 from __future__ import annotations
@@ -98,11 +93,6 @@ class CommandPipeline:
         self._stopping = False
         # Outbox rows committed by this process's window, for it to publish after commit.
         self._direct: list[OutboxRow] = []
-        # The window being finished (answered, acked, published) and the one before it.
-        self._finishing: asyncio.Future[bool] | None = None
-        self._before_last: asyncio.Future[bool] | None = None
-        self._publishing_ids: list[int] = []  # the outbox rows `_finishing` publishes
-        self._in_flight: list[int] = []  # the same, as seen by the window applying
         self.applied = 0
         self.published = 0  # notifications published directly
 
@@ -129,12 +119,6 @@ class CommandPipeline:
                 log.exception("window failed; its deliveries go back to the queue", size=len(window))
                 with contextlib.suppress(Exception):
                     await self._requeue(window)
-        await self.settled()
-
-    async def settled(self) -> None:
-        """Wait until every committed window is answered, acked and its notifications published."""
-        if self._finishing is not None:
-            await self._finishing
 
     def stop(self) -> None:
         """Finish the window in progress and take no other.
@@ -150,12 +134,6 @@ class CommandPipeline:
         self._metrics.active_consumer.labels(queue=self._queue).set(0)
 
     async def process(self, deliveries: Sequence[AbstractIncomingMessage]) -> None:
-        """Apply a window; its answers, acks and notifications follow while the next window applies.
-
-        At most one window is being finished while the next one applies, and windows finish in
-        order: a window's notifications are published only after the previous window's are
-        confirmed.
-        """
         started = time.perf_counter()
         # Deliveries of a channel that has closed since are back in the queue
         # already; applying them now would only apply them twice.
@@ -169,76 +147,30 @@ class CommandPipeline:
                 invalid.append((d, e))
         if self._fault_hooks:
             _fail_if_asked(deliveries)
-        if self._before_last is not None:
-            await self._before_last  # at most one window finishing while this one applies
-        previous = self._finishing
-        # The previous window's rows, while it still publishes them, do not hold this one's back.
-        self._in_flight = self._publishing_ids if previous is not None and not previous.done() else []
-        trusted = bool(self._in_flight)
         self._direct = []
         outcomes, failed = await self._apply_with_retry(valid)
         direct, self._direct = self._direct, []
+        # Started even when there is nothing to answer, and always awaited before the next window.
+        publishing = asyncio.ensure_future(self._publish_direct(direct))
         if outcomes is None:
-            await self._finish(previous, trusted, direct, [], [], deliveries, started)
+            await publishing
             await self._requeue(deliveries)
             return
         invalid.extend(failed)
-        self._publishing_ids = [r.id for r in direct]
-        self._before_last = previous
-        self._finishing = asyncio.ensure_future(
-            self._finish(previous, trusted, direct, outcomes, invalid, deliveries, started)
-        )
-
-    async def _finish(
-        self,
-        previous: asyncio.Future[bool] | None,
-        trusted: bool,
-        direct: Sequence[OutboxRow],
-        outcomes: Sequence[Outcome],
-        invalid: Sequence[tuple[AbstractIncomingMessage, InvalidMessage]],
-        deliveries: Sequence[AbstractIncomingMessage],
-        started: float,
-    ) -> bool:
-        """Answer, publish and ack a committed window, after the previous one; never raises.
-
-        Returns whether its notifications went out directly. When the previous window's did not
-        and this window's were marked direct in their light (`trusted`), these go to the relay
-        behind them.
-        """
-        handed_over = False
-        if previous is not None and not await previous and trusted and direct:
-            await self._to_relay(direct)
-            direct, handed_over = [], True
         try:
-            # Started even when there is nothing to answer; confirms are awaited together: one round
-            # trip per window, not per reply or notification.
-            publishing = asyncio.ensure_future(self._publish_direct(direct))
-            try:
-                await asyncio.gather(
-                    *(settle.answer(self._broker, o.delivery, o.reply) for o in outcomes),
-                    *(settle.dead_letter(self._broker, d, error) for d, error in invalid),
-                    publishing,
-                )
-                await settle.ack_all(deliveries)
-            except TransientError as e:
-                # The effects are committed; unacked deliveries come back and get
-                # their stored reply (message_id) or a rule's answer.
-                log.warning("could not answer or ack after commit", error=str(e))
-            finally:
-                published = await publishing  # never raises
-            self._record(outcomes, invalid, deliveries, started)
-            return published and not handed_over
-        except Exception:
-            log.exception("finishing a committed window failed; its deliveries come back")
-            return False
-
-    def _record(
-        self,
-        outcomes: Sequence[Outcome],
-        invalid: Sequence[tuple[AbstractIncomingMessage, InvalidMessage]],
-        deliveries: Sequence[AbstractIncomingMessage],
-        started: float,
-    ) -> None:
+            # Confirms are awaited together: one round trip per window, not per reply or notification.
+            await asyncio.gather(
+                *(settle.answer(self._broker, o.delivery, o.reply) for o in outcomes),
+                *(settle.dead_letter(self._broker, d, error) for d, error in invalid),
+                publishing,
+            )
+            await settle.ack_all(deliveries)
+        except TransientError as e:
+            # The effects are committed; unacked deliveries come back and get
+            # their stored reply (message_id) or a rule's answer.
+            log.warning("could not answer or ack after commit", error=str(e))
+        finally:
+            await publishing  # never raises
         elapsed = time.perf_counter() - started
         elapsed_ms = round(elapsed * 1000, 2)
         self._metrics.window_size.observe(len(deliveries))
@@ -270,16 +202,15 @@ class CommandPipeline:
                 detail=error.detail,
             )
 
-    async def _publish_direct(self, rows: Sequence[OutboxRow]) -> bool:
+    async def _publish_direct(self, rows: Sequence[OutboxRow]) -> None:
         """Publish a committed window's notifications, wait for the confirms, delete their rows.
 
-        Never raises; returns whether they were published. When publishing fails the rows stay in
-        the outbox for the relay, marked for it to take at once when the database answers (else
-        after its grace), and it is woken. Either way an instance's later notifications wait for
-        them (`OUTBOX_INSERT`).
+        Never raises. When publishing fails the rows stay in the outbox for the relay, marked
+        for it to take at once when the database answers (else after its grace), and it is woken.
+        Either way an instance's later notifications wait for them (`OUTBOX_INSERT`).
         """
         if not rows:
-            return True
+            return
         ids = [r.id for r in rows]
         try:
             # No timeout of its own, as for the replies beside it: a lost link fails it. Should the
@@ -291,24 +222,20 @@ class CommandPipeline:
                 error=f"{type(e).__name__}: {e}",
                 count=len(rows),
             )
-            await self._to_relay(rows)
-            return False
+            try:
+                await self._store.undirect_outbox(ids)
+            except Exception as e:
+                log.warning("could not hand notifications to the relay at once", error=str(e))
+            self._on_committed()
+            return
         try:
             await self._store.delete_outbox(ids)
         except Exception as e:
             # Published: the relay sends them again after its grace (at least once, in order).
             log.warning("published notifications stay in the outbox", error=str(e), count=len(rows))
-            return True
+            return
         self.published += len(rows)
         self._metrics.notifications.labels(path="direct").inc(len(rows))
-        return True
-
-    async def _to_relay(self, rows: Sequence[OutboxRow]) -> None:
-        try:
-            await self._store.undirect_outbox([r.id for r in rows])
-        except Exception as e:
-            log.warning("could not hand notifications to the relay at once", error=str(e))
-        self._on_committed()
 
     async def _requeue(self, deliveries: Sequence[AbstractIncomingMessage]) -> None:
         last = await settle.requeue_all(deliveries, self._broker.delivery_limit_in_force)
@@ -362,7 +289,7 @@ class CommandPipeline:
         async with self._store.transaction(fence=self._partition) as tx:
             window = _Window(tx, self._policy, self._groups, direct=self._direct_publish)
             outcomes = await window.apply(valid)
-            earliest, direct = await window.save(self._in_flight)
+            earliest, direct = await window.save()
             if self._fault_hooks:
                 await _stall_if_asked(valid)
         if self._fault_hooks:
@@ -541,15 +468,10 @@ class _Window:
             outcomes.append(Outcome(delivery, env, decision.reply))
         return outcomes
 
-    async def save(self, in_flight: Sequence[int] = ()) -> tuple[datetime | None, list[OutboxRow]]:
+    async def save(self) -> tuple[datetime | None, list[OutboxRow]]:
         """Write the window; returns the earliest deadline it set (for sweepers) and the rows to publish."""
         direct = await self.tx.save(
-            list(self.changed.values()),
-            self.events,
-            self.notifications,
-            self.replies,
-            direct=self.direct,
-            in_flight=in_flight,
+            list(self.changed.values()), self.events, self.notifications, self.replies, direct=self.direct
         )
         if self.global_events:
             await self.tx.save_global_events(self.global_events)

@@ -204,16 +204,13 @@ class Transaction:
         replies: Mapping[str, Reply],
         *,
         direct: bool = False,
-        in_flight: Sequence[int] = (),
     ) -> list[OutboxRow]:
         """Write the outcome of a window of commands in one go.
 
         With `direct`, returns the outbox rows the caller is to publish itself after commit (then
         `delete_outbox` them): those of instances with no notification already waiting in the
         outbox. The others (and global statuses' notifications) are left to the relays, which
-        are woken on commit (`OUTBOX_CHANNEL`) only when there are such rows. `in_flight`:
-        rows the caller is still publishing, before these; they do not hold an instance back
-        (should they fail, the caller hands these to the relays too).
+        are woken on commit (`OUTBOX_CHANNEL`) only when there are such rows.
         """
         direct_rows: list[OutboxRow] = []
         async with translated():
@@ -258,7 +255,6 @@ class Transaction:
                     [outbox_partition(n.instance_token) for n in notifications],
                     direct,
                     [n.message_id for n in notifications],
-                    list(in_flight),
                     [e.instance_token for e in events],
                     [e.seq for e in events],
                     [e.kind.value for e in events],
@@ -325,15 +321,13 @@ class Transaction:
 
 # A window's notifications in one statement. `direct` (the pipeline publishes them itself) only for
 # an instance with no row already waiting: an earlier notification still in the outbox (its
-# publisher crashed or failed) must leave first, through the relay. Rows the same pipeline is
-# still publishing ($8) do not count: it publishes these after them. The rows of one statement do
+# publisher crashed or failed) must leave first, through the relay. The rows of one statement do
 # not see each other, so all of an instance's rows of a window get the same mark. created_at is
 # the time of writing (not of the transaction's start): the relay's grace counts from it.
 OUTBOX_INSERT = (
     "INSERT INTO outbox (message_id, type, instance_token, body, headers, partition, direct, created_at)"
     " SELECT u.message_id, u.type, u.token, u.body::jsonb, u.headers::jsonb, u.part,"
-    "  $6 AND u.token IS NOT NULL AND NOT EXISTS"
-    "   (SELECT 1 FROM outbox o WHERE o.instance_token = u.token AND o.id <> ALL($8::bigint[])),"
+    "  $6 AND u.token IS NOT NULL AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.instance_token = u.token),"
     "  clock_timestamp()"
     " FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::smallint[], $7::text[])"
     "  WITH ORDINALITY AS u(type, token, body, headers, part, message_id, ord)"
@@ -344,10 +338,10 @@ OUTBOX_INSERT = (
 WINDOW_INSERT = (
     "WITH events_written AS (INSERT INTO events (instance_token, seq, kind, occurred_at, status_name,"
     "  status_type, message, code, reason, actor)"
-    "  SELECT * FROM unnest($9::uuid[], $10::int[], $11::text[], $12::timestamptz[], $13::text[],"
-    "   $14::text[], $15::text[], $16::int[], $17::text[], $18::text[])),"
+    "  SELECT * FROM unnest($8::uuid[], $9::int[], $10::text[], $11::timestamptz[], $12::text[],"
+    "   $13::text[], $14::text[], $15::int[], $16::text[], $17::text[])),"
     " replies_written AS (INSERT INTO processed_messages (message_id, reply)"
-    "  SELECT m, r::jsonb FROM unnest($19::text[], $20::text[]) AS u(m, r)"
+    "  SELECT m, r::jsonb FROM unnest($18::text[], $19::text[]) AS u(m, r)"
     "  ON CONFLICT (message_id) DO NOTHING) " + OUTBOX_INSERT
 )
 # After the partition's lock, in a statement of its own: its snapshot must come after the lock, so
