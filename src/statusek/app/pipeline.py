@@ -401,12 +401,13 @@ class _Window:
         tx = self.tx
         commands = [env.body for _, env in valid]
         tokens = [t for c in commands if (t := getattr(c, "instance_token", None)) is not None]
-        self.states = await tx.lock_instances(tokens)
-        if any(isinstance(c, SetGlobalStatus) for c in commands):
-            self.global_seq = await tx.lock_global_log()
+        # The clock once the partition's fence is held: read before the instance locks.
         now = tx.fenced_at or await tx.now()
         identities = [identity(delivery, env, now) for delivery, env in valid]
-        stored = await tx.processed_replies(key for _, repeats in identities for key in repeats)
+        repeats_of = (key for _, repeats in identities for key in repeats)
+        self.states, stored = await tx.lock_window(tokens, repeats_of)
+        if any(isinstance(c, SetGlobalStatus) for c in commands):
+            self.global_seq = await tx.lock_global_log()
         latest = await tx.latest_models(c.object_name for c in commands if isinstance(c, Create))
         self.models = await tx.models((s.object_name, s.model_version) for s in self.states.values())
         for model in latest.values():

@@ -106,18 +106,26 @@ class Transaction:
             value: datetime = await self._conn.fetchval("SELECT clock_timestamp()")
         return value
 
-    async def lock_instances(self, tokens: Iterable[UUID]) -> dict[UUID, InstanceState]:
-        """Load and lock instances; locking in token order keeps replicas deadlock-free."""
-        wanted = sorted(set(tokens))
-        if not wanted:
-            return {}
+    async def lock_window(
+        self, tokens: Iterable[UUID], message_ids: Iterable[str]
+    ) -> tuple[dict[UUID, InstanceState], dict[str, Reply]]:
+        """Load and lock a window's instances and read the replies already given, in one round trip.
+
+        Only under the partition's fence (`Store.transaction(fence=...)`): the replies are read in
+        the snapshot the statement starts with, before it waits for any instance lock, and only
+        the fence keeps another window of these commands from committing replies meanwhile.
+        Locking in token order keeps replicas deadlock-free.
+        """
+        if self.fenced_at is None:
+            raise RuntimeError("lock_window needs a transaction under a partition fence")
+        wanted, ids = sorted(set(tokens)), list(set(message_ids))
+        if not wanted and not ids:
+            return {}, {}
         async with translated():
-            rows = await self._conn.fetch(
-                f"SELECT {_INSTANCE_COLUMNS} FROM instances WHERE token = ANY($1::uuid[])"
-                " ORDER BY token FOR UPDATE",
-                wanted,
-            )
-        return {row["token"]: _state(row) for row in rows}
+            rows = await self._conn.fetch(LOCK_WINDOW, wanted, ids)
+        states = {row["token"]: _state(row) for row in rows if row["token"] is not None}
+        replies = rows[0]["replies"] if rows else {}
+        return states, {mid: Reply.model_validate(r) for mid, r in replies.items()}
 
     async def lock_global_log(self) -> int:
         """Lock the log of global statuses until commit; returns its last seq.
@@ -152,16 +160,6 @@ class Transaction:
                 limit,
             )
         return {row["token"]: _state(row) for row in rows}
-
-    async def processed_replies(self, message_ids: Iterable[str]) -> dict[str, Reply]:
-        ids = list(set(message_ids))
-        if not ids:
-            return {}
-        async with translated():
-            rows = await self._conn.fetch(
-                "SELECT message_id, reply FROM processed_messages WHERE message_id = ANY($1)", ids
-            )
-        return {r["message_id"]: Reply.model_validate(r["reply"]) for r in rows}
 
     async def latest_models(self, names: Iterable[str]) -> dict[str, StatusModel]:
         wanted = list(set(names))
@@ -319,6 +317,15 @@ class Transaction:
             await self._conn.execute(OUTBOX_DELETE, list(ids))
 
 
+# A window's instances, locked, beside the replies of its message ids (always one row, with
+# NULL instance columns when none is locked).
+LOCK_WINDOW = (
+    f"WITH locked AS (SELECT {_INSTANCE_COLUMNS} FROM instances WHERE token = ANY($1::uuid[])"
+    "  ORDER BY token FOR UPDATE),"
+    " given AS (SELECT coalesce(jsonb_object_agg(message_id, reply), '{}'::jsonb) AS replies"
+    "  FROM processed_messages WHERE message_id = ANY($2::text[]))"
+    " SELECT given.replies, locked.* FROM given LEFT JOIN locked ON true"
+)
 # A window's notifications in one statement. `direct` (the pipeline publishes them itself) only for
 # an instance with no row already waiting: an earlier notification still in the outbox (its
 # publisher crashed or failed) must leave first, through the relay. The rows of one statement do
