@@ -93,6 +93,8 @@ class CommandPipeline:
         self._stopping = False
         # Outbox rows committed by this process's window, for it to publish after commit.
         self._direct: list[OutboxRow] = []
+        # Outbox rows published and confirmed, for the next window's transaction to delete.
+        self._published: list[int] = []
         self.applied = 0
         self.published = 0  # notifications published directly
 
@@ -105,7 +107,14 @@ class CommandPipeline:
         """Process windows until stopped; a window in progress is always finished."""
         while not self._stopping:
             # At once when idle; the window is whatever queued up meanwhile, so it grows only under load.
-            first = await self._inbox.get()
+            if self._published and self._inbox.empty():
+                try:
+                    first = await asyncio.wait_for(self._inbox.get(), DELETE_WHEN_IDLE)
+                except TimeoutError:
+                    await self._delete_published()
+                    continue
+            else:
+                first = await self._inbox.get()
             if first is None:
                 continue
             window = [first]
@@ -119,6 +128,18 @@ class CommandPipeline:
                 log.exception("window failed; its deliveries go back to the queue", size=len(window))
                 with contextlib.suppress(Exception):
                     await self._requeue(window)
+        await self._delete_published()
+
+    async def _delete_published(self) -> None:
+        """Delete the outbox rows published since the last window, when no window comes to do it."""
+        if not self._published:
+            return
+        ids, self._published = self._published, []
+        try:
+            await self._store.delete_outbox(ids)
+        except Exception as e:
+            # Published: the relay sends them again after its grace (at least once, in order).
+            log.warning("published notifications stay in the outbox", error=str(e), count=len(ids))
 
     def stop(self) -> None:
         """Finish the window in progress and take no other.
@@ -203,9 +224,11 @@ class CommandPipeline:
             )
 
     async def _publish_direct(self, rows: Sequence[OutboxRow]) -> None:
-        """Publish a committed window's notifications, wait for the confirms, delete their rows.
+        """Publish a committed window's notifications and wait for the confirms.
 
-        Never raises. When publishing fails the rows stay in the outbox for the relay, marked
+        Their rows are deleted by the next window's transaction (`_published`), or after
+        `DELETE_WHEN_IDLE` when none comes: not a round trip of their own on the way to the
+        next window. Never raises. When publishing fails the rows stay in the outbox for the relay, marked
         for it to take at once when the database answers (else after its grace), and it is woken.
         Either way an instance's later notifications wait for them (`OUTBOX_INSERT`).
         """
@@ -228,12 +251,7 @@ class CommandPipeline:
                 log.warning("could not hand notifications to the relay at once", error=str(e))
             self._on_committed()
             return
-        try:
-            await self._store.delete_outbox(ids)
-        except Exception as e:
-            # Published: the relay sends them again after its grace (at least once, in order).
-            log.warning("published notifications stay in the outbox", error=str(e), count=len(rows))
-            return
+        self._published.extend(ids)
         self.published += len(rows)
         self._metrics.notifications.labels(path="direct").inc(len(rows))
 
@@ -289,12 +307,14 @@ class CommandPipeline:
         async with self._store.transaction(fence=self._partition) as tx:
             window = _Window(tx, self._policy, self._groups, direct=self._direct_publish)
             outcomes = await window.apply(valid)
-            earliest, direct = await window.save()
+            earliest, direct, deleted = await window.save(self._published)
             if self._fault_hooks:
                 await _stall_if_asked(valid)
         if self._fault_hooks:
             _crash_if_asked(valid)
         self._direct.extend(direct)
+        if deleted:
+            del self._published[:deleted]
         self.applied += sum(1 for o in outcomes if not o.duplicate)
         if len(window.notifications) > len(direct):
             self._on_committed()  # rows for the relay
@@ -341,6 +361,10 @@ def identity(
 def _redelivered(delivery: AbstractIncomingMessage) -> bool:
     return bool(delivery.redelivered) or settle.delivery_count(delivery) > 0
 
+
+# Seconds an idle pipeline waits for a window to delete its published outbox rows before it
+# deletes them alone: far below the relay's grace, which would send them again.
+DELETE_WHEN_IDLE = 0.05
 
 FAULT_HEADER = "x-statusek-test-fault"
 
@@ -390,6 +414,7 @@ class _Window:
         self.groups = groups
         self.states: dict[UUID, InstanceState] = {}
         self.changed: dict[UUID, InstanceState] = {}
+        self.new_deadlines: list[datetime] = []
         self.events: list[Event] = []
         self.notifications: list[Notification] = []
         self.replies: dict[str, Reply] = {}
@@ -458,6 +483,9 @@ class _Window:
             )
             if decision.events and decision.state is not None:
                 new = decision.state
+                moved = state is None or state.next_deadline != new.next_deadline
+                if new.next_deadline is not None and moved:
+                    self.new_deadlines.append(new.next_deadline)
                 self.states[new.token] = new
                 self.changed[new.token] = new
                 self.events.extend(decision.events)
@@ -469,15 +497,24 @@ class _Window:
             outcomes.append(Outcome(delivery, env, decision.reply))
         return outcomes
 
-    async def save(self) -> tuple[datetime | None, list[OutboxRow]]:
-        """Write the window; returns the earliest deadline it set (for sweepers) and the rows to publish."""
-        direct = await self.tx.save(
-            list(self.changed.values()), self.events, self.notifications, self.replies, direct=self.direct
+    async def save(self, published: Sequence[int]) -> tuple[datetime | None, list[OutboxRow], int]:
+        """Write the window and delete the `published` outbox rows.
+
+        Returns the earliest deadline it set (for sweepers), the rows to publish, and how many
+        of `published` it deleted (all or none).
+        """
+        direct, deleted = await self.tx.save(
+            list(self.changed.values()),
+            self.events,
+            self.notifications,
+            self.replies,
+            direct=self.direct,
+            published=published,
         )
         if self.global_events:
             await self.tx.save_global_events(self.global_events)
-        deadlines = [d for s in self.changed.values() if (d := s.next_deadline) is not None]
-        earliest = min(deadlines) if deadlines else None
+        # Only deadlines this window set or moved: sweepers already know the others.
+        earliest = min(self.new_deadlines) if self.new_deadlines else None
         if earliest is not None:
             await self.tx.announce_deadline(earliest)
-        return earliest, direct
+        return earliest, direct, deleted

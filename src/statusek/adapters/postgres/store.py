@@ -202,13 +202,17 @@ class Transaction:
         replies: Mapping[str, Reply],
         *,
         direct: bool = False,
-    ) -> list[OutboxRow]:
+        published: Sequence[int] = (),
+    ) -> tuple[list[OutboxRow], int]:
         """Write the outcome of a window of commands in one go.
 
         With `direct`, returns the outbox rows the caller is to publish itself after commit (then
         `delete_outbox` them): those of instances with no notification already waiting in the
         outbox. The others (and global statuses' notifications) are left to the relays, which
         are woken on commit (`OUTBOX_CHANNEL`) only when there are such rows.
+        Deletes the `published` outbox rows (sent and confirmed by the caller) in the same
+        statement; they do not hold an instance's new rows back. Returns the rows to publish
+        and how many of `published` are deleted when the transaction commits.
         """
         direct_rows: list[OutboxRow] = []
         async with translated():
@@ -242,7 +246,7 @@ class Transaction:
                         for s in states
                     ],
                 )
-            if events or notifications or replies:
+            if events or notifications or replies or published:
                 # One round trip for the events, the replies and the outbox rows of the window.
                 inserted = await self._conn.fetch(
                     WINDOW_INSERT,
@@ -265,6 +269,7 @@ class Transaction:
                     [e.actor for e in events],
                     list(replies),
                     [r.model_dump_json() for r in replies.values()],
+                    list(published),
                 )
                 # Ids follow the window's order (ORDER BY ord); RETURNING's order is not relied on.
                 marked = {r["message_id"]: (r["id"], r["direct"]) for r in inserted}
@@ -273,7 +278,7 @@ class Transaction:
                 ]
                 if len(direct_rows) < len(notifications):
                     await self._conn.execute("SELECT pg_notify($1, '')", OUTBOX_CHANNEL)
-        return direct_rows
+        return direct_rows, len(published)
 
     async def announce_deadline(self, deadline: datetime) -> None:
         """Wake sweepers that sleep past `deadline` (delivered on commit)."""
@@ -328,13 +333,15 @@ LOCK_WINDOW = (
 )
 # A window's notifications in one statement. `direct` (the pipeline publishes them itself) only for
 # an instance with no row already waiting: an earlier notification still in the outbox (its
-# publisher crashed or failed) must leave first, through the relay. The rows of one statement do
+# publisher crashed or failed) must leave first, through the relay. Rows being deleted as
+# published ($20, see WINDOW_INSERT) do not count. The rows of one statement do
 # not see each other, so all of an instance's rows of a window get the same mark. created_at is
 # the time of writing (not of the transaction's start): the relay's grace counts from it.
 OUTBOX_INSERT = (
     "INSERT INTO outbox (message_id, type, instance_token, body, headers, partition, direct, created_at)"
     " SELECT u.message_id, u.type, u.token, u.body::jsonb, u.headers::jsonb, u.part,"
-    "  $6 AND u.token IS NOT NULL AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.instance_token = u.token),"
+    "  $6 AND u.token IS NOT NULL AND NOT EXISTS"
+    "   (SELECT 1 FROM outbox o WHERE o.instance_token = u.token AND o.id <> ALL($20::bigint[])),"
     "  clock_timestamp()"
     " FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::smallint[], $7::text[])"
     "  WITH ORDINALITY AS u(type, token, body, headers, part, message_id, ord)"
@@ -349,7 +356,8 @@ WINDOW_INSERT = (
     "   $13::text[], $14::text[], $15::int[], $16::text[], $17::text[])),"
     " replies_written AS (INSERT INTO processed_messages (message_id, reply)"
     "  SELECT m, r::jsonb FROM unnest($18::text[], $19::text[]) AS u(m, r)"
-    "  ON CONFLICT (message_id) DO NOTHING) " + OUTBOX_INSERT
+    "  ON CONFLICT (message_id) DO NOTHING),"
+    " published_deleted AS (DELETE FROM outbox WHERE id = ANY($20::bigint[])) " + OUTBOX_INSERT
 )
 # After the partition's lock, in a statement of its own: its snapshot must come after the lock, so
 # that rows another relay deleted before letting go of it are not read again.
