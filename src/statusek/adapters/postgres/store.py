@@ -216,38 +216,8 @@ class Transaction:
         """
         direct_rows: list[OutboxRow] = []
         async with translated():
-            if states:
-                await self._conn.executemany(
-                    "INSERT INTO instances (token, object_name, model_version, labels, create_args,"
-                    " created_at, instance_deadline, heartbeat_timeout, heartbeat_deadline,"
-                    " next_deadline, statuses, last_seq, finished_at, finish_reason)"
-                    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
-                    " ON CONFLICT (token) DO UPDATE SET heartbeat_deadline = excluded.heartbeat_deadline,"
-                    " next_deadline = excluded.next_deadline, statuses = excluded.statuses,"
-                    " last_seq = excluded.last_seq, finished_at = excluded.finished_at,"
-                    " finish_reason = excluded.finish_reason",
-                    [
-                        (
-                            s.token,
-                            s.object_name,
-                            s.model_version,
-                            s.labels,
-                            s.create_args,
-                            s.created_at,
-                            s.instance_deadline,
-                            s.heartbeat_timeout,
-                            s.heartbeat_deadline,
-                            s.next_deadline,
-                            list(s.statuses),
-                            s.last_seq,
-                            s.finished_at,
-                            s.finish_reason.value if s.finish_reason else None,
-                        )
-                        for s in states
-                    ],
-                )
-            if events or notifications or replies or published:
-                # One round trip for the events, the replies and the outbox rows of the window.
+            if states or events or notifications or replies or published:
+                # One round trip for the whole window.
                 inserted = await self._conn.fetch(
                     WINDOW_INSERT,
                     [n.type for n in notifications],
@@ -270,6 +240,20 @@ class Transaction:
                     list(replies),
                     [r.model_dump_json() for r in replies.values()],
                     list(published),
+                    [s.token for s in states],
+                    [s.object_name for s in states],
+                    [s.model_version for s in states],
+                    [json.dumps(s.labels) for s in states],
+                    [json.dumps(s.create_args) for s in states],
+                    [s.created_at for s in states],
+                    [s.instance_deadline for s in states],
+                    [s.heartbeat_timeout for s in states],
+                    [s.heartbeat_deadline for s in states],
+                    [s.next_deadline for s in states],
+                    [json.dumps(list(s.statuses)) for s in states],
+                    [s.last_seq for s in states],
+                    [s.finished_at for s in states],
+                    [s.finish_reason.value if s.finish_reason else None for s in states],
                 )
                 # Ids follow the window's order (ORDER BY ord); RETURNING's order is not relied on.
                 marked = {r["message_id"]: (r["id"], r["direct"]) for r in inserted}
@@ -347,10 +331,25 @@ OUTBOX_INSERT = (
     "  WITH ORDINALITY AS u(type, token, body, headers, part, message_id, ord)"
     " ORDER BY u.ord RETURNING id, direct, message_id"
 )
-# OUTBOX_INSERT with the window's events and replies written beside it (data-modifying CTEs
-# always run, returned from or not).
+# OUTBOX_INSERT with the window's instances, events and replies written beside it
+# (data-modifying CTEs always run, returned from or not; the events' foreign key is checked at
+# the end of the statement, when the instances are there).
 WINDOW_INSERT = (
-    "WITH events_written AS (INSERT INTO events (instance_token, seq, kind, occurred_at, status_name,"
+    "WITH instances_written AS (INSERT INTO instances (token, object_name, model_version, labels,"
+    "  create_args, created_at, instance_deadline, heartbeat_timeout, heartbeat_deadline,"
+    "  next_deadline, statuses, last_seq, finished_at, finish_reason)"
+    "  SELECT t, o, v, l::jsonb, c::jsonb, ca, idl, ht, hd, nd,"
+    "   ARRAY(SELECT e FROM jsonb_array_elements_text(st::jsonb) WITH ORDINALITY AS a(e, i) ORDER BY i),"
+    "   ls, fa, fr"
+    "  FROM unnest($21::uuid[], $22::text[], $23::int[], $24::text[], $25::text[], $26::timestamptz[],"
+    "   $27::timestamptz[], $28::float8[], $29::timestamptz[], $30::timestamptz[], $31::text[],"
+    "   $32::int[], $33::timestamptz[], $34::text[])"
+    "   AS u(t, o, v, l, c, ca, idl, ht, hd, nd, st, ls, fa, fr)"
+    "  ON CONFLICT (token) DO UPDATE SET heartbeat_deadline = excluded.heartbeat_deadline,"
+    "   next_deadline = excluded.next_deadline, statuses = excluded.statuses,"
+    "   last_seq = excluded.last_seq, finished_at = excluded.finished_at,"
+    "   finish_reason = excluded.finish_reason),"
+    " events_written AS (INSERT INTO events (instance_token, seq, kind, occurred_at, status_name,"
     "  status_type, message, code, reason, actor)"
     "  SELECT * FROM unnest($8::uuid[], $9::int[], $10::text[], $11::timestamptz[], $12::text[],"
     "   $13::text[], $14::text[], $15::int[], $16::text[], $17::text[])),"
