@@ -134,9 +134,30 @@ async def fresh_database(database_url: str, prefix: str = "statusek_test") -> As
     finally:
         conn = await asyncpg.connect(database_url)
         try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            await _drop_database(conn, name)
         finally:
             await conn.close()
+
+
+async def _drop_database(conn: asyncpg.Connection, name: str, attempts: int = 20) -> None:
+    for _ in range(attempts):
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            return
+        except asyncpg.InsufficientPrivilegeError:
+            # FORCE may not terminate an autovacuum worker busy in it for a role that is no
+            # superuser; a plain DROP stops that worker itself, once our own sessions are gone.
+            await conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = $1 AND usename = current_user AND pid <> pg_backend_pid()",
+                name,
+            )
+            try:
+                await conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+                return
+            except asyncpg.ObjectInUseError:
+                await asyncio.sleep(0.5)
+    raise RuntimeError(f"could not drop database {name} after {attempts} attempts")
 
 
 @contextmanager

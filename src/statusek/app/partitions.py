@@ -176,7 +176,9 @@ class Partitions:
         self._hand_over(slot)
 
     def _hand_over(self, slot: PartitionSlot) -> None:
-        if self._stopping:
+        # Not subscribed yet (the membership came first): nothing to hand over, and the first
+        # delivery outside the share may hand it over at once.
+        if self._stopping or slot.pipeline is None:
             return
         slot.stepped_back_at = time.monotonic()
         task = asyncio.create_task(self._step_back(slot), name=f"hand-over {slot.queue}")
