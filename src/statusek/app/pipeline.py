@@ -7,10 +7,10 @@ their notifications (outbox) and replies (idempotency), and only then
 answered and acked.
 
 The pipeline publishes the window's notifications itself, beside the replies,
-and deletes their outbox rows once confirmed: the relay is only the safety
-net (a crash or a broker failure after commit), see `OUTBOX_INSERT` for which
-rows it publishes directly and `relay.sendable` for how the relay leaves them
-alone meanwhile.
+and the next window's statement deletes their outbox rows once confirmed
+(`DELETE_WHEN_IDLE`): the relay is only the safety net (a crash or a broker
+failure after commit), see `OUTBOX_INSERT` for which rows it publishes
+directly and `relay.sendable` for how the relay leaves them alone meanwhile.
 """
 
 from __future__ import annotations
