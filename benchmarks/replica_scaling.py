@@ -258,7 +258,7 @@ class Replica:
                 codes[code] = codes.get(code, 0) + int(float(line.rsplit(None, 1)[1]))
         return codes
 
-    def windows_taken(self) -> tuple[int, int]:
+    def windows_and_handovers(self) -> tuple[int, int]:
         """Windows of commands applied so far and partitions handed over, from its /metrics."""
         _, text = self.get("/metrics")
         found = {"statusek_window_size_count": 0, "statusek_partition_handovers_total": 0}
@@ -581,7 +581,7 @@ async def run(
                     await drive(amqp_url, args.warmup, Progress(f"{label} warm-up"), args.timeout, args.stall)
                 await asyncio.sleep(args.settle)
                 answered_before = [await asyncio.to_thread(r.commands_answered) for r in replicas]
-                windows_before = [await asyncio.to_thread(r.windows_taken) for r in replicas]
+                windows_before = [await asyncio.to_thread(r.windows_and_handovers) for r in replicas]
                 cpu_before = [r.sample() for r in replicas]
                 host_before = HostSample.now(broker_pid, postgres_pid)
                 window = time.perf_counter()
@@ -597,7 +597,7 @@ async def run(
                     }
                     for r, before in zip(replicas, answered_before, strict=True)
                 ]
-                windows_after = [await asyncio.to_thread(r.windows_taken) for r in replicas]
+                windows_after = [await asyncio.to_thread(r.windows_and_handovers) for r in replicas]
                 windows = [
                     (a[0] - b[0], a[1] - b[1]) for a, b in zip(windows_after, windows_before, strict=True)
                 ]

@@ -226,11 +226,11 @@ class CommandPipeline:
     async def _publish_direct(self, rows: Sequence[OutboxRow]) -> None:
         """Publish a committed window's notifications and wait for the confirms.
 
-        Their rows are deleted by the next window's transaction (`_published`), or after
-        `DELETE_WHEN_IDLE` when none comes: not a round trip of their own on the way to the
-        next window. Never raises. When publishing fails the rows stay in the outbox for the relay, marked
-        for it to take at once when the database answers (else after its grace), and it is woken.
-        Either way an instance's later notifications wait for them (`OUTBOX_INSERT`).
+        Their rows are deleted by the next window's statement (`_published`), or after
+        `DELETE_WHEN_IDLE` when none comes: no round trip of their own on the way to the next
+        window. Never raises. When publishing fails the rows stay in the outbox for the relay,
+        marked for it to take at once when the database answers (else after its grace), and it
+        is woken. Either way an instance's later notifications wait for them (`OUTBOX_INSERT`).
         """
         if not rows:
             return
@@ -307,14 +307,14 @@ class CommandPipeline:
         async with self._store.transaction(fence=self._partition) as tx:
             window = _Window(tx, self._policy, self._groups, direct=self._direct_publish)
             outcomes = await window.apply(valid)
-            earliest, direct, deleted = await window.save(self._published)
+            deleting = list(self._published)
+            earliest, direct = await window.save(deleting)
             if self._fault_hooks:
                 await _stall_if_asked(valid)
         if self._fault_hooks:
             _crash_if_asked(valid)
         self._direct.extend(direct)
-        if deleted:
-            del self._published[:deleted]
+        del self._published[: len(deleting)]
         self.applied += sum(1 for o in outcomes if not o.duplicate)
         if len(window.notifications) > len(direct):
             self._on_committed()  # rows for the relay
@@ -427,7 +427,7 @@ class _Window:
         commands = [env.body for _, env in valid]
         tokens = [t for c in commands if (t := getattr(c, "instance_token", None)) is not None]
         # The clock once the partition's fence is held: read before the instance locks.
-        now = tx.fenced_at or await tx.now()
+        now = tx.fenced_at
         identities = [identity(delivery, env, now) for delivery, env in valid]
         repeats_of = (key for _, repeats in identities for key in repeats)
         self.states, stored = await tx.lock_window(tokens, repeats_of)
@@ -497,13 +497,12 @@ class _Window:
             outcomes.append(Outcome(delivery, env, decision.reply))
         return outcomes
 
-    async def save(self, published: Sequence[int]) -> tuple[datetime | None, list[OutboxRow], int]:
+    async def save(self, published: Sequence[int]) -> tuple[datetime | None, list[OutboxRow]]:
         """Write the window and delete the `published` outbox rows.
 
-        Returns the earliest deadline it set (for sweepers), the rows to publish, and how many
-        of `published` it deleted (all or none).
+        Returns the earliest deadline it set (for sweepers) and the rows to publish.
         """
-        direct, deleted = await self.tx.save(
+        direct = await self.tx.save(
             list(self.changed.values()),
             self.events,
             self.notifications,
@@ -517,4 +516,4 @@ class _Window:
         earliest = min(self.new_deadlines) if self.new_deadlines else None
         if earliest is not None:
             await self.tx.announce_deadline(earliest)
-        return earliest, direct, deleted
+        return earliest, direct

@@ -32,6 +32,7 @@ log = structlog.get_logger(__name__)
 OUTBOX_CHANNEL = "statusek_outbox"
 DEADLINE_CHANNEL = "statusek_deadline"
 PARTITION_FENCE = 0x5354_5046  # arbitrary int4, the lock space of command partitions' windows
+_UNFENCED = "this needs a transaction under a partition fence: Store.transaction(fence=...)"
 _INSTANCE_COLUMNS = (
     "token, object_name, model_version, labels, create_args, created_at, instance_deadline,"
     " heartbeat_timeout, heartbeat_deadline, statuses, last_seq, finished_at, finish_reason"
@@ -98,7 +99,21 @@ class Transaction:
     def __init__(self, conn: asyncpg.Connection, store: Store):
         self._conn = conn
         self._store = store
-        self.fenced_at: datetime | None = None
+        self._fenced_at: datetime | None = None
+
+    async def fence(self, partition: int) -> None:
+        """Wait for any other transaction holding the partition's fence, then hold it until the end."""
+        async with translated():
+            self._fenced_at = await self._conn.fetchval(
+                "SELECT clock_timestamp() FROM pg_advisory_xact_lock($1, $2)", PARTITION_FENCE, partition
+            )
+
+    @property
+    def fenced_at(self) -> datetime:
+        """The database clock once the fence was held: a window's `now`, without a round trip of its own."""
+        if self._fenced_at is None:
+            raise RuntimeError(_UNFENCED)
+        return self._fenced_at
 
     async def now(self) -> datetime:
         """The database clock, read now (not at transaction start): the one clock."""
@@ -116,8 +131,8 @@ class Transaction:
         the fence keeps another window of these commands from committing replies meanwhile.
         Locking in token order keeps replicas deadlock-free.
         """
-        if self.fenced_at is None:
-            raise RuntimeError("lock_window needs a transaction under a partition fence")
+        if self._fenced_at is None:
+            raise RuntimeError(_UNFENCED)
         wanted, ids = sorted(set(tokens)), list(set(message_ids))
         if not wanted and not ids:
             return {}, {}
@@ -203,16 +218,15 @@ class Transaction:
         *,
         direct: bool = False,
         published: Sequence[int] = (),
-    ) -> tuple[list[OutboxRow], int]:
-        """Write the outcome of a window of commands in one go.
+    ) -> list[OutboxRow]:
+        """Write the outcome of a window of commands in one statement.
 
-        With `direct`, returns the outbox rows the caller is to publish itself after commit (then
-        `delete_outbox` them): those of instances with no notification already waiting in the
-        outbox. The others (and global statuses' notifications) are left to the relays, which
-        are woken on commit (`OUTBOX_CHANNEL`) only when there are such rows.
-        Deletes the `published` outbox rows (sent and confirmed by the caller) in the same
-        statement; they do not hold an instance's new rows back. Returns the rows to publish
-        and how many of `published` are deleted when the transaction commits.
+        With `direct`, returns the outbox rows the caller is to publish itself after commit:
+        those of instances with no notification already waiting in the outbox. The others (and
+        global statuses' notifications) are left to the relays, which are woken on commit
+        (`OUTBOX_CHANNEL`) only when there are such rows. The `published` outbox rows (sent and
+        confirmed by the caller) are deleted by the same statement, and do not hold an
+        instance's new rows back.
         """
         direct_rows: list[OutboxRow] = []
         async with translated():
@@ -262,7 +276,7 @@ class Transaction:
                 ]
                 if len(direct_rows) < len(notifications):
                     await self._conn.execute("SELECT pg_notify($1, '')", OUTBOX_CHANNEL)
-        return direct_rows, len(published)
+        return direct_rows
 
     async def announce_deadline(self, deadline: datetime) -> None:
         """Wake sweepers that sleep past `deadline` (delivered on commit)."""
@@ -413,10 +427,7 @@ class Store:
         async with translated(), self._pool.acquire() as conn, conn.transaction():
             tx = Transaction(conn, self)
             if fence is not None:
-                # The clock once the fence is held: the window's `now`, without a round trip of its own.
-                tx.fenced_at = await conn.fetchval(
-                    "SELECT clock_timestamp() FROM pg_advisory_xact_lock($1, $2)", PARTITION_FENCE, fence
-                )
+                await tx.fence(fence)
             yield tx
 
     @asynccontextmanager
