@@ -400,6 +400,9 @@ class Load:
     reasons: dict[str, int]  # finish reasons of those that finished
 
 
+IN_FLIGHT = 1000  # unconfirmed commands the load keeps in flight
+
+
 async def drive(amqp_url: str, instances: int, progress: Progress, timeout: float, stall: float) -> Load:
     """Publish `instances` x (create, STARTED, FINISHED); time until every instance-finished arrived.
 
@@ -446,7 +449,16 @@ async def drive(amqp_url: str, instances: int, progress: Progress, timeout: floa
             )
 
         started = time.perf_counter()
-        in_flight: list[asyncio.Future[Any]] = []
+        # A sliding window of unconfirmed publishes, not batches waited for in turn: with capped
+        # replicas the broker confirms slowly, and stop-and-go publishing would measure the load.
+        room = asyncio.Semaphore(IN_FLIGHT)
+
+        def confirmed(_: asyncio.Future[Any]) -> None:
+            nonlocal published
+            published += 1
+            room.release()
+
+        pending: list[asyncio.Future[Any]] = []
         for token in tokens:
             for key, body in (
                 ("create", {"object_name": "2-POINT LINE TASK", "instance_token": token}),
@@ -460,15 +472,16 @@ async def drive(amqp_url: str, instances: int, progress: Progress, timeout: floa
                     delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
                     headers={"instance_token": token},
                 )
-                # Published in order on one channel; confirms are awaited in bulk.
-                in_flight.append(asyncio.ensure_future(exchange.publish(message, routing_key=key)))
-            if len(in_flight) >= 300:
-                await asyncio.gather(*in_flight)
-                published += len(in_flight)
-                in_flight.clear()
+                await room.acquire()
+                # Published in order on one channel: the futures only wait for the confirms.
+                future = asyncio.ensure_future(exchange.publish(message, routing_key=key))
+                future.add_done_callback(confirmed)
+                pending.append(future)
+            if len(pending) >= IN_FLIGHT:
                 report()
-        await asyncio.gather(*in_flight)
-        published += len(in_flight)
+                await asyncio.gather(*[f for f in pending if f.done()])  # raises a failed publish
+                pending = [f for f in pending if not f.done()]
+        await asyncio.gather(*pending)
         published_after = time.perf_counter() - started
         deadline = time.monotonic() + timeout
         while not all_finished.is_set():
