@@ -83,10 +83,22 @@ class Cluster:
 
     async def consumers(self, queue: str = "statusek.queries") -> int:
         # Every worker consumes queries; the command queue (SAC) counts only the active one.
+        return (await self._declare_ok(queue))[1]
+
+    async def ready(self, queue: str) -> int:
+        """Messages ready in `queue`, asked of the queue itself.
+
+        Unlike `queue_depths` (the broker's statistics, which quorum queues refresh only every
+        few seconds, so a queue just filled can still read empty), this is current.
+        """
+        return (await self._declare_ok(queue))[0]
+
+    async def _declare_ok(self, queue: str) -> tuple[int, int]:
         channel = await self.wire.connection.channel()
         try:
             q = await channel.declare_queue(queue, passive=True)
-            return int(q.declaration_result.consumer_count or 0)
+            result = q.declaration_result
+            return int(result.message_count or 0), int(result.consumer_count or 0)
         finally:
             await channel.close()
 
