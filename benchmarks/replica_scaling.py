@@ -477,11 +477,9 @@ async def drive(amqp_url: str, instances: int, progress: Progress, timeout: floa
                 future = asyncio.ensure_future(exchange.publish(message, routing_key=key))
                 future.add_done_callback(confirmed)
                 pending.append(future)
-            if len(pending) >= IN_FLIGHT:
-                report()
-                await asyncio.gather(*[f for f in pending if f.done()])  # raises a failed publish
-                pending = [f for f in pending if not f.done()]
-        await asyncio.gather(*pending)
+                if len(pending) % IN_FLIGHT == 0:
+                    report()
+        await asyncio.gather(*pending)  # raises a failed publish
         published_after = time.perf_counter() - started
         deadline = time.monotonic() + timeout
         while not all_finished.is_set():

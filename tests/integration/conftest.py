@@ -5,7 +5,8 @@ import json
 import secrets
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -83,24 +84,32 @@ class Cluster:
 
     async def consumers(self, queue: str = "statusek.queries") -> int:
         # Every worker consumes queries; the command queue (SAC) counts only the active one.
-        return (await self._declare_ok(queue))[1]
-
-    async def ready(self, queue: str) -> int:
-        """Messages ready in `queue`, asked of the queue itself.
-
-        Unlike `queue_depths` (the broker's statistics, which quorum queues refresh only every
-        few seconds, so a queue just filled can still read empty), this is current.
-        """
-        return (await self._declare_ok(queue))[0]
-
-    async def _declare_ok(self, queue: str) -> tuple[int, int]:
         channel = await self.wire.connection.channel()
         try:
             q = await channel.declare_queue(queue, passive=True)
-            result = q.declaration_result
-            return int(result.message_count or 0), int(result.consumer_count or 0)
+            return int(q.declaration_result.consumer_count or 0)
         finally:
             await channel.close()
+
+    async def messages(self, queue: str, *, unacked: bool = False) -> int:
+        """Ready messages in `queue`, asked of the queue itself (with `unacked`, also those
+        delivered and not yet acked, from the statistics).
+
+        Unlike `queue_depths`, whose statistics quorum queues refresh only every few seconds
+        (a queue just filled can still read empty), the ready count is current.
+        `statusek.commands` counts every command partition.
+        """
+        names = Names(partitions=command_partitions())
+        queues = names.command_queues if queue == names.commands else [queue]
+        channel = await self.wire.connection.channel()
+        try:
+            ready = 0
+            for name in queues:
+                declared = await channel.declare_queue(name, passive=True)
+                ready += int(declared.declaration_result.message_count or 0)
+        finally:
+            await channel.close()
+        return ready + (self.queue_depths()[queue][1] if unacked else 0)
 
     async def wait_for_consumers(self, count: int, timeout: float = 30) -> None:
         deadline = asyncio.get_running_loop().time() + timeout
@@ -246,3 +255,11 @@ async def granted(database: Database) -> Database:
     """The database after `statusek migrate --grant ROLE` (the function)."""
     await grant_worker(database.owner_url, database.role)
     return database
+
+
+async def until_async(measure: Callable[[], Awaitable[int]], wanted: int, timeout: float) -> None:
+    """Wait until `measure()` returns `wanted`, at most `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while (got := await measure()) != wanted:
+        assert time.monotonic() < deadline, f"{got}, not {wanted}, in time"
+        await asyncio.sleep(0.1)

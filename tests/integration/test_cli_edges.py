@@ -26,11 +26,9 @@ from urllib.parse import urlsplit, urlunsplit
 import pika  # type: ignore[import-untyped]
 import pytest
 
-from statusek.adapters.rabbitmq.broker import Names
 from statusek.app.pipeline import FAULT_HEADER
 from statusek.testing import fresh_vhost
-from tests.conftest import command_partitions
-from tests.integration.conftest import Cluster
+from tests.integration.conftest import Cluster, until_async
 from tests.integration.faults import TcpProxy, proxied
 from tests.log_secrets import with_password
 
@@ -134,8 +132,8 @@ async def stale_create_is_never_applied(edges: Edges) -> None:
     token = str(uuid.uuid4())
     create = await edges.run("create", TASK, "--token", token, "--answer-within", "2", env=cluster.env)
     assert create.returncode == 3 and create.elapsed < 4
-    await until_async(lambda: messages(cluster, "statusek.dead-letter"), 1, 10)  # expired by the broker
-    assert await messages(cluster, "statusek.commands") == 0
+    await until_async(lambda: cluster.messages("statusek.dead-letter"), 1, 10)  # expired by the broker
+    assert await cluster.messages("statusek.commands") == 0
     cluster.start()
     await cluster.wait_for_consumers(1)
     show = await edges.run("show", token, env=cluster.env)
@@ -264,7 +262,7 @@ async def message_without_id_takes_effect_once(edges: Edges) -> None:
     assert first.returncode == 70  # it died between commit and ack
     cluster.start(1, STATUSEK_FAULT_HOOKS="true")
     await cluster.wait_for_consumers(1)
-    await until_async(lambda: messages(cluster, "statusek.commands", unacked=True), 0, 30)
+    await until_async(lambda: cluster.messages("statusek.commands", unacked=True), 0, 30)
     shown = await edges.run("show", token, env=cluster.env)
     assert [line.split()[1] for line in shown.stdout.splitlines() if line[:1].isdigit()] == [
         "created",
@@ -292,31 +290,6 @@ async def without_message_id(
             connection.close()
 
     await asyncio.to_thread(publish)
-
-
-async def messages(cluster: Cluster, queue: str, *, unacked: bool = False) -> int:
-    """Ready messages in `queue` (with `unacked`, also those delivered and not yet acked).
-
-    `statusek.commands` counts every command partition.
-    """
-    names = Names(partitions=command_partitions())
-    queues = names.command_queues if queue == names.commands else [queue]
-    channel = await cluster.wire.connection.channel()
-    try:
-        ready = 0
-        for name in queues:
-            declared = await channel.declare_queue(name, passive=True)
-            ready += int(declared.declaration_result.message_count or 0)
-    finally:
-        await channel.close()
-    return ready + (cluster.queue_depths()[queue][1] if unacked else 0)
-
-
-async def until_async(measure: Callable[[], Awaitable[int]], wanted: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while (got := await measure()) != wanted:
-        assert time.monotonic() < deadline, f"{got}, not {wanted}, in time"
-        await asyncio.sleep(0.1)
 
 
 def links(proxy: TcpProxy) -> int:
@@ -551,7 +524,7 @@ async def test_a_create_that_got_no_answer_is_never_applied(cluster: Cluster) ->
         assert time.monotonic() < deadline, "the expired create was not dead-lettered"
         await asyncio.sleep(0.1)
     assert (message.headers or {})["x-first-death-reason"] == "expired"
-    assert await messages(cluster, "statusek.commands") == 1  # only the control is left
+    assert await cluster.messages("statusek.commands") == 1  # only the control is left
     cluster.start()
     await cluster.wait_for_consumers(1)
     applied = await edges.run("show", control)
@@ -568,7 +541,7 @@ async def test_identical_messages_without_id_both_take_effect(cluster: Cluster) 
     token = await edges.token()
     for _ in range(2):
         await without_message_id(cluster, "ping", {"instance_token": token})
-    await until_async(lambda: messages(cluster, "statusek.commands", unacked=True), 0, 10)
+    await until_async(lambda: cluster.messages("statusek.commands", unacked=True), 0, 10)
     shown = await edges.run("show", token)
     assert [line.split()[1] for line in shown.stdout.splitlines() if line[:1].isdigit()] == [
         "created",
