@@ -30,7 +30,7 @@ import socket
 import uuid
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import UTC, date, datetime, timedelta
 from types import TracebackType
 from typing import Any, NamedTuple, cast
 from urllib.parse import unquote, urlsplit
@@ -41,7 +41,7 @@ from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange, 
 
 from statusek.adapters.rabbitmq.broker import describe
 from statusek.adapters.rabbitmq.endpoints import NoBrokerReachable, connect_first, split_urls
-from statusek.core.messages import MAX_EVENTS_PAGE
+from statusek.core.messages import DEADLINE_HEADER, MAX_EVENTS_PAGE
 from statusek.core.partitions import routing_headers
 from statusek.exceptions import (
     BrokerUnreachable,
@@ -648,16 +648,20 @@ class Client:
     ) -> dict[str, Any]:
         """Publish a request with confirms and return the whole reply (status, code, message, data).
 
-        Waits at most `timeout` seconds. The request expires in its queue a
-        little before (`expiration_for`), so a request no worker took is
-        dropped, never applied later. When the link is lost before the
-        answer comes, the request is published again on the next link with
-        the same `message_id`: a command is still applied at most once.
+        Waits at most `timeout` seconds. The request carries a deadline a little
+        before that (`expiration_for`): as its expiration, so the broker drops it
+        unconsumed, and as header `x-statusek-deadline`, so a worker that takes it
+        later refuses it (`EXPIRED`) instead of applying it. The margin between
+        the two is the time a worker that took it in time has to answer. When the
+        link is lost before the answer comes, the request is published again on
+        the next link with the same `message_id` and deadline: a command is still
+        applied at most once.
         """
         if not timeout > 0:
             raise ValueError(f"timeout must be positive, got {timeout}")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        expires_at = (datetime.now(UTC) + timedelta(seconds=expiration_for(timeout))).isoformat()
         correlation_id = uuid.uuid4().hex
         message_id = message_id or uuid.uuid4().hex
         payload = json.dumps(body).encode()
@@ -672,7 +676,7 @@ class Client:
                     raise NoAnswerError(routing_key, timeout, self.vhost)
                 message = aio_pika.Message(
                     payload,
-                    headers=dict[str, Any](routing_headers(body)),
+                    headers={**routing_headers(body), DEADLINE_HEADER: expires_at},
                     content_type="application/json",
                     correlation_id=correlation_id,
                     message_id=message_id,
@@ -697,7 +701,11 @@ class Client:
                     link.lost.set()  # the supervisor makes a new link; publish again there
                     continue
                 if await _first(answer, link.lost, deadline - loop.time()) is answer:
-                    return answer.result()
+                    reply = answer.result()
+                    if reply.get("code") == "EXPIRED":
+                        # Refused unapplied: the same outcome as no answer in time.
+                        raise NoAnswerError(routing_key, timeout, self.vhost)
+                    return reply
                 if link.up:
                     raise NoAnswerError(routing_key, timeout, self.vhost)
                 # The link went down before the answer came: publish again on the next one.

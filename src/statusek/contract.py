@@ -18,6 +18,7 @@ from statusek import __version__
 from statusek.core.codes import Code, FinishReason
 from statusek.core.messages import (
     COMMANDS,
+    DEADLINE_HEADER,
     QUERIES,
     REPLY_DATA,
     GlobalStatus,
@@ -163,19 +164,37 @@ def asyncapi() -> dict[str, Any]:
             },
         }
 
+    deadline_header = {
+        DEADLINE_HEADER: {
+            "type": "string",
+            "format": "date-time",
+            "description": "Optional absolute deadline, ISO 8601 with its UTC offset (or seconds since the"
+            " epoch). A command a worker takes after it, by the database clock, is refused with"
+            " `EXPIRED` and not applied (nor recorded: a retry with the same message_id applies). The"
+            " client sets it a little before its own timeout.",
+        }
+    }
+
     def request(channel: str, key: str, model: type[BaseModel]) -> None:
         name = f"{key}-request"
         partition_header = {
             "headers": {
                 "type": "object",
                 "properties": {
-                    INSTANCE_TOKEN_HEADER: {
-                        "type": "string",
-                        "format": "uuid",
-                        "description": "The body's instance_token. Set it on every command of an instance"
-                        " to keep them in order when commands have several partitions; the client and"
-                        " the CLI always do.",
-                    }
+                    **(
+                        {}
+                        if key == "set-global-status"
+                        else {
+                            INSTANCE_TOKEN_HEADER: {
+                                "type": "string",
+                                "format": "uuid",
+                                "description": "The body's instance_token. Set it on every command of an"
+                                " instance to keep them in order when commands have several partitions; the"
+                                " client and the CLI always do.",
+                            }
+                        }
+                    ),
+                    **deadline_header,
                 },
             }
         }
@@ -184,12 +203,20 @@ def asyncapi() -> dict[str, Any]:
             "title": f"{key} request",
             "contentType": "application/json",
             "payload": {"$ref": ref(model.__name__)},
-            **(partition_header if channel == "commands" and key != "set-global-status" else {}),
+            **(partition_header if channel == "commands" else {}),
             "correlationId": {"location": "$message.header#/correlation_id"},
             "description": (
                 "The AMQP property `user_id` names the sender (RabbitMQ refuses one that is not the "
                 "connection's user); without it the sender is `anonymous`. The model's `writers` "
                 "decide what the sender may do (`NOT_ALLOWED` otherwise); `is-ready` answers for them."
+                + (
+                    " A command's `message_id` is scoped by its sender: a repeat of the same command"
+                    " (routing key and body) with it gets the first reply and no new effect; a different"
+                    " command with a `message_id` its sender used before is refused with"
+                    " `MESSAGE_ID_REUSED` and not applied."
+                    if channel == "commands"
+                    else ""
+                )
             ),
         }
         reply_name = f"{key}-reply"

@@ -55,6 +55,10 @@ class NotAllowed(StatusekRejected):
     """NOT_ALLOWED: the model's writer lists do not name this client's user."""
 
 
+class MessageIdReused(InvalidRequest):
+    """MESSAGE_ID_REUSED: this client's user sent another command with that message_id before."""
+
+
 _FAMILIES: dict[str, type[StatusekRejected]] = {
     Code.INSTANCE_TOKEN_IS_NOT_FOUND: InstanceNotFound,
     Code.OBJECT_NAME_IS_NOT_FOUND: InstanceNotFound,
@@ -67,6 +71,7 @@ _FAMILIES: dict[str, type[StatusekRejected]] = {
     Code.INSTANCE_TOKEN_CONFLICT: TokenConflict,
     Code.INVALID_MESSAGE: InvalidRequest,
     Code.NOT_ALLOWED: NotAllowed,
+    Code.MESSAGE_ID_REUSED: MessageIdReused,
 }
 
 
@@ -76,10 +81,13 @@ def rejection(code: str, message: str, data: dict[str, Any] | None = None) -> St
 
 
 class NoAnswerError(StatusekClientError, TimeoutError):
-    """No worker answered within the time given.
+    """No worker answered within the time given (or one refused the request as `EXPIRED`).
 
-    The request carried that time as its expiration, so a request still
-    waiting in its queue is dropped by the broker, never applied later.
+    The request carried a deadline a little before that time: the broker drops
+    it unconsumed past it, and a worker that takes it later refuses it. So it
+    was not applied, unless a worker began applying it before its deadline and
+    its answer took longer than the margin (a database stall at that moment):
+    repeating a command with the same `message_id` is safe and tells which.
     """
 
     def __init__(self, routing_key: str, seconds: float, vhost: str):
@@ -88,7 +96,7 @@ class NoAnswerError(StatusekClientError, TimeoutError):
         self.vhost = vhost
         super().__init__(
             f"no worker answered {routing_key} within {seconds:g} s on vhost {vhost!r}; "
-            "the request expires in its queue and is not applied"
+            "its deadline has passed, so it will not be applied later"
         )
 
 

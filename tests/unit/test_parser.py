@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import uuid
+from datetime import UTC, datetime
 
 import pytest
 
-from statusek.adapters.rabbitmq.parser import content_digest, parse
+from statusek.adapters.rabbitmq.parser import Envelope, content_digest, parse
 from statusek.core.errors import InvalidMessage
-from statusek.core.messages import COMMANDS, Create, SetStatus
+from statusek.core.messages import COMMANDS, DEADLINE_HEADER, Create, SetStatus
 
 LIMIT = 64 * 1024
 
@@ -177,3 +178,62 @@ def test_duplicate_keys_are_refused() -> None:
         "invalid-json",
         "create: key 'object_name' appears twice",
     )
+
+
+def envelope(body: bytes, routing_key: str = "create", **fields: object) -> Envelope:
+    return parse(
+        routing_key=routing_key,
+        type_property=None,
+        body=body,
+        message_id=str(fields.pop("message_id", "m-1")),
+        reply_to=None,
+        correlation_id=None,
+        table=COMMANDS,
+        max_body_bytes=LIMIT,
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+def test_fingerprint_ignores_key_order_and_spacing() -> None:
+    """Two serialisations of one command have one fingerprint."""
+    a = envelope(b'{"object_name": "X", "labels": {"a": "1", "b": "2"}}')
+    b = envelope(b'{"labels":{"b":"2","a":"1"},"object_name":"X"}')
+    assert a.fingerprint == b.fingerprint
+
+
+def test_fingerprint_differs_by_body_and_routing_key() -> None:
+    """Another body or another routing key is another command."""
+    token = str(uuid.uuid4())
+    create = envelope(f'{{"object_name": "X", "instance_token": "{token}"}}'.encode())
+    other = envelope(b'{"object_name": "Y"}')
+    cancel = envelope(f'{{"instance_token": "{token}"}}'.encode(), "cancel")
+    assert len({create.fingerprint, other.fingerprint, cancel.fingerprint}) == 3
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ("2030-01-02T03:04:05Z", datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)),
+        ("2030-01-02T04:04:05+01:00", datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)),
+        (1_893_553_445, datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)),
+        (None, None),
+    ],
+)
+def test_deadline_header_is_an_absolute_time(header: object, expected: datetime | None) -> None:
+    """x-statusek-deadline reads ISO 8601 with an offset or epoch seconds."""
+    headers = {} if header is None else {DEADLINE_HEADER: header}
+    assert envelope(b'{"object_name": "X"}', headers=headers).deadline == expected
+
+
+@pytest.mark.parametrize("header", ["2030-01-02T03:04:05", "tomorrow", True, [1]])
+def test_a_deadline_that_is_no_absolute_time_is_refused(header: object) -> None:
+    """A naive, unreadable or non-time deadline is a schema violation naming the header."""
+    with pytest.raises(InvalidMessage, match=DEADLINE_HEADER) as caught:
+        envelope(b'{"object_name": "X"}', headers={DEADLINE_HEADER: header})
+    assert caught.value.reason == "schema-violation"
+
+
+def test_a_nul_in_message_id_is_refused() -> None:
+    """Postgres text cannot hold NUL: message_id with one is refused at the edge."""
+    with pytest.raises(InvalidMessage, match="message_id"):
+        envelope(b'{"object_name": "X"}', message_id="a\x00b")

@@ -28,7 +28,7 @@ from uuid import UUID
 import structlog
 from aio_pika.abc import AbstractIncomingMessage
 
-from statusek.adapters.postgres.store import OutboxRow, Store, Transaction
+from statusek.adapters.postgres.store import GivenReply, OutboxRow, ReplyKey, Store, Transaction
 from statusek.adapters.rabbitmq.broker import Broker
 from statusek.adapters.rabbitmq.parser import Envelope, parse_delivery
 from statusek.app import settle
@@ -40,7 +40,16 @@ from statusek.core.decide import Policy, decide
 from statusek.core.errors import InvalidMessage, StoreFailure, TransientError
 from statusek.core.global_status import GlobalEvent, decide_global, global_notification
 from statusek.core.instance import Event, InstanceState
-from statusek.core.messages import COMMANDS, Cancel, Create, Ping, Reply, SetGlobalStatus, SetStatus
+from statusek.core.messages import (
+    COMMANDS,
+    DEADLINE_HEADER,
+    Cancel,
+    Create,
+    Ping,
+    Reply,
+    SetGlobalStatus,
+    SetStatus,
+)
 from statusek.core.model import StatusModel
 from statusek.core.views import Notification, notification_for
 
@@ -335,11 +344,12 @@ DIGEST_PERIOD = 300
 
 def identity(
     delivery: AbstractIncomingMessage, envelope: Envelope, now: datetime
-) -> tuple[str | None, tuple[str, ...]]:
+) -> tuple[ReplyKey | None, tuple[ReplyKey, ...]]:
     """The key a command's reply is recorded under, and the keys that make it a repeat.
 
-    A `message_id` is both. Without one, the key is the delivery's digest in the
-    current period, and only a redelivery is looked up: then it was perhaps
+    Keys are scoped by the sender (the AMQP user_id RabbitMQ validated): two users' message_ids
+    never meet. A `message_id` is both the record and the repeat key. Without one, the key is the
+    delivery's digest in the current period, and only a redelivery is looked up: then it was perhaps
     applied before a crash between commit and ack, and its own record from a
     moment ago says so. A first delivery is never taken for a repeat, so two
     identical messages published on purpose both take effect, unless the
@@ -347,15 +357,38 @@ def identity(
     first. A redelivery more than one to two periods after its first delivery
     is judged again.
     """
+    sender = envelope.user_id or ""
     if envelope.message_id is not None:
-        return envelope.message_id, (envelope.message_id,)
+        key = (sender, envelope.message_id)
+        return key, (key,)
     if envelope.digest is None:
         return None, ()
     period = int(now.timestamp() // DIGEST_PERIOD)
-    key = f"digest:{envelope.digest}:{period}"
+    key = (sender, f"digest:{envelope.digest}:{period}")
     if not _redelivered(delivery):
         return key, ()
-    return key, (key, f"digest:{envelope.digest}:{period - 1}")
+    return key, (key, (sender, f"digest:{envelope.digest}:{period - 1}"))
+
+
+def reused(key: ReplyKey, envelope: Envelope) -> Reply:
+    """The answer to a message_id its sender already used for a different command: nothing applied."""
+    sender = f" by user {key[0]!r}" if key[0] else ""
+    return Reply.fail(
+        Code.MESSAGE_ID_REUSED,
+        f"message_id {key[1]!r} was already used{sender} for a different command; "
+        f"this {envelope.kind} was not applied: give every command its own message_id",
+    )
+
+
+def expired(envelope: Envelope, now: datetime) -> Reply:
+    """The answer to a command whose sender's deadline passed before a worker could apply it."""
+    assert envelope.deadline is not None
+    late = (now - envelope.deadline).total_seconds()
+    return Reply.fail(
+        Code.EXPIRED,
+        f"{envelope.kind} was not applied: its deadline {envelope.deadline.isoformat()} had passed "
+        f"{late:.3f} s before a worker took it ({DEADLINE_HEADER})",
+    )
 
 
 def _redelivered(delivery: AbstractIncomingMessage) -> bool:
@@ -417,7 +450,7 @@ class _Window:
         self.new_deadlines: list[datetime] = []
         self.events: list[Event] = []
         self.notifications: list[Notification] = []
-        self.replies: dict[str, Reply] = {}
+        self.replies: dict[ReplyKey, GivenReply] = {}
         self.models: dict[tuple[str, int], StatusModel] = {}
         self.global_seq = 0
         self.global_events: list[GlobalEvent] = []
@@ -426,11 +459,11 @@ class _Window:
         tx = self.tx
         commands = [env.body for _, env in valid]
         tokens = [t for c in commands if (t := getattr(c, "instance_token", None)) is not None]
-        # The clock once the partition's fence is held: read before the instance locks.
-        now = tx.fenced_at
-        identities = [identity(delivery, env, now) for delivery, env in valid]
+        # Digest keys are per period of the fence's clock; decisions use the clock read once the
+        # window's instances are locked (`lock_window`).
+        identities = [identity(delivery, env, tx.fenced_at) for delivery, env in valid]
         repeats_of = (key for _, repeats in identities for key in repeats)
-        self.states, stored = await tx.lock_window(tokens, repeats_of)
+        self.states, stored, now = await tx.lock_window(tokens, repeats_of)
         if any(isinstance(c, SetGlobalStatus) for c in commands):
             self.global_seq = await tx.lock_global_log()
         latest = await tx.latest_models(c.object_name for c in commands if isinstance(c, Create))
@@ -442,8 +475,16 @@ class _Window:
         for (delivery, env), (mid, repeats) in zip(valid, identities, strict=True):
             seen = next((key for key in repeats if key in stored or key in self.replies), None)
             if seen is not None:
-                reply = stored.get(seen) or self.replies[seen]
-                outcomes.append(Outcome(delivery, env, reply, duplicate=True))
+                given = stored.get(seen) or self.replies[seen]
+                if given.fingerprint in (None, env.fingerprint):
+                    outcomes.append(Outcome(delivery, env, given.reply, duplicate=True))
+                else:
+                    # Not recorded: the message_id keeps answering the command it was first used for.
+                    outcomes.append(Outcome(delivery, env, reused(seen, env)))
+                continue
+            if env.deadline is not None and now > env.deadline:
+                # Not recorded either: a retry with the same message_id and a new deadline applies.
+                outcomes.append(Outcome(delivery, env, expired(env, now)))
                 continue
             command = env.body
             if isinstance(command, SetGlobalStatus):
@@ -459,7 +500,7 @@ class _Window:
                     self.global_events.append(set_global)
                     self.notifications.append(global_notification(set_global))
                 if mid is not None:
-                    self.replies[mid] = reply
+                    self.replies[mid] = GivenReply(env.fingerprint, reply)
                 outcomes.append(Outcome(delivery, env, reply))
                 continue
             assert isinstance(command, Create | SetStatus | Ping | Cancel)  # parse() used COMMANDS
@@ -493,7 +534,7 @@ class _Window:
                     if (n := notification_for(event, new)) is not None:
                         self.notifications.append(n)
             if mid is not None:
-                self.replies[mid] = decision.reply
+                self.replies[mid] = GivenReply(env.fingerprint, decision.reply)
             outcomes.append(Outcome(delivery, env, decision.reply))
         return outcomes
 

@@ -16,6 +16,12 @@ class Code(StrEnum):
     INSTANCE_TOKEN_CONFLICT = "INSTANCE_TOKEN_CONFLICT"
     INVALID_MESSAGE = "INVALID_MESSAGE"
     NOT_ALLOWED = "NOT_ALLOWED"
+    # A message_id its sender already used for a different command: nothing applied.
+    MESSAGE_ID_REUSED = "MESSAGE_ID_REUSED"
+    # statusek failed on a query (a bug or a database refusal), not the sender: it may ask again.
+    INTERNAL_ERROR = "INTERNAL_ERROR"
+    # The command's deadline (header x-statusek-deadline) passed before a worker applied it.
+    EXPIRED = "EXPIRED"
 
 
 class FinishReason(StrEnum):

@@ -228,6 +228,10 @@ QUERIES: dict[str, type[WireMessage]] = {
 }
 
 
+# A command's optional absolute deadline: a worker that takes it later refuses it (`EXPIRED`).
+DEADLINE_HEADER = "x-statusek-deadline"
+
+
 class Reply(WireMessage):
     """Every command and query is answered with this envelope."""
 

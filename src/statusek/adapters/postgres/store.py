@@ -85,12 +85,31 @@ class Backlog:
     sweeper_lag: float  # seconds past the oldest deadline not yet finished; 0 when none is overdue
 
 
+# A recorded reply's key: the sender (AMQP user_id, '' when none) and the command's message_id.
+ReplyKey = tuple[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class GivenReply:
+    """A reply recorded for a message_id, with the fingerprint of the command it answered."""
+
+    fingerprint: str | None  # None: recorded before fingerprints were kept
+    reply: Reply
+
+
 @dataclass(frozen=True, slots=True)
 class OutboxRow:
     id: int
     notification: Notification
     # Written for its pipeline to publish itself (`direct`) less than the relay's grace ago: in flight.
     in_flight: bool = False
+
+
+LOCK_OVERDUE = (
+    f"SELECT {_INSTANCE_COLUMNS} FROM instances"
+    " WHERE next_deadline <= $1"
+    " ORDER BY next_deadline LIMIT $2 FOR UPDATE SKIP LOCKED"
+)
 
 
 class Transaction:
@@ -122,25 +141,30 @@ class Transaction:
         return value
 
     async def lock_window(
-        self, tokens: Iterable[UUID], message_ids: Iterable[str]
-    ) -> tuple[dict[UUID, InstanceState], dict[str, Reply]]:
-        """Load and lock a window's instances and read the replies already given, in one round trip.
+        self, tokens: Iterable[UUID], keys: Iterable[ReplyKey]
+    ) -> tuple[dict[UUID, InstanceState], dict[ReplyKey, GivenReply], datetime]:
+        """Load and lock a window's instances, read the replies already given, and the clock after.
 
-        Only under the partition's fence (`Store.transaction(fence=...)`): the replies are read in
-        the snapshot the statement starts with, before it waits for any instance lock, and only
-        the fence keeps another window of these commands from committing replies meanwhile.
-        Locking in token order keeps replicas deadlock-free.
+        One round trip. Only under the partition's fence (`Store.transaction(fence=...)`): the
+        replies are read in the snapshot the statement starts with, before it waits for any
+        instance lock, and only the fence keeps another window of these commands from committing
+        replies meanwhile. Locking in token order keeps replicas deadlock-free. The clock is read
+        once every lock is held, so a reader that saw an instance unlocked (queries) read it
+        before this window's clock: a deadline it saw pass has passed for this window too.
         """
         if self._fenced_at is None:
             raise RuntimeError(_UNFENCED)
-        wanted, ids = sorted(set(tokens)), list(set(message_ids))
-        if not wanted and not ids:
-            return {}, {}
+        wanted, asked = sorted(set(tokens)), sorted(set(keys))
+        if not wanted and not asked:
+            return {}, {}, self._fenced_at
         async with translated():
-            rows = await self._conn.fetch(LOCK_WINDOW, wanted, ids)
+            rows = await self._conn.fetch(LOCK_WINDOW, wanted, [k[0] for k in asked], [k[1] for k in asked])
         states = {row["token"]: _state(row) for row in rows if row["token"] is not None}
-        replies = rows[0]["replies"] if rows else {}
-        return states, {mid: Reply.model_validate(r) for mid, r in replies.items()}
+        given = {
+            (sender, mid): GivenReply(fingerprint, Reply.model_validate(reply))
+            for sender, mid, fingerprint, reply in rows[0]["replies"]
+        }
+        return states, given, rows[0]["now"]
 
     async def lock_global_log(self) -> int:
         """Lock the log of global statuses until commit; returns its last seq.
@@ -166,14 +190,16 @@ class Transaction:
             )
 
     async def lock_overdue(self, limit: int) -> dict[UUID, InstanceState]:
-        """Open instances past their deadline that no other sweeper holds."""
+        """Open instances past their deadline that no other sweeper holds.
+
+        The bound is the clock read before the statement, passed as a parameter: a volatile
+        `clock_timestamp()` in the WHERE clause is no index condition, and the scan then filters
+        every open instance with a deadline whenever fewer than `limit` are overdue. Read first,
+        the bound is never later than the clock at lock time, so no row is taken early.
+        """
         async with translated():
-            rows = await self._conn.fetch(
-                f"SELECT {_INSTANCE_COLUMNS} FROM instances"
-                " WHERE next_deadline <= clock_timestamp()"
-                " ORDER BY next_deadline LIMIT $1 FOR UPDATE SKIP LOCKED",
-                limit,
-            )
+            bound = await self._conn.fetchval("SELECT clock_timestamp()")
+            rows = await self._conn.fetch(LOCK_OVERDUE, bound, limit)
         return {row["token"]: _state(row) for row in rows}
 
     async def latest_models(self, names: Iterable[str]) -> dict[str, StatusModel]:
@@ -214,7 +240,7 @@ class Transaction:
         states: Sequence[InstanceState],
         events: Sequence[Event],
         notifications: Sequence[Notification],
-        replies: Mapping[str, Reply],
+        replies: Mapping[ReplyKey, GivenReply],
         *,
         direct: bool = False,
         published: Sequence[int] = (),
@@ -251,8 +277,8 @@ class Transaction:
                     [e.code for e in events],
                     [e.reason.value if e.reason else None for e in events],
                     [e.actor for e in events],
-                    list(replies),
-                    [r.model_dump_json() for r in replies.values()],
+                    [mid for _, mid in replies],
+                    [r.reply.model_dump_json() for r in replies.values()],
                     list(published),
                     [s.token for s in states],
                     [s.object_name for s in states],
@@ -268,6 +294,8 @@ class Transaction:
                     [s.last_seq for s in states],
                     [s.finished_at for s in states],
                     [s.finish_reason.value if s.finish_reason else None for s in states],
+                    [sender for sender, _ in replies],
+                    [r.fingerprint for r in replies.values()],
                 )
                 # Ids follow the window's order (ORDER BY ord); RETURNING's order is not relied on.
                 marked = {r["message_id"]: (r["id"], r["direct"]) for r in inserted}
@@ -323,11 +351,15 @@ class Transaction:
 # A window's instances, locked, beside the replies of its message ids (always one row, with
 # NULL instance columns when none is locked).
 LOCK_WINDOW = (
-    f"WITH locked AS (SELECT {_INSTANCE_COLUMNS} FROM instances WHERE token = ANY($1::uuid[])"
-    "  ORDER BY token FOR UPDATE),"
-    " given AS (SELECT coalesce(jsonb_object_agg(message_id, reply), '{}'::jsonb) AS replies"
-    "  FROM processed_messages WHERE message_id = ANY($2::text[]))"
-    " SELECT given.replies, locked.* FROM given LEFT JOIN locked ON true"
+    f"WITH locked AS MATERIALIZED (SELECT {_INSTANCE_COLUMNS} FROM instances"
+    "  WHERE token = ANY($1::uuid[]) ORDER BY token FOR UPDATE),"
+    " given AS (SELECT coalesce(jsonb_agg(jsonb_build_array(p.sender, p.message_id, p.fingerprint,"
+    "   p.reply)), '[]'::jsonb) AS replies"
+    "  FROM processed_messages p JOIN unnest($2::text[], $3::text[]) AS k(sender, message_id)"
+    "   ON p.sender = k.sender AND p.message_id = k.message_id),"
+    # Aggregating over every locked row first: the clock is read once they are all held.
+    " clock AS (SELECT clock_timestamp() AS now FROM (SELECT count(*) FROM locked) AS held)"
+    " SELECT clock.now, given.replies, locked.* FROM clock CROSS JOIN given LEFT JOIN locked ON true"
 )
 # A window's notifications in one statement. `direct` (the pipeline publishes them itself) only for
 # an instance with no row already waiting: an earlier notification still in the outbox (its
@@ -367,9 +399,10 @@ WINDOW_INSERT = (
     "  status_type, message, code, reason, actor)"
     "  SELECT * FROM unnest($8::uuid[], $9::int[], $10::text[], $11::timestamptz[], $12::text[],"
     "   $13::text[], $14::text[], $15::int[], $16::text[], $17::text[])),"
-    " replies_written AS (INSERT INTO processed_messages (message_id, reply)"
-    "  SELECT m, r::jsonb FROM unnest($18::text[], $19::text[]) AS u(m, r)"
-    "  ON CONFLICT (message_id) DO NOTHING),"
+    " replies_written AS (INSERT INTO processed_messages (sender, message_id, fingerprint, reply)"
+    "  SELECT s, m, f, r::jsonb FROM unnest($35::text[], $18::text[], $36::text[], $19::text[])"
+    "   AS u(s, m, f, r)"
+    "  ON CONFLICT (sender, message_id) DO NOTHING),"
     " published_deleted AS (DELETE FROM outbox WHERE id = ANY($20::bigint[])) " + OUTBOX_INSERT
 )
 # After the partition's lock, in a statement of its own: its snapshot must come after the lock, so
@@ -592,13 +625,37 @@ class Store:
                 versions[model.object_name] = version
         return versions
 
-    async def expire_processed(self, older_than_seconds: float) -> int:
-        async with translated():
-            result: str = await self._pool.execute(
-                "DELETE FROM processed_messages WHERE processed_at < now() - make_interval(secs => $1)",
-                older_than_seconds,
-            )
-        return int(result.split()[-1])
+    async def expire_processed(
+        self, older_than_seconds: float, *, batch: int = 5000, pause: float = 0.05
+    ) -> int:
+        """Delete idempotency records older than the window; returns how many this replica deleted.
+
+        One replica at a time: a session advisory lock held for the whole pass (released with the
+        connection if this process dies); a replica that finds it taken returns 0, the holder is
+        doing the same work. Each batch is a statement of its own, so a week of records is never
+        one long transaction holding row locks and WAL, and commands keep their turn between them.
+        The cutoff is fixed at the start, so a pass ends even while records keep expiring.
+        """
+        removed = 0
+        async with translated(), self._pool.acquire() as conn:
+            if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", EXPIRY_LOCK):
+                return 0
+            try:
+                cutoff = await conn.fetchval(
+                    "SELECT clock_timestamp() - make_interval(secs => $1)", older_than_seconds
+                )
+                while True:
+                    result: str = await conn.execute(EXPIRE_PROCESSED_BATCH, cutoff, batch)
+                    deleted = int(result.split()[-1])
+                    removed += deleted
+                    if deleted < batch:
+                        return removed
+                    await asyncio.sleep(pause)
+            finally:
+                # A connection that broke released the lock with its session; asyncpg's reset on
+                # release unlocks too (pg_advisory_unlock_all), should this statement fail.
+                if not conn.is_closed():
+                    await conn.execute("SELECT pg_advisory_unlock($1)", EXPIRY_LOCK)
 
     async def listen_forever(
         self,
@@ -708,3 +765,9 @@ _LISTEN_ERRORS: tuple[type[BaseException], ...] = (
 
 
 MODELS_LOCK = 0x5354_4154_5553_4D4F  # arbitrary, shared by every replica
+EXPIRY_LOCK = 0x5354_5052_4F43_4558  # arbitrary, held by the one replica expiring idempotency records
+# By ctid, not by key: the key of processed_messages is not this function's business.
+EXPIRE_PROCESSED_BATCH = (
+    "DELETE FROM processed_messages WHERE processed_at < $1 AND ctid = ANY(ARRAY("
+    "SELECT ctid FROM processed_messages WHERE processed_at < $1 LIMIT $2))"
+)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 from aio_pika.abc import AbstractIncomingMessage
 from pydantic import BaseModel, ConfigDict, SerializeAsAny, ValidationError
 
 from statusek.core.errors import InvalidMessage
-from statusek.core.messages import WireMessage
+from statusek.core.messages import DEADLINE_HEADER, WireMessage
 
 
 class Envelope(BaseModel):
@@ -28,6 +29,51 @@ class Envelope(BaseModel):
     user_id: str | None = None
     # Without a message_id: a digest of the delivery's content (see `delivery_digest`).
     digest: str | None = None
+    # What the command does (`command_fingerprint`): a message_id reused for another command differs.
+    fingerprint: str = ""
+    # The sender's absolute deadline (header `x-statusek-deadline`): not applied once it has passed.
+    deadline: datetime | None = None
+
+
+def command_fingerprint(kind: str, message: WireMessage) -> str:
+    """The routing key and the parsed body, canonical: equal for a repeat however it was serialised."""
+    canonical = json.dumps(message.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(f"{kind}\n{canonical}".encode()).hexdigest()
+
+
+def parse_deadline(value: object) -> datetime | None:
+    """The `x-statusek-deadline` header: an ISO 8601 time with its offset, or seconds since the epoch."""
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    if isinstance(value, datetime):
+        parsed = value
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            parsed = datetime.fromtimestamp(value).astimezone()
+        except (OverflowError, OSError, ValueError):
+            raise InvalidMessage(
+                "schema-violation", f"header {DEADLINE_HEADER}: {value!r} is not a time"
+            ) from None
+    elif isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            raise InvalidMessage(
+                "schema-violation",
+                f"header {DEADLINE_HEADER}: {value!r} is not an ISO 8601 time (e.g. 2026-12-05T10:00:00Z)",
+            ) from None
+    else:
+        raise InvalidMessage(
+            "schema-violation", f"header {DEADLINE_HEADER}: a {type(value).__name__} is not a time"
+        )
+    if parsed.tzinfo is None:
+        # A time without its offset means different instants to the sender and the worker.
+        raise InvalidMessage(
+            "schema-violation", f"header {DEADLINE_HEADER}: {value!r} has no UTC offset (add Z or +00:00)"
+        )
+    return parsed
 
 
 def parse(
@@ -42,6 +88,7 @@ def parse(
     max_body_bytes: int,
     digest: str | None = None,
     user_id: str | None = None,
+    headers: Mapping[str, Any] | None = None,
 ) -> Envelope:
     """Validate a raw delivery against the contract, or raise InvalidMessage.
 
@@ -58,6 +105,11 @@ def parse(
         )
     if len(body) > max_body_bytes:
         raise InvalidMessage("too-large", f"body is {len(body)} bytes, the limit is {max_body_bytes}")
+    for name, value in (("message_id", message_id), ("user_id", user_id)):
+        if value and "\x00" in value:
+            # Postgres text cannot hold it: refused here, not by the store a window later.
+            raise InvalidMessage("schema-violation", f"{name}: a NUL character is not allowed")
+    deadline = parse_deadline((headers or {}).get(DEADLINE_HEADER))
     _refuse_what_json_allows(kind, body)
     try:
         message = table[kind].model_validate_json(body)
@@ -71,6 +123,8 @@ def parse(
         correlation_id=correlation_id or None,
         user_id=user_id or None,
         digest=None if message_id else digest,
+        fingerprint=command_fingerprint(kind, message),
+        deadline=deadline,
     )
 
 
@@ -191,4 +245,5 @@ def parse_delivery(
         max_body_bytes=max_body_bytes,
         digest=None if delivery.message_id else delivery_digest(delivery),
         user_id=delivery.user_id,
+        headers=delivery.headers,
     )
