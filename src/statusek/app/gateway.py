@@ -283,7 +283,7 @@ class Gateway:
             return Answer(
                 False,
                 f"ERROR: no statusek worker answered within {self.answer_within:g} s; "
-                "the request expired unapplied, try again",
+                "its deadline has passed, so it will not be applied later: try again",
                 code="NO_ANSWER",
             )
         except BrokerUnreachable as e:
