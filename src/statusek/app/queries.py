@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import structlog
 from aio_pika.abc import AbstractIncomingMessage
 
-from statusek.adapters.postgres.reports import ping_summary, report_inputs
+from statusek.adapters.postgres.reports import ReportTooSlow, ping_summary, report_inputs
 from statusek.adapters.postgres.store import Store
 from statusek.adapters.rabbitmq.broker import Broker
 from statusek.adapters.rabbitmq.parser import parse_delivery
@@ -57,6 +58,14 @@ class QueryHandler:
             self._in_flight.add(task)
         try:
             await self._handle(delivery)
+        except Exception:
+            log.exception("query failed, and so did its answer")
+            # Never left unsettled: a query that fails every time would hold a prefetch slot on
+            # every replica it reaches, until none answers any query. A lost answer is the
+            # sender's timeout; a closed channel has given the delivery back already.
+            if not delivery.processed and settle.is_live(delivery):
+                with contextlib.suppress(Exception):
+                    await delivery.ack()
         finally:
             if task is not None:
                 self._in_flight.discard(task)
@@ -85,10 +94,7 @@ class QueryHandler:
 
     async def _report(self, query: ReportQuery) -> Reply:
         inputs = await report_inputs(self._store, query.object_name, query.since, query.until)
-        # Sorting and counting every kept instance's durations: off the event loop.
-        return await asyncio.to_thread(
-            report_reply, query, inputs.latest, inputs.daily, inputs.live, inputs.slas
-        )
+        return report_reply(query, inputs.latest, inputs.daily, inputs.live, inputs.slas)
 
     async def _global_events(self, query: GlobalEventsQuery) -> Reply:
         events = await self._store.read_global_events(query.after_seq, query.limit + 1, query.status_name)
@@ -107,11 +113,56 @@ class QueryHandler:
             "dead-lettered", routing_key=delivery.routing_key, reason=error.reason, detail=error.detail
         )
 
+    async def _fail(self, delivery: AbstractIncomingMessage, error: Exception) -> None:
+        """An unexpected failure: a copy kept for the operator, INTERNAL_ERROR to the sender.
+
+        `on_message` acks it whatever happens here.
+        """
+        detail = f"{type(error).__name__}: {error}"
+        try:
+            await self._broker.park(
+                self._broker.names.dead_letter,
+                delivery,
+                {
+                    settle.REASON_HEADER: "internal-error",
+                    settle.DETAIL_HEADER: detail[:1024],
+                    "x-routing-key": delivery.routing_key or "",
+                    "x-exchange": delivery.exchange or "",
+                },
+            )
+        except Exception:
+            log.exception("the failed query's copy was not kept")
+        if delivery.reply_to:
+            await self._broker.reply(
+                delivery.reply_to,
+                delivery.correlation_id,
+                Reply.fail(
+                    Code.INTERNAL_ERROR,
+                    "statusek failed on this query; it is kept in statusek.dead-letter",
+                    reason="internal-error",
+                ),
+            )
+        self._metrics.dead_lettered.labels(reason="internal-error").inc()
+        self._metrics.queries.labels(routing_key=delivery.routing_key or "", code=Code.INTERNAL_ERROR).inc()
+
+    async def _refuse(self, delivery: AbstractIncomingMessage, kind: str, reason: str, text: str) -> None:
+        """A query asking more than statusek answers within its bounds: told so, acked, not kept."""
+        if delivery.reply_to:
+            await self._broker.reply(
+                delivery.reply_to,
+                delivery.correlation_id,
+                Reply.fail(Code.INVALID_MESSAGE, text, reason=reason),
+            )
+        await delivery.ack()
+        self._metrics.queries.labels(routing_key=kind, code=Code.INVALID_MESSAGE).inc()
+        log.warning("query refused", routing_key=kind, reason=reason)
+
     async def _handle(self, delivery: AbstractIncomingMessage) -> None:
         started = time.perf_counter()
         structlog.contextvars.bind_contextvars(
             message_id=delivery.message_id, correlation_id=delivery.correlation_id
         )
+        settled = False
         try:
             envelope = parse_delivery(delivery, QUERIES, self._max_body)
             query = envelope.body
@@ -125,6 +176,7 @@ class QueryHandler:
                 reply = await self._instance_query(envelope.kind, query, envelope.user_id)
             await settle.answer(self._broker, delivery, reply)
             await delivery.ack()
+            settled = True
             self._metrics.queries.labels(routing_key=envelope.kind, code=reply.code).inc()
             log.info(
                 "query",
@@ -134,6 +186,8 @@ class QueryHandler:
             )
         except InvalidMessage as e:
             await self._dead_letter(delivery, e)
+        except ReportTooSlow as e:
+            await self._refuse(delivery, "get-report", "report-timeout", str(e))
         except StoreFailure as e:
             # Postgres refused it: asking again gives the same answer, so keep it, never loop on it.
             log.exception("query cannot be answered")
@@ -142,5 +196,12 @@ class QueryHandler:
             log.warning("query failed, requeued", error=str(e))
             await asyncio.sleep(0.5)
             await settle.requeue_all([delivery])
+        except Exception as e:
+            if settled:
+                # Answered and acked; only what follows (metrics, the log line) failed.
+                log.exception("query answered, bookkeeping failed")
+            else:
+                log.exception("query failed")
+                await self._fail(delivery, e)
         finally:
             structlog.contextvars.unbind_contextvars("message_id", "correlation_id", "instance_token")

@@ -99,17 +99,32 @@ class InstanceQuery(WireMessage):
     instance_token: UUID
 
 
+# The longest since..until range get-report takes, in days (both included): a year, leap or not.
+MAX_REPORT_DAYS = 366
+
+
 class ReportQuery(WireMessage):
     """Body of `get-report`: timing figures of one object's finished instances, by day of finish (UTC)."""
 
     object_name: Name
     since: date | None = Field(default=None, description="First day of finish (UTC), inclusive.")
-    until: date | None = Field(default=None, description="Last day of finish (UTC), inclusive.")
+    until: date | None = Field(
+        default=None,
+        description=f"Last day of finish (UTC), inclusive; with since, at most {MAX_REPORT_DAYS} days"
+        " after it (both included).",
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> ReportQuery:
-        if self.since and self.until and self.since > self.until:
-            raise ValueError("since is after until")
+        if self.since and self.until:
+            if self.since > self.until:
+                raise ValueError("since is after until")
+            days = (self.until - self.since).days + 1
+            if days > MAX_REPORT_DAYS:
+                raise ValueError(
+                    f"until: since..until spans {days} days, at most {MAX_REPORT_DAYS}; ask for"
+                    " several ranges, or leave out since (or until) for everything before (after)"
+                )
         return self
 
 

@@ -86,10 +86,25 @@ class Distribution:
     buckets: list[int] = field(default_factory=list)
     # Every duration, while nothing but single durations was added; None once a histogram was merged.
     samples: list[float] | None = field(default_factory=list)
+    # The exact percentiles of the one Summary that is all this distribution holds.
+    known: dict[float, float] | None = None
 
     @property
     def exact(self) -> bool:
-        return self.samples is not None
+        return self.samples is not None or self.known is not None
+
+    def merge_summary(self, summary: Summary) -> None:
+        """Add durations summed up elsewhere: exact while they are all there is, else a histogram."""
+        if summary.count == 0:
+            return
+        if self.count == 0:
+            self._extend(summary.count, summary.total, summary.low, summary.high)
+            self.buckets = list(summary.buckets or ())
+            self.samples, self.known = None, {50: summary.p50, 95: summary.p95}
+            return
+        if summary.buckets is None or (self.known is not None and not self.buckets):
+            raise ValueError("a summary merged with other durations needs its histogram")
+        self.merge_histogram(summary.count, summary.total, summary.low, summary.high, summary.buckets)
 
     def add(self, seconds: float) -> None:
         self._extend(1, seconds, seconds, seconds)
@@ -112,6 +127,7 @@ class Distribution:
         for i, n in enumerate(buckets):
             self.buckets[i] += n
         self.samples = None
+        self.known = None
 
     def _extend(self, count: int, total: float, low: float, high: float) -> None:
         self.count += count
@@ -123,6 +139,8 @@ class Distribution:
         """The nearest-rank percentile: exact from the samples, else estimated from the buckets."""
         if self.count == 0:
             return None
+        if self.known is not None:
+            return self.known[percent]
         rank = nearest_rank(percent, self.count)
         if self.samples is not None:
             return sorted(self.samples)[rank - 1]
@@ -237,6 +255,71 @@ def histogram(values: Iterable[float]) -> list[int]:
     return counts
 
 
+PERCENTILES = (50, 95)  # the percentiles a report gives; a Summary holds exactly these
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """Durations added up where they are kept (the database), exactly: nearest-rank p50 and p95."""
+
+    count: int
+    total: float
+    low: float
+    high: float
+    p50: float
+    p95: float
+    # Their histogram: needed only where daily aggregates join them (None: not asked for).
+    buckets: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LiveFigures:
+    """The finished instances still kept, added up: what a report takes from them."""
+
+    whole: Summary | None = None  # create -> finish, every reason
+    by_reason: Mapping[FinishReason, Summary] = field(default_factory=dict)
+    by_status: Mapping[str, Summary] = field(default_factory=dict)
+    sla_breaches: int = 0
+    versions: frozenset[int] = frozenset()  # the model versions they belong to
+
+
+def summary(values: Sequence[float], *, buckets: bool = True) -> Summary:
+    """The Summary of these durations (at least one), as the database computes it."""
+    ordered = sorted(values)
+    return Summary(
+        count=len(ordered),
+        total=math.fsum(ordered),
+        low=ordered[0],
+        high=ordered[-1],
+        p50=ordered[nearest_rank(50, len(ordered)) - 1],
+        p95=ordered[nearest_rank(95, len(ordered)) - 1],
+        buckets=tuple(histogram(ordered)) if buckets else None,
+    )
+
+
+def summarize(timelines: Iterable[Timeline], slas: Slas) -> LiveFigures:
+    """`LiveFigures` of timelines in memory: the reference for what the database adds up."""
+    whole: list[float] = []
+    by_reason: dict[FinishReason, list[float]] = {}
+    by_status: dict[str, list[float]] = {}
+    breaches = 0
+    versions: set[int] = set()
+    for t in timelines:
+        whole.append(t.duration)
+        by_reason.setdefault(t.finish_reason, []).append(t.duration)
+        breaches += breached(t, slas)
+        versions.add(t.model_version)
+        for name, seconds in t.status_durations():
+            by_status.setdefault(name, []).append(seconds)
+    return LiveFigures(
+        whole=summary(whole) if whole else None,
+        by_reason={r: summary(v) for r, v in by_reason.items()},
+        by_status={n: summary(v) for n, v in by_status.items()},
+        sla_breaches=breaches,
+        versions=frozenset(versions),
+    )
+
+
 def fold(timelines: Iterable[Timeline], slas: Slas) -> list[DailyRow]:
     """The daily aggregates of these instances (to be added to the stored ones), in key order.
 
@@ -271,16 +354,19 @@ def build_report(
     since: date | None,
     until: date | None,
     daily: Iterable[DailyRow],
-    live: Iterable[Timeline],
+    live: LiveFigures | Iterable[Timeline],
     slas: Slas,
     status_order: Sequence[str] = (),
     sla: float | None = None,
 ) -> ReportData:
-    """The report over purged days (`daily`) and instances still kept (`live`).
+    """The report over purged days (`daily`) and instances still kept (`live`: added up by the
+    database, or timelines, added up here).
 
     Percentiles are exact as long as no daily aggregate is involved in a figure. `status_order`
     (the latest model's statuses) orders the status rows; statuses of other versions follow, by name.
     """
+    if not isinstance(live, LiveFigures):
+        live = summarize(live, slas)
     whole = Distribution()
     by_reason: dict[FinishReason, Distribution] = {}
     by_status: dict[str, Distribution] = {}
@@ -296,12 +382,13 @@ def build_report(
             targets = [by_status.setdefault(key.status_name, Distribution())]
         for d in targets:
             d.merge_histogram(row.count, row.total, row.low, row.high, row.buckets)
-    for t in live:
-        for d in (whole, by_reason.setdefault(t.finish_reason, Distribution())):
-            d.add(t.duration)
-        breaches += breached(t, slas)
-        for name, seconds in t.status_durations():
-            by_status.setdefault(name, Distribution()).add(seconds)
+    if live.whole is not None:
+        whole.merge_summary(live.whole)
+    for reason, figures in live.by_reason.items():
+        by_reason.setdefault(reason, Distribution()).merge_summary(figures)
+    for name, figures in live.by_status.items():
+        by_status.setdefault(name, Distribution()).merge_summary(figures)
+    breaches += live.sla_breaches
     order = {name: i for i, name in enumerate(status_order)}
     statuses = sorted(by_status, key=lambda n: (order.get(n, len(order)), n))
     reasons = [r for r in FinishReason if r in by_reason]
@@ -390,7 +477,7 @@ def report_reply(
     query: ReportQuery,
     latest: StatusModel | None,
     daily: Iterable[DailyRow],
-    live: Iterable[Timeline],
+    live: LiveFigures | Iterable[Timeline],
     slas: Slas,
 ) -> Reply:
     """The reply to `get-report`; `latest` is the object's latest model version (None: no such object)."""
