@@ -13,11 +13,13 @@ $(BIN)/statusek: pyproject.toml
 install: $(BIN)/statusek
 
 ## Run the worker against the local RabbitMQ and Postgres (it migrates first).
-worker: install
+worker: install services
 	$(BIN)/statusek worker
 
 ## Run every test (unit and integration against the real services).
-test: install
+## `services` first: it starts what is down and enables the broker plugins the tests use
+## (the consistent-hash exchange of command partitions), and changes nothing when all is there.
+test: install services
 	$(BIN)/pytest
 
 lint: install
