@@ -16,6 +16,7 @@ import signal
 import subprocess
 import time
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -301,6 +302,9 @@ class Play:
             history.created_tags[str(r["token"])] = r["tag"]
         history.notes = {name: list(notes) for name, notes in recorder.notes.items()}
         history.healthy = {name for name in recorder.notes if name != "full"}
+        self.info["codes"] = dict(Counter(c.code or "no answer" for c in history.commands))
+        self.info["events"] = len(history.events)
+        self.info["notes"] = {name: len(notes) for name, notes in history.notes.items()}
         history.info = self.info
         return history
 

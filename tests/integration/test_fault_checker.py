@@ -1,0 +1,36 @@
+"""The randomized fault checker on a few fixed seeds: each schedule ends with 0 anomalies.
+
+`benchmarks/fault_checker.py` runs many seeds; these three cover the process faults
+(SIGKILL, SIGSTOP), the links (Postgres black-holed, broker cut), a full subscriber
+queue and re-published message_ids.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.chaos.checker import check
+from tests.chaos.runner import run_schedule
+from tests.chaos.schedule import generate
+from tests.integration.conftest import Cluster
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+# seed -> the faults generate(seed) draws (checked below, so a change to the generator shows here)
+SEEDS = {
+    7: ["dup_same", "pg_blackhole"],
+    9: ["broker_cut", "queue_full"],
+    23: ["sigkill", "sigstop"],
+}
+
+
+@pytest.mark.parametrize("seed", sorted(SEEDS))
+async def test_schedule_has_no_anomalies(cluster: Cluster, seed: int) -> None:
+    """One seeded schedule (≤ 40 s) against 2-3 workers: the checker finds no anomaly."""
+    schedule = generate(seed)
+    assert schedule.kinds == SEEDS[seed]
+    history = await run_schedule(schedule, cluster)
+    verdict = check(history)
+    shown = "\n".join(f"{a.kind}: {a.detail}" for a in verdict.anomalies[:20])
+    assert not verdict.anomalies, f"seed {seed} {schedule.kinds} {history.info}:\n{shown}"
+    assert history.seconds < 40
