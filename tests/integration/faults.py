@@ -21,7 +21,12 @@ from tests.integration.wire import Wire
 
 
 class TcpProxy:
-    """Forwards 127.0.0.1:<port> to a target; `block()` cuts every link and refuses new ones."""
+    """Forwards 127.0.0.1:<port> to a target.
+
+    `block()` cuts every link and refuses new ones (a server that is down). `stall()` forwards
+    nothing more and closes nothing (a black hole: packets dropped, nothing refused): links stay
+    open, new ones are accepted and wait; `resume()` lets everything held go on, in order.
+    """
 
     def __init__(self, target_host: str, target_port: int):
         self.target = (target_host, target_port)
@@ -29,6 +34,19 @@ class TcpProxy:
         self.port = 0
         self._server: asyncio.Server | None = None
         self._links: set[asyncio.StreamWriter] = set()
+        self._flowing = asyncio.Event()
+        self._flowing.set()
+
+    @property
+    def stalled(self) -> bool:
+        return not self._flowing.is_set()
+
+    def stall(self) -> None:
+        """Forward nothing, on open links and new ones, until `resume()`; close nothing."""
+        self._flowing.clear()
+
+    def resume(self) -> None:
+        self._flowing.set()
 
     async def start(self) -> int:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
@@ -36,6 +54,11 @@ class TcpProxy:
         return self.port
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.blocked:
+            writer.close()
+            return
+        # Accepted, but not connected on until the stall ends: the target sees nothing meanwhile.
+        await self._flowing.wait()
         if self.blocked:
             writer.close()
             return
@@ -49,6 +72,8 @@ class TcpProxy:
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
             try:
                 while data := await src.read(65536):
+                    # Held while stalled; reading no more meanwhile fills the sender's buffers.
+                    await self._flowing.wait()
                     dst.write(data)
                     await dst.drain()
             except (OSError, asyncio.CancelledError):
@@ -73,6 +98,9 @@ class TcpProxy:
         self.blocked = False
 
     async def close(self) -> None:
+        # Links and accepts held by a stall end now, refused, rather than wait forever.
+        self.blocked = True
+        self._flowing.set()
         self.cut()
         if self._server is not None:
             self._server.close()

@@ -104,6 +104,17 @@ class Metrics:
             "statusek_queue_messages", "Ready messages per statusek queue.", ["queue"], registry=r
         )
         self.ready = Gauge("statusek_ready", "1 while /readyz answers 200.", registry=r)
+        self.database_stalled = Gauge(
+            "statusek_database_stalled",
+            "1 while this replica has stepped back from the command queues because Postgres does not"
+            " answer (STATUSEK_DATABASE_STALL_TIMEOUT).",
+            registry=r,
+        )
+        self.database_stalls = Counter(
+            "statusek_database_stalls",
+            "Times this replica stepped back because Postgres did not answer.",
+            registry=r,
+        )
         self.build_info = Gauge(
             "statusek_build_info", "Always 1; the version as a label.", ["version"], registry=r
         )

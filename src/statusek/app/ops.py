@@ -1,6 +1,7 @@
 """The ops HTTP server: liveness, readiness and Prometheus metrics.
 
-    GET /livez    200 while the event loop answers
+    GET /livez    200 while the event loop answers (also while the worker has stepped back
+                  because Postgres does not answer: it rejoins by itself, a restart would not help)
     GET /readyz   200 while ready; 503 with {"ready": false, "problems": {...}} otherwise
     GET /metrics  Prometheus text
 
@@ -14,6 +15,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import structlog
 
@@ -26,6 +28,7 @@ Check = Callable[[], Awaitable[str | None]]
 
 _REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
 _REQUEST_TIMEOUT = 5.0
+T = TypeVar("T")
 
 
 class OpsServer:
@@ -46,6 +49,28 @@ class OpsServer:
         self._before_scrape = before_scrape
         self._check_timeout = check_timeout
         self._server: asyncio.Server | None = None
+        # Checks and refreshes that outlived their timeout, cancelled and left to end on their own.
+        self._abandoned: set[asyncio.Task[object]] = set()
+
+    async def _bounded(self, work: Awaitable[T]) -> T:
+        """`work`, or TimeoutError after the check timeout without waiting for `work` to end.
+
+        `asyncio.wait_for` waits for a cancelled task to finish, and cancelling a query on a
+        black-holed database waits for a cancel request that never arrives: a probe would hang.
+        """
+        task = asyncio.ensure_future(work)
+        done, _ = await asyncio.wait({task}, timeout=self._check_timeout)
+        if task in done:
+            return task.result()
+        task.cancel()
+        self._abandoned.add(task)
+        task.add_done_callback(self._forget)
+        raise TimeoutError
+
+    def _forget(self, task: asyncio.Task[object]) -> None:
+        self._abandoned.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: its failure was reported as the timeout already
 
     @property
     def port(self) -> int:
@@ -68,7 +93,7 @@ class OpsServer:
 
         async def run(name: str, check: Check) -> tuple[str, str | None]:
             try:
-                return name, await asyncio.wait_for(check(), self._check_timeout)
+                return name, await self._bounded(check())
             except TimeoutError:
                 return name, f"no answer within {self._check_timeout:g} s"
             except Exception as e:
@@ -91,7 +116,7 @@ class OpsServer:
         if path == "/metrics":
             if self._before_scrape is not None:
                 try:
-                    await asyncio.wait_for(self._before_scrape(), self._check_timeout)
+                    await self._bounded(self._before_scrape())
                 except Exception as e:
                     # Gauges keep their last values; the counters are still worth serving.
                     log.warning("metrics refresh failed", error=f"{type(e).__name__}: {e}")

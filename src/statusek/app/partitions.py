@@ -127,6 +127,8 @@ class Partitions:
         self._lock = asyncio.Lock()
         self._handovers: set[asyncio.Task[None]] = set()
         self._stopping = False
+        # Stepped back from every partition (the database stalls): no line is joined until resumed.
+        self.paused = False
         self._metrics = metrics or Metrics()
         self.handovers = 0
 
@@ -149,10 +151,43 @@ class Partitions:
                 self._hand_over(slot)
 
     async def subscribe_all(self) -> None:
-        """(Re)join every partition's line: after a (re)connection, every old channel is gone."""
+        """(Re)join every partition's line: after a (re)connection, every old channel is gone.
+
+        While paused, only the old channels are let go: `resume` joins the lines.
+        """
         async with self._lock:
             for slot in self.slots:
                 await slot.release(self._drain_timeout)
+                if not self.paused and not self._stopping:
+                    await slot.subscribe()
+
+    async def pause(self, window_timeout: float) -> None:
+        """Leave every partition's line, so that the next consumer in each applies its commands.
+
+        The window in progress has `window_timeout` to end (it waits for a database that does not
+        answer): its channel then closes anyway and its deliveries return to the head of the
+        queue, unapplied or not. Either way each is applied once: the next consumer's window
+        takes the partition's fence, so it runs after this one's transaction has ended on the
+        server (committed, or ended by the server's timeouts), and finds its replies if it
+        committed. Pipelines left running end on their own and apply nothing more: the channel
+        of their deliveries has closed.
+        """
+        async with self._lock:
+            if self.paused or self._stopping:
+                return
+            self.paused = True
+            log.warning("stepping back from every command partition", queues=[s.queue for s in self.slots])
+            await asyncio.gather(*(slot.release(window_timeout) for slot in self.slots))
+            self._metrics.not_consuming(slot.queue for slot in self.slots)
+
+    async def resume(self) -> None:
+        """Join every partition's line again, at its back (whoever took over keeps applying)."""
+        async with self._lock:
+            if not self.paused or self._stopping:
+                return
+            self.paused = False
+            log.info("consuming the command partitions again")
+            for slot in self.slots:
                 await slot.subscribe()
 
     def stop(self) -> None:

@@ -15,6 +15,7 @@ from pydantic_settings import (
     SettingsError,
 )
 
+from statusek.adapters.postgres.connect import ConnectOptions
 from statusek.adapters.rabbitmq.endpoints import split_urls
 from statusek.core.model import optional_duration
 
@@ -144,6 +145,41 @@ class Settings(BaseSettings):
         default=2.0, gt=0, description="Seconds between two hand-overs of one partition by a replica."
     )
     db_pool_size: int = Field(default=10, ge=4)
+    # Postgres time bounds (README "Database timeouts and fail-over"): a black-holed database must
+    # never hold a worker, and a stalled worker hands its command queues to a standby.
+    database_connect_timeout: float = Field(
+        default=5.0, gt=0, description="Seconds for one connection attempt to Postgres."
+    )
+    database_statement_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        description="Seconds: the server's statement_timeout; the client gives up on a statement 2 s later.",
+    )
+    database_lock_timeout: float = Field(
+        default=5.0,
+        gt=0,
+        description="Seconds a statement waits for a lock before it fails (and is retried).",
+    )
+    database_idle_in_transaction_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        description="Seconds the server keeps a transaction whose client went silent (its locks with it).",
+    )
+    database_keepalives_idle: int = Field(
+        default=10, ge=1, description="Seconds of silence before TCP keepalive probes, on both ends."
+    )
+    database_keepalives_interval: int = Field(
+        default=5, ge=1, description="Seconds between keepalive probes."
+    )
+    database_keepalives_count: int = Field(
+        default=3, ge=1, description="Unanswered keepalive probes after which the link is dead."
+    )
+    database_stall_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        description="Seconds without an answer from Postgres after which a worker stops consuming commands"
+        " (a standby takes over) and is unready; it consumes again once Postgres answers.",
+    )
 
     default_instance_timeout: float | None = Field(
         default=None, gt=0, description="Seconds, for models and creates that give none."
@@ -196,6 +232,18 @@ class Settings(BaseSettings):
 
     log_format: str = Field(default="auto", pattern="^(auto|json|console)$")
     log_level: str = "INFO"
+
+    def database_options(self) -> ConnectOptions:
+        """The time bounds and keepalives of every Postgres connection a worker opens."""
+        return ConnectOptions(
+            connect_timeout=self.database_connect_timeout,
+            statement_timeout=self.database_statement_timeout,
+            lock_timeout=self.database_lock_timeout,
+            idle_in_transaction_timeout=self.database_idle_in_transaction_timeout,
+            keepalives_idle=self.database_keepalives_idle,
+            keepalives_interval=self.database_keepalives_interval,
+            keepalives_count=self.database_keepalives_count,
+        )
 
     def model_paths(self) -> list[Path]:
         return [Path(p) for p in self.models_path.split(":") if p]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import TypeVar
@@ -35,6 +36,22 @@ log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
 
+# Seconds /readyz waits for a ping before it says Postgres is slow (the watch steps back later).
+PING_SLOW = 2.0
+# Seconds a stalled worker's window in progress gets before its channel closes anyway: it waits
+# for a database that has not answered for `database_stall_timeout` already.
+STALLED_WINDOW_WAIT = 1.0
+
+
+async def _ping(store: Store) -> str | None:
+    """None when Postgres answered, else why not."""
+    try:
+        await store.ping()
+    except Exception as e:
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
 class StoppedWhileWaiting(Exception):
     """A stop was requested while the worker still waited for a dependency at start."""
 
@@ -54,6 +71,13 @@ class Worker:
         self._consuming = False
         # The last reason a dependency could not be reached, for /readyz.
         self._waiting: dict[str, str] = {}
+        # What the database watch (`_watch_database`) last saw, for /readyz.
+        self._db_ok_at = time.monotonic()
+        self._db_error: str | None = None
+        self._db_ping_since: float | None = None
+        self.stalled = False  # stepped back from the command queues: Postgres does not answer
+        self._queries_lock = asyncio.Lock()
+        self._stalled_queries: Consumer | None = None  # cancelled on stepping back, closed on rejoining
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -82,7 +106,8 @@ class Worker:
                 "postgres", lambda: ensure_current(s.database_url, migrate_on_start=s.migrate_on_start)
             )
             store = await self._until_available(
-                "postgres", lambda: Store.open(s.database_url, max_size=s.db_pool_size)
+                "postgres",
+                lambda: Store.open(s.database_url, max_size=s.db_pool_size, options=s.database_options()),
             )
             try:
                 versions = await store.sync_models(models)
@@ -115,10 +140,11 @@ class Worker:
 
     def _readiness_checks(self) -> dict[str, Callable[[], Awaitable[str | None]]]:
         async def postgres() -> str | None:
+            # From the database watch rather than a query of its own: a probe never waits on a
+            # black-holed database, and probes cost it nothing.
             if self._store is None:
                 return self._waiting.get("postgres", "connecting")
-            await self._store.ping()
-            return None
+            return self._database_problem()
 
         async def rabbitmq() -> str | None:
             if self._broker is None or not self._broker.is_open:
@@ -128,6 +154,8 @@ class Worker:
         async def consumer() -> str | None:
             if self._stop.is_set():
                 return "shutting down"
+            if self.stalled:
+                return "stepped back from the command queues until Postgres answers"
             return None if self._consuming else "not consuming"
 
         return {"postgres": postgres, "rabbitmq": rabbitmq, "consumer": consumer}
@@ -248,6 +276,9 @@ class Worker:
             ),
             asyncio.create_task(self._housekeeping(store), name="housekeeping"),
             asyncio.create_task(
+                self._watch_database(store, broker, partitions, queries), name="database watch"
+            ),
+            asyncio.create_task(
                 Purger(
                     store,
                     default_retention=s.default_retention,
@@ -323,9 +354,13 @@ class Worker:
                 await broker.open()
                 await broker.declare()
                 await partitions.subscribe_all()
-                self._queries_consumer = await broker.consume(
-                    self.names.queries, s.query_concurrency, queries.on_message
-                )
+                async with self._queries_lock:
+                    # Stepped back meanwhile: the database watch consumes again when Postgres answers.
+                    self._queries_consumer = (
+                        None
+                        if self.stalled
+                        else await broker.consume(self.names.queries, s.query_concurrency, queries.on_message)
+                    )
             except TransientError as e:
                 self._waiting["rabbitmq"] = str(e)
                 log.warning("waiting for rabbitmq", error=str(e))
@@ -341,6 +376,96 @@ class Worker:
             self.metrics.not_consuming(self.names.command_queues)
             self.metrics.reconnects.labels(dependency="rabbitmq").inc()
             log.warning("rabbitmq connection lost; reconnecting")
+
+    def _database_problem(self) -> str | None:
+        """What is wrong with Postgres as the database watch sees it, or None."""
+        if self.stalled:
+            silent = time.monotonic() - self._db_ok_at
+            return f"no answer for {silent:.0f} s; stepped back from the command queues ({self._db_error})"
+        if self._db_error is not None:
+            return self._db_error
+        pending = time.monotonic() - self._db_ping_since if self._db_ping_since is not None else 0.0
+        if pending > PING_SLOW:
+            return f"no answer for {pending:.1f} s"
+        return None
+
+    async def _watch_database(
+        self, store: Store, broker: Broker, partitions: Partitions, queries: QueryHandler
+    ) -> None:
+        """Ask Postgres every second; step back from the queues while it has not answered for long.
+
+        A worker whose database does not answer (black-holed, packets dropped: its statements
+        wait for their timeouts, then fail, and are retried) would otherwise keep the command
+        queues, of which it is the single active consumer, while a standby that reaches Postgres
+        waits in line. After `database_stall_timeout` without an answer it leaves every line (the
+        broker makes the next consumer active) and the queries; once Postgres answers it joins
+        them again, at the back. A ping is never cancelled while it waits: cancelling a query of
+        a black-holed connection waits for the cancel request to fail, and the watch must not.
+        """
+        s = self.settings
+        every = min(1.0, s.database_stall_timeout / 4)
+        self._db_ok_at = time.monotonic()
+        ping: asyncio.Task[str | None] | None = None
+        try:
+            while True:
+                if ping is None:
+                    self._db_ping_since = started = time.monotonic()
+                    ping = asyncio.create_task(_ping(store), name="database ping")
+                done, _ = await asyncio.wait({ping}, timeout=every)
+                answered = False
+                if ping in done:
+                    self._db_error = ping.result()
+                    self._db_ping_since = ping = None
+                    answered = self._db_error is None
+                    if answered:
+                        self._db_ok_at = time.monotonic()
+                silent = time.monotonic() - self._db_ok_at
+                if self.stalled and answered:
+                    await self._rejoin(broker, partitions, queries)
+                elif not self.stalled and silent >= s.database_stall_timeout:
+                    await self._step_back(partitions, silent)
+                if ping is None:
+                    await asyncio.sleep(max(0.0, every - (time.monotonic() - started)))
+        finally:
+            if ping is not None:
+                ping.cancel()
+
+    async def _step_back(self, partitions: Partitions, silent: float) -> None:
+        self.stalled = True
+        self.metrics.database_stalled.set(1)
+        self.metrics.database_stalls.inc()
+        log.error(
+            "postgres does not answer: stepping back from the queues for a standby",
+            silent_s=round(silent, 1),
+            error=self._db_error,
+        )
+        await partitions.pause(window_timeout=STALLED_WINDOW_WAIT)
+        async with self._queries_lock:
+            consumer, self._queries_consumer = self._queries_consumer, None
+        if consumer is not None:
+            # Cancelled, not closed: queries in progress still answer on their channel.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(consumer.cancel(), 2)
+            self._stalled_queries = consumer
+
+    async def _rejoin(self, broker: Broker, partitions: Partitions, queries: QueryHandler) -> None:
+        log.warning("postgres answers again: consuming again, behind whoever took over")
+        self.stalled = False
+        self.metrics.database_stalled.set(0)
+        old, self._stalled_queries = self._stalled_queries, None
+        if old is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(old.close(), 2)
+        try:
+            await partitions.resume()
+            async with self._queries_lock:
+                if self._queries_consumer is None and broker.is_open:
+                    self._queries_consumer = await broker.consume(
+                        self.names.queries, self.settings.query_concurrency, queries.on_message
+                    )
+        except TransientError as e:
+            # The broker is going: its reconnection joins every line again.
+            log.warning("could not consume again yet", error=str(e))
 
     async def _housekeeping(self, store: Store) -> None:
         """Expire idempotency records older than the window, now and then."""

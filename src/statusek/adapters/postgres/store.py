@@ -19,6 +19,7 @@ from uuid import UUID
 import asyncpg
 import structlog
 
+from statusek.adapters.postgres.connect import ConnectOptions, connect
 from statusek.adapters.postgres.errors import translated
 from statusek.core.codes import FinishReason
 from statusek.core.global_status import GlobalEvent
@@ -39,7 +40,9 @@ _INSTANCE_COLUMNS = (
 )
 
 
-async def _init_connection(conn: asyncpg.Connection) -> None:
+async def _init_connection(conn: asyncpg.Connection, options: ConnectOptions | None = None) -> None:
+    if options is not None:
+        options.keep_alive(conn)
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
@@ -434,16 +437,30 @@ def outbox_partition(instance_token: str | None) -> int:
 class Store:
     """A pool of connections and the operations statusek needs from Postgres."""
 
-    def __init__(self, pool: asyncpg.Pool, dsn: str):
+    def __init__(self, pool: asyncpg.Pool, dsn: str, options: ConnectOptions | None = None):
         self._pool = pool
         self._dsn = dsn
+        self._options = options or ConnectOptions()
         self.model_cache: dict[tuple[str, int], StatusModel] = {}
 
     @classmethod
-    async def open(cls, dsn: str, *, min_size: int = 2, max_size: int = 10) -> Store:
+    async def open(
+        cls, dsn: str, *, min_size: int = 2, max_size: int = 10, options: ConnectOptions | None = None
+    ) -> Store:
+        """A pool whose every connection attempt, statement and transaction is bounded (`ConnectOptions`).
+
+        A statement that legitimately waits longer sets its own `SET LOCAL statement_timeout`.
+        """
+        options = options or ConnectOptions()
+
+        async def init(conn: asyncpg.Connection) -> None:
+            await _init_connection(conn, options)
+
         async with translated():
-            pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, init=_init_connection)
-        return cls(pool, dsn)
+            pool = await asyncpg.create_pool(
+                dsn, min_size=min_size, max_size=max_size, init=init, **options.connect_kwargs()
+            )
+        return cls(pool, dsn, options)
 
     async def close(self) -> None:
         await self._pool.close()
@@ -675,7 +692,7 @@ class Store:
         while True:
             conn: asyncpg.Connection | None = None
             try:
-                conn = await asyncpg.connect(self._dsn)
+                conn = await connect(self._dsn, self._options)
                 lost = asyncio.Event()
                 conn.add_termination_listener(lambda _conn, lost=lost: lost.set())
 

@@ -1,0 +1,120 @@
+"""A black-holed Postgres under the active worker: it steps back, a standby applies, it rejoins.
+
+Worker A reaches Postgres through a proxy that stops forwarding without closing anything
+(packets dropped, nothing refused); worker B reaches it directly. A is first in line, so the
+broker's single active consumer; B is the standby.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import asyncpg
+import pytest
+
+from tests.integration.conftest import Cluster, until_async
+from tests.integration.faults import TcpProxy, proxied
+from tests.integration.test_ops import free_port, get, wait_status
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+CREATES = 20
+
+
+@dataclass
+class Pair:
+    proxy: TcpProxy
+    a: int  # ops ports
+    b: int
+    b_process: subprocess.Popen[bytes]
+
+
+@pytest.fixture
+async def pair(cluster: Cluster) -> AsyncIterator[Pair]:
+    """A (through the proxy, active) and B (direct, standby), both ready, A's pool warm."""
+    proxy, db_url = await proxied(cluster.env["STATUSEK_DATABASE_URL"], 5432)
+    try:
+        a = free_port()
+        cluster.start(1, STATUSEK_DATABASE_URL=db_url, STATUSEK_OPS_PORT=str(a))
+        await wait_status(a, 200, timeout=30)
+        # A applies this one: it is alone, so in line first.
+        reply = await cluster.wire.request("create", create_body(str(uuid.uuid4())))
+        assert reply["status"] is True, reply
+        b = free_port()
+        [b_process] = cluster.start(1, STATUSEK_OPS_PORT=str(b))
+        await wait_status(b, 200, timeout=30)
+        yield Pair(proxy, a, b, b_process)
+    finally:
+        proxy.resume()
+        await proxy.close()
+
+
+def create_body(token: str) -> dict[str, object]:
+    return {"object_name": "2-POINT LINE TASK", "instance_token": token, "instance_timeout": 3600}
+
+
+async def created(db: asyncpg.Connection, tokens: list[str]) -> int:
+    count: int = await db.fetchval(
+        "SELECT count(*) FROM instances WHERE token = ANY($1::uuid[])", [uuid.UUID(t) for t in tokens]
+    )
+    return count
+
+
+async def test_the_standby_applies_what_a_stalled_worker_holds(
+    cluster: Cluster, cluster_db: asyncpg.Connection, pair: Pair
+) -> None:
+    """Postgres black-holed under the active worker: the standby applies 20 creates within 30 s, once each."""
+    pair.proxy.stall()
+    stalled = time.monotonic()
+    tokens = [str(uuid.uuid4()) for _ in range(CREATES)]
+    correlation_ids = [
+        await cluster.wire.send("create", create_body(t), message_id=uuid.uuid4().hex) for t in tokens
+    ]
+    unready_after, _ = await wait_status(pair.a, 503, timeout=5)
+    codes: list[int] = []
+
+    async def applied() -> int:
+        codes.append((await get(pair.a, "/readyz"))[0])
+        return await created(cluster_db, tokens)
+
+    await until_async(applied, CREATES, timeout=30)
+    applied_after = time.monotonic() - stalled
+    print(f"A unready after {unready_after:.1f} s; B applied {CREATES} creates {applied_after:.1f} s in")
+    assert set(codes) == {503}, codes
+    replies = [await cluster.wire.reply(c, timeout=10) for c in correlation_ids]
+    assert [r["code"] for r in replies] == ["SUCCESS"] * CREATES
+    assert [r["data"]["instance_token"] for r in replies] == tokens
+    events = await cluster_db.fetchval(
+        "SELECT count(*) FROM events WHERE kind = 'created' AND instance_token = ANY($1::uuid[])",
+        [uuid.UUID(t) for t in tokens],
+    )
+    assert events == CREATES
+
+
+async def test_a_stalled_worker_rejoins_when_postgres_answers(cluster: Cluster, pair: Pair) -> None:
+    """Once Postgres answers again the worker that stepped back is ready and applies commands again."""
+    pair.proxy.stall()
+    await wait_status(pair.a, 503, timeout=5)
+    await until_async(lambda: stepped_back(pair.a), 1, timeout=15)
+    pair.proxy.resume()
+    await wait_status(pair.a, 200, timeout=10)
+    # With the standby gone, only A can answer.
+    pair.b_process.terminate()
+    await asyncio.to_thread(pair.b_process.wait, 20)
+    correlation_id = await cluster.wire.send("create", create_body(str(uuid.uuid4())))
+    reply = await cluster.wire.reply(correlation_id, timeout=20)
+    assert reply["code"] == "SUCCESS", reply
+
+
+async def stepped_back(port: int) -> int:
+    """1 once the worker on `port` says it stepped back from the command queues."""
+    status, body = await get(port, "/readyz")
+    return int(
+        status == 503 and "stepped back" in json.loads(body or b"{}").get("problems", {}).get("consumer", "")
+    )
