@@ -100,6 +100,14 @@ class Metrics:
             ["path"],
             registry=r,
         )
+        self.notifications_nacked = Counter(
+            "statusek_notifications_nacked",
+            "Notifications the broker refused (a nack: a bound queue is full with overflow"
+            " reject-publish); the relay sends them again with a growing delay, the other queues"
+            " get them again each time.",
+            ["path"],
+            registry=r,
+        )
         self.queue_messages = Gauge(
             "statusek_queue_messages", "Ready messages per statusek queue.", ["queue"], registry=r
         )
@@ -126,6 +134,7 @@ class Metrics:
             self.dead_lettered.labels(reason=reason)
         for path in ("direct", "relay"):
             self.notifications.labels(path=path)
+            self.notifications_nacked.labels(path=path)
 
     def not_consuming(self, queues: Iterable[str]) -> None:
         """Every command queue at 0: the series exist, so an alert sees a queue nobody consumes."""

@@ -492,28 +492,130 @@ class Broker:
         )
 
     async def publish_notifications(self, notifications: Sequence[Notification]) -> None:
-        """Publish and wait for every confirm; raises if any is not confirmed."""
+        """Publish and wait for every confirm; raises `Unconfirmed` naming what was not confirmed.
+
+        See `publish_waves`; this has no timeout of its own (a lost link fails it).
+        """
+        await self.publish_waves(notifications)
+
+    async def publish_waves(
+        self,
+        notifications: Sequence[Notification],
+        *,
+        timeout: float | None = None,
+        may_continue: Callable[[], Awaitable[bool]] | None = None,
+    ) -> None:
+        """Publish and wait for every confirm; raises `Unconfirmed` naming what was not confirmed.
+
+        Sent in waves: the first notification of every instance, then the second, ... each
+        wave only after the previous one's confirms. A notification a queue refused (nack,
+        e.g. a full queue with reject-publish) thus never has a later one of its instance
+        accepted before it by that queue, and holds them back (`Unconfirmed.unsent`): the
+        caller re-sends from the refused one on. Confirms of one wave wait at most `timeout`;
+        `may_continue` is asked before every wave (a relay's fence, see `app.relay`).
+        """
+        exchange = await self._events_exchange()
+        confirmed: list[Notification] = []
+        nacked: list[Notification] = []
+        blocked: set[str | None] = set()
+        for wave in _waves(notifications):
+            wave = [n for n in wave if n.instance_token not in blocked]
+            if not wave:
+                continue
+            try:
+                if may_continue is not None and not await may_continue():
+                    raise BrokerUnavailable("publishing stopped: this relay no longer holds the partition")
+                async with translated():
+                    results = await asyncio.wait_for(
+                        asyncio.gather(*(_publish_event(exchange, n) for n in wave), return_exceptions=True),
+                        timeout,
+                    )
+            except BrokerUnavailable as e:
+                done = {n.message_id for n in [*confirmed, *nacked]}
+                raise Unconfirmed(
+                    str(e), confirmed, nacked, [n for n in notifications if n.message_id not in done]
+                ) from e
+            failure: BaseException | None = None
+            for n, result in zip(wave, results, strict=True):
+                if result is None:
+                    confirmed.append(n)
+                elif isinstance(result, aiormq.exceptions.DeliveryError):
+                    # Basic.Nack (a queue refused it; the others got it) or Basic.Return.
+                    nacked.append(n)
+                    blocked.add(n.instance_token)
+                else:
+                    failure = failure or result
+            if failure is not None:
+                done = {n.message_id for n in [*confirmed, *nacked]}
+                rest = [n for n in notifications if n.message_id not in done]
+                message = f"rabbitmq unavailable: {describe(failure)}"
+                raise Unconfirmed(mask_secrets(message), confirmed, nacked, rest) from failure
+        if nacked:
+            done = {n.message_id for n in confirmed}
+            rest = [n for n in notifications if n.message_id not in done]
+            raise Unconfirmed(
+                f"the broker refused {len(nacked)} notification(s)", confirmed, nacked, rest, answered=True
+            )
+
+    async def _events_exchange(self) -> AbstractExchange:
         await self.output()
         assert self._events is not None
-        exchange = self._events
-        async with translated():
-            confirms = [
-                exchange.publish(
-                    aio_pika.Message(
-                        json.dumps(n.body).encode(),
-                        content_type="application/json",
-                        type=n.type,
-                        message_id=n.message_id,
-                        headers=dict(n.headers),
-                        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                    ),
-                    routing_key="",
-                )
-                for n in notifications
-            ]
-            await asyncio.gather(*confirms)
+        return self._events
 
     async def _publish_default(self, routing_key: str, message: aio_pika.Message) -> None:
         channel = await self.output()
         async with translated():
             await channel.default_exchange.publish(message, routing_key=routing_key)
+
+
+class Unconfirmed(BrokerUnavailable):
+    """Some notifications of a `publish_notifications` call were not confirmed.
+
+    `confirmed` are on every bound queue (and may be forgotten); `nacked` were refused by a
+    queue (the others got them); `unconfirmed` (in the order given) holds the nacked ones,
+    those held back behind them, and any whose fate is unknown (the link failed, a wave
+    timed out): all of them to be sent again, in that order.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        confirmed: Sequence[Notification],
+        nacked: Sequence[Notification],
+        unconfirmed: Sequence[Notification],
+        *,
+        answered: bool = False,
+    ):
+        super().__init__(message)
+        # True when the broker answered every one sent (confirm or nack): the link is fine.
+        self.answered = answered
+        self.confirmed = list(confirmed)
+        self.nacked = list(nacked)
+        self.unconfirmed = list(unconfirmed)
+
+
+def _waves(notifications: Sequence[Notification]) -> list[list[Notification]]:
+    """Wave k holds the k-th notification of each instance, in the order given."""
+    waves: list[list[Notification]] = []
+    seen: dict[str | None, int] = {}
+    for n in notifications:
+        k = seen.get(n.instance_token, 0)
+        seen[n.instance_token] = k + 1
+        if k == len(waves):
+            waves.append([])
+        waves[k].append(n)
+    return waves
+
+
+async def _publish_event(exchange: AbstractExchange, n: Notification) -> None:
+    await exchange.publish(
+        aio_pika.Message(
+            json.dumps(n.body).encode(),
+            content_type="application/json",
+            type=n.type,
+            message_id=n.message_id,
+            headers=dict(n.headers),
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        ),
+        routing_key="",
+    )
