@@ -133,8 +133,9 @@ def check_log(events: Iterable[EventRow]) -> list[Anomaly]:
             out.append(Anomaly("finish_reasons_differ", f"{token}: log reasons {reasons}"))
         if len(finishes) > 1:
             out.append(Anomaly("finished_twice", f"{token}: {len(finishes)} finished events"))
-        if finishes and rows[-1].seq != finishes[0].seq:
-            after = [e.kind for e in rows if e.seq > finishes[0].seq]
+        # A second finish is `finished_twice`; anything else after the first is a rule broken.
+        after = [e.kind for e in rows if finishes and e.seq > finishes[0].seq and e.kind != "finished"]
+        if after:
             out.append(Anomaly("event_after_finish", f"{token}: {after} after seq {finishes[0].seq}"))
     return out
 
