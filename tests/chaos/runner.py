@@ -174,21 +174,20 @@ class Play:
             note["pid"] = victim.pid if victim else None
             with _stopped(victim):
                 await asyncio.sleep(fault.duration)
-        elif fault.kind in ("pg_blackhole", "pg_restart"):
+        elif fault.kind == "pg_blackhole":
             assert self.pg is not None
-            stall = fault.kind == "pg_blackhole" and hasattr(self.pg, "stall")
-            note["how"] = "stall" if stall else "block"
-            if stall:
-                self.pg.stall()  # type: ignore[attr-defined]
-            else:
-                self.pg.block()
+            self.pg.stall()
             try:
                 await asyncio.sleep(fault.duration)
             finally:
-                if stall:
-                    self.pg.resume()  # type: ignore[attr-defined]
-                else:
-                    self.pg.unblock()
+                self.pg.resume()
+        elif fault.kind == "pg_restart":
+            assert self.pg is not None
+            self.pg.block()
+            try:
+                await asyncio.sleep(fault.duration)
+            finally:
+                self.pg.unblock()
         elif fault.kind == "broker_cut":
             assert self.amqp is not None
             self.amqp.block()
