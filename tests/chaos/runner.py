@@ -148,14 +148,35 @@ def _stopped(proc: subprocess.Popen[bytes] | None) -> Iterator[None]:
             proc.send_signal(signal.SIGCONT)
 
 
+# Worker settings for short schedules: a few seconds of black hole should hand the command
+# queues to a standby (the defaults wait 10 s), and the sweeper should not lag heartbeats.
+WORKER_ENV = {
+    "STATUSEK_SWEEP_MAX_SLEEP": "1",
+    "STATUSEK_DATABASE_STALL_TIMEOUT": "2",
+    "STATUSEK_DATABASE_STATEMENT_TIMEOUT": "3",
+}
+
+
 class Play:
     def __init__(self, schedule: Schedule, cluster: Cluster):
         self.schedule = schedule
         self.cluster = cluster
-        self.env: dict[str, str] = {}
-        self.pg: TcpProxy | None = None
-        self.amqp: TcpProxy | None = None
+        # Each worker reaches Postgres and RabbitMQ through proxies of its own, so a fault can
+        # hit the active worker's links alone while the standbys keep theirs.
+        self.links: dict[int, tuple[TcpProxy, TcpProxy]] = {}  # pid -> (postgres, rabbitmq)
         self.info: dict[str, Any] = {"faults": []}
+
+    async def start_worker(self) -> None:
+        pg, pg_url = await proxied(self.cluster.env["STATUSEK_DATABASE_URL"], 5432)
+        amqp, amqp_url = await proxied(self.cluster.env["STATUSEK_AMQP_URL"], 5672)
+        env = {**WORKER_ENV, "STATUSEK_AMQP_URL": amqp_url, "STATUSEK_DATABASE_URL": pg_url}
+        (proc,) = self.cluster.start(1, **env)
+        self.links[proc.pid] = (pg, amqp)
+
+    def active(self, note: dict[str, Any]) -> tuple[TcpProxy, TcpProxy] | None:
+        victim = active_worker(self.cluster)
+        note["pid"] = victim.pid if victim else None
+        return self.links[victim.pid] if victim else None
 
     async def fault(self, recorder: Recorder, fault: Fault, t0: float) -> None:
         await asyncio.sleep(max(0.0, t0 + fault.at - time.monotonic()))
@@ -168,33 +189,39 @@ class Play:
                 victim.send_signal(signal.SIGKILL)
                 note["pid"] = victim.pid
             await asyncio.sleep(fault.duration)
-            self.cluster.start(1, **self.env)
+            await self.start_worker()
         elif fault.kind == "sigstop":
             victim = active_worker(self.cluster)
             note["pid"] = victim.pid if victim else None
             with _stopped(victim):
                 await asyncio.sleep(fault.duration)
         elif fault.kind == "pg_blackhole":
-            assert self.pg is not None
-            self.pg.stall()
+            links = self.active(note)
+            if links:
+                links[0].stall()
             try:
                 await asyncio.sleep(fault.duration)
             finally:
-                self.pg.resume()
+                if links:
+                    links[0].resume()
         elif fault.kind == "pg_restart":
-            assert self.pg is not None
-            self.pg.block()
+            proxies = [pg for pg, _ in self.links.values()]
+            for pg in proxies:
+                pg.block()
             try:
                 await asyncio.sleep(fault.duration)
             finally:
-                self.pg.unblock()
+                for pg in proxies:
+                    pg.unblock()
         elif fault.kind == "broker_cut":
-            assert self.amqp is not None
-            self.amqp.block()
+            links = self.active(note)
+            if links:
+                links[1].block()
             try:
                 await asyncio.sleep(fault.duration)
             finally:
-                self.amqp.unblock()
+                if links:
+                    links[1].unblock()
         elif fault.kind == "queue_full":
             await asyncio.sleep(fault.duration)
             await recorder.drain_full("full")
@@ -202,22 +229,14 @@ class Play:
     async def run(self) -> History:
         started = time.monotonic()
         schedule, cluster = self.schedule, self.cluster
-        direct_amqp = cluster.env["STATUSEK_AMQP_URL"]
-        database_url = cluster.env["STATUSEK_DATABASE_URL"]
-        self.pg, pg_url = await proxied(database_url, 5432)
-        self.amqp, amqp_url = await proxied(direct_amqp, 5672)
-        self.env = {
-            "STATUSEK_AMQP_URL": amqp_url,
-            "STATUSEK_DATABASE_URL": pg_url,
-            "STATUSEK_SWEEP_MAX_SLEEP": "1",
-        }
         full = "full" if "queue_full" in schedule.kinds else None
-        recorder = await Recorder.open(direct_amqp, ["a", "b"], full)
-        db = await asyncpg.connect(database_url)
+        recorder = await Recorder.open(cluster.env["STATUSEK_AMQP_URL"], ["a", "b"], full)
+        db = await asyncpg.connect(cluster.env["STATUSEK_DATABASE_URL"])
         try:
-            cluster.start(1, **self.env)
+            await self.start_worker()
             await cluster.wait_for_consumers(1)
-            cluster.start(schedule.workers - 1, **self.env)
+            for _ in range(schedule.workers - 1):
+                await self.start_worker()
             await cluster.wait_for_consumers(schedule.workers)
             sent = await self._play(recorder)
             history = await self._collect(recorder, db, sent)
@@ -226,10 +245,14 @@ class Play:
                 proc.send_signal(signal.SIGCONT)  # a stopped worker would not hear SIGTERM
             await db.close()
             await recorder.close()
-            await self.pg.close()
-            await self.amqp.close()
         history.seconds = time.monotonic() - started
         return history
+
+    async def close(self) -> None:
+        """Close the proxies (after the workers are stopped: closing cuts their links)."""
+        for pg, amqp in self.links.values():
+            await pg.close()
+            await amqp.close()
 
     async def _play(self, recorder: Recorder) -> list[tuple[Planned, str, float]]:
         t0 = time.monotonic()
@@ -321,5 +344,14 @@ async def _until_async(done: Callable[[], Awaitable[bool]], timeout: float) -> N
 
 
 async def run_schedule(schedule: Schedule, cluster: Cluster) -> History:
-    """Play `schedule` on `cluster` (a vhost and database of its own, no workers yet)."""
-    return await Play(schedule, cluster).run()
+    """Play `schedule` on `cluster` (a vhost and database of its own, no workers yet).
+
+    The workers are left running (through their proxies, closed when `cluster.stop()` has
+    stopped them), so the caller's teardown drains them as it would any other.
+    """
+    play = Play(schedule, cluster)
+    try:
+        return await play.run()
+    finally:
+        await asyncio.to_thread(cluster.stop)
+        await play.close()
