@@ -551,34 +551,64 @@ class Store:
         """A consistent read for queries: the instance, its model, its events and `now`.
 
         Only the events with a seq above `events_after` are read, at most `events_limit` of them.
+        The instance and its events come from one snapshot (REPEATABLE READ): a sweeper's commit
+        between them cannot show a finish twice. An open instance past a deadline, which a query
+        calls finished, is read again once no window holds it (`FOR KEY SHARE` waits for a
+        window's `FOR UPDATE`), with the clock read after that: a window that read its clock
+        before the deadline (a ping that moves it) has committed by then, and any later window
+        reads a later clock, sees the deadline passed too and finishes the instance as `expire`
+        does. So a finish a query names is, or will be, in the log.
         """
-        async with self.transaction() as tx:
-            conn = tx._conn
-            async with translated():
+
+        async def read(
+            conn: asyncpg.Connection, lock: bool
+        ) -> tuple[InstanceState | None, list[Event], datetime]:
+            if lock:
                 row = await conn.fetchrow(
-                    f"SELECT {_INSTANCE_COLUMNS}, clock_timestamp() AS now FROM instances WHERE token = $1",
+                    f"SELECT {_INSTANCE_COLUMNS} FROM instances WHERE token = $1 FOR KEY SHARE", token
+                )
+                now: datetime = await conn.fetchval("SELECT clock_timestamp()")
+            else:
+                row = await conn.fetchrow(
+                    f"SELECT clock_timestamp() AS now, {_INSTANCE_COLUMNS}"
+                    " FROM (VALUES (1)) AS one LEFT JOIN instances ON token = $1",
                     token,
                 )
-                if row is None:
-                    return None, None, [], await tx.now()
-                state = _state(row)
-                events = (
-                    [
-                        _event(r)
-                        for r in await conn.fetch(
-                            "SELECT * FROM events WHERE instance_token = $1 AND seq > $2"
-                            " ORDER BY seq LIMIT $3",
-                            token,
-                            events_after,
-                            events_limit,
-                        )
-                    ]
-                    if with_events
-                    else []
-                )
+                assert row is not None
+                now = row["now"]
+                if row["token"] is None:
+                    row = None
+            if row is None:
+                return None, [], now
+            events = (
+                [
+                    _event(r)
+                    for r in await conn.fetch(
+                        "SELECT * FROM events WHERE instance_token = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+                        token,
+                        events_after,
+                        events_limit,
+                    )
+                ]
+                if with_events
+                else []
+            )
+            return _state(row), events, now
+
+        async with translated(), self._pool.acquire() as conn:
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                state, events, now = await read(conn, lock=False)
+            if state is not None and state.overdue(now) is not None:
+                # Read committed: the locking read returns the row as the window left it. While
+                # the lock is held nothing writes the instance or its events (every writer locks
+                # the row FOR UPDATE first), so the statements after it agree with it.
+                async with conn.transaction():
+                    state, events, now = await read(conn, lock=True)
+            if state is None:
+                return None, None, [], now
             key = (state.object_name, state.model_version)
-            model = (await tx.models([key])).get(key)
-            return state, model, events, row["now"]
+            model = (await Transaction(conn, self).models([key])).get(key)
+        return state, model, events, now
 
     async def read_global_events(
         self, after_seq: int, limit: int, status_name: str | None = None
