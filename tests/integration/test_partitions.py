@@ -150,3 +150,40 @@ async def test_replicas_joining_and_leaving_under_load_lose_and_reorder_nothing(
     assert "unexpected_logs" not in report.extra
     assert report.notifications_missing == 0
     assert handovers > 0 and len(appliers) == 3
+
+
+async def test_headerless_and_headered_commands_of_one_instance_keep_time_in_seq_order(
+    cluster: Cluster, cluster_db: asyncpg.Connection
+) -> None:
+    """Pings of one instance through two partitions at once: occurred_at never runs back with seq."""
+    cluster.start(2, STATUSEK_COMMAND_PARTITIONS=str(PARTITIONS))
+    await cluster.wait_for_consumers(2)
+    await shares_known(cluster, members=2)
+    # Few instances, many commands each: windows of both partitions queue on the same row locks.
+    tokens = [str(uuid.uuid4()) for _ in range(4)]
+    for token in tokens:
+        await cluster.wire.send(
+            "create", {"object_name": "2-POINT LINE TASK", "instance_token": token}, reply=False
+        )
+    for round_ in range(150):
+        for token in tokens:
+            # Without the header a command goes to partition 0; with it, to its instance's partition.
+            extra = {} if round_ % 2 else {"headers": {}}
+            await cluster.wire.send("ping", {"instance_token": token}, reply=False, **extra)
+    wanted = [uuid.UUID(t) for t in tokens]
+    deadline = time.monotonic() + 60
+    while (
+        await cluster_db.fetchval(
+            "SELECT count(*) FROM events WHERE instance_token = ANY($1::uuid[])", wanted
+        )
+        < len(tokens) * 7
+    ):
+        assert time.monotonic() < deadline, "not every ping was applied within 60 s"
+        await asyncio.sleep(0.2)
+    backwards = await cluster_db.fetchval(
+        "SELECT count(*) FROM (SELECT occurred_at < lag(occurred_at) OVER w AS back FROM events"
+        " WHERE instance_token = ANY($1::uuid[]) WINDOW w AS (PARTITION BY instance_token ORDER BY seq)) e"
+        " WHERE back",
+        wanted,
+    )
+    assert backwards == 0
