@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from statusek.adapters.postgres.store import OutboxRow
-from statusek.app.relay import sendable
+from statusek.adapters.rabbitmq.broker import notification_waves
+from statusek.app.relay import NACK_CAP, nack_delay, sendable
 from statusek.core.views import Notification
 
 
@@ -34,3 +35,25 @@ def test_global_statuses_are_held_by_their_own_in_flight_row() -> None:
     """Rows of no instance count as one instance of their own."""
     rows = [row(1, None, in_flight=True), row(2, None), row(3, "a")]
     assert [r.id for r in sendable(rows, set())] == [3]
+
+
+def test_a_row_waiting_out_a_nack_holds_its_instance_like_one_in_flight() -> None:
+    """A nacked row in its delay stays, and so do its instance's later rows; others go."""
+    rows = [row(1, "a"), row(2, "b"), row(3, "a"), row(4, "c")]
+    assert [r.id for r in sendable(rows, set(), backing_off={1})] == [2, 4]
+
+
+def test_a_nacked_row_waits_longer_each_time_up_to_a_cap() -> None:
+    """1 s after the first nack, doubling, never more than the cap."""
+    assert [nack_delay(n) for n in (1, 2, 3, 4)] == [1.0, 2.0, 4.0, 8.0]
+    assert nack_delay(20) == NACK_CAP
+
+
+def test_waves_take_one_notification_of_each_instance_at_a_time() -> None:
+    """Wave k holds the k-th notification of every instance, in the order given."""
+    ns = [row(i, t).notification for i, t in enumerate(["a", "a", "b", None, "a", "b", None])]
+    assert [[n.message_id for n in wave] for wave in notification_waves(ns)] == [
+        ["m0", "m2", "m3"],
+        ["m1", "m5", "m6"],
+        ["m4"],
+    ]

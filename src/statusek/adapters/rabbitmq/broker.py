@@ -518,7 +518,7 @@ class Broker:
         confirmed: list[Notification] = []
         nacked: list[Notification] = []
         blocked: set[str | None] = set()
-        for wave in _waves(notifications):
+        for wave in notification_waves(notifications):
             wave = [n for n in wave if n.instance_token not in blocked]
             if not wave:
                 continue
@@ -594,7 +594,7 @@ class Unconfirmed(BrokerUnavailable):
         self.unconfirmed = list(unconfirmed)
 
 
-def _waves(notifications: Sequence[Notification]) -> list[list[Notification]]:
+def notification_waves(notifications: Sequence[Notification]) -> list[list[Notification]]:
     """Wave k holds the k-th notification of each instance, in the order given."""
     waves: list[list[Notification]] = []
     seen: dict[str | None, int] = {}
