@@ -159,6 +159,7 @@ METRIC_NAMES = frozenset(
         "statusek_active_consumer",
         "statusek_partition_handovers_total",
         "statusek_notifications_published_total",
+        "statusek_notifications_nacked_total",
         "statusek_queue_messages",
         "statusek_ready",
         "statusek_build_info",
