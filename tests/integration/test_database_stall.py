@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import subprocess
 import time
 import uuid
@@ -18,6 +19,8 @@ from dataclasses import dataclass
 import asyncpg
 import pytest
 
+from statusek.adapters.postgres.connect import ConnectOptions
+from statusek.adapters.postgres.store import Store
 from tests.integration.conftest import Cluster, until_async
 from tests.integration.faults import TcpProxy, proxied
 from tests.integration.test_ops import free_port, get, wait_status
@@ -118,3 +121,21 @@ async def stepped_back(port: int) -> int:
     return int(
         status == 503 and "stepped back" in json.loads(body or b"{}").get("problems", {}).get("consumer", "")
     )
+
+
+async def test_every_pooled_connection_is_bounded_and_kept_alive(database_url: str) -> None:
+    """A pool connection has the statement, lock and idle timeouts set and TCP keepalives on."""
+    store = await Store.open(database_url, options=ConnectOptions(statement_timeout=7, lock_timeout=3))
+    try:
+        async with store.connection() as conn:
+            shown = [
+                await conn.fetchval(f"SHOW {name}")
+                for name in ("statement_timeout", "lock_timeout", "idle_in_transaction_session_timeout")
+            ]
+            sock = conn._con._transport.get_extra_info("socket")
+            keepalive = sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)
+            idle = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE)
+    finally:
+        await store.close()
+    assert shown == ["7s", "3s", "10s"]
+    assert (keepalive, idle) == (1, 10)

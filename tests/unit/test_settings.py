@@ -218,3 +218,50 @@ def test_the_cli_says_what_is_wrong_in_one_line(
     assert exited.value.code == 2
     captured = capsys.readouterr()
     assert (captured.out, captured.err) == ("", expected)
+
+
+# --- Postgres time bounds (issue 17, item 3) ---
+
+
+def test_database_timeouts_reach_every_connection_as_server_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The timeout and keepalive variables become the session settings every connection is opened with."""
+    monkeypatch.setenv("STATUSEK_DATABASE_STATEMENT_TIMEOUT", "7.5")
+    monkeypatch.setenv("STATUSEK_DATABASE_LOCK_TIMEOUT", "3")
+    monkeypatch.setenv("STATUSEK_DATABASE_IDLE_IN_TRANSACTION_TIMEOUT", "12")
+    monkeypatch.setenv("STATUSEK_DATABASE_KEEPALIVES_IDLE", "20")
+    monkeypatch.setenv("STATUSEK_DATABASE_CONNECT_TIMEOUT", "4")
+    kwargs = Settings().database_options().connect_kwargs()
+    assert kwargs["timeout"] == 4
+    # The client waits a little longer than the server, whose error is the one worth reading.
+    assert kwargs["command_timeout"] == 9.5
+    assert kwargs["server_settings"] == {
+        "statement_timeout": "7500",
+        "lock_timeout": "3000",
+        "idle_in_transaction_session_timeout": "12000",
+        "tcp_keepalives_idle": "20",
+        "tcp_keepalives_interval": "5",
+        "tcp_keepalives_count": "3",
+    }
+
+
+def test_every_database_bound_is_on_by_default() -> None:
+    """Without any variable, statements, locks, idle transactions and stalls are all bounded, within 30 s."""
+    s = Settings()
+    bounds = [
+        s.database_connect_timeout,
+        s.database_statement_timeout,
+        s.database_lock_timeout,
+        s.database_idle_in_transaction_timeout,
+        s.database_stall_timeout,
+    ]
+    assert all(0 < bound <= 30 for bound in bounds), bounds
+
+
+@pytest.mark.parametrize(
+    "name", ["DATABASE_STALL_TIMEOUT", "DATABASE_STATEMENT_TIMEOUT", "DATABASE_KEEPALIVES_COUNT"]
+)
+def test_a_database_bound_cannot_be_turned_off(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """0 is refused: a bound of 0 would mean none (Postgres reads a 0 timeout as no timeout)."""
+    monkeypatch.setenv(f"STATUSEK_{name}", "0")
+    with pytest.raises(ValidationError, match=name.lower()):
+        Settings()
