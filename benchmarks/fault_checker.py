@@ -31,7 +31,7 @@ from urllib.parse import unquote, urlsplit
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.chaos.checker import Verdict, check, table  # noqa: E402
+from tests.chaos.checker import FLOOD, Verdict, check, table  # noqa: E402
 from tests.chaos.runner import run_schedule  # noqa: E402
 from tests.chaos.schedule import FAULTS, generate  # noqa: E402
 from tests.integration.conftest import Cluster  # noqa: E402
@@ -80,7 +80,8 @@ async def one(seed: int, args: argparse.Namespace, logs: Path) -> tuple[Verdict,
             finally:
                 await asyncio.to_thread(cluster.stop)
                 await cluster.wire.close()
-    return check(history, strict_timeouts=args.strict_timeouts), history.seconds, history.info
+    verdict = check(history, strict_timeouts=args.strict_timeouts, flood=args.flood)
+    return verdict, history.seconds, history.info
 
 
 async def main() -> int:
@@ -98,6 +99,9 @@ async def main() -> int:
         "--strict-timeouts",
         action="store_true",
         help="a client that timed out (with a deadline header) but whose command was applied is an anomaly",
+    )
+    parser.add_argument(
+        "--flood", type=int, default=FLOOD, help="copies of one notification a healthy subscriber may get"
     )
     parser.add_argument("--verbose", action="store_true", help="print what each schedule played and heard")
     parser.add_argument("--json", type=Path, help="write every verdict to this file")

@@ -63,18 +63,19 @@ def effects(history: History) -> Counter[str]:
     return found
 
 
-def check(history: History, *, strict_timeouts: bool = False) -> Verdict:
+def check(history: History, *, strict_timeouts: bool = False, flood: int = FLOOD) -> Verdict:
     """Every anomaly in `history`.
 
     A client that timed out may or may not see its command applied: until commands carry a
     deadline the worker honours, "no answer but applied" is counted under `expected`; with
-    `strict_timeouts` it is a lie like any other.
+    `strict_timeouts` it is a lie like any other. A healthy subscriber may get each notification
+    up to `flood` times.
     """
     verdict = Verdict(history.seed, list(history.faults))
     verdict.anomalies += check_replies(history, strict_timeouts, verdict.expected)
     verdict.anomalies += check_log(history.events)
     for name, notes in history.notes.items():
-        verdict.anomalies += check_subscriber(name, notes, healthy=name in history.healthy)
+        verdict.anomalies += check_subscriber(name, notes, healthy=name in history.healthy, flood=flood)
     verdict.anomalies += check_delivery(history)
     return verdict
 
@@ -140,7 +141,7 @@ def check_log(events: Iterable[EventRow]) -> list[Anomaly]:
     return out
 
 
-def check_subscriber(name: str, notes: list[Note], *, healthy: bool) -> list[Anomaly]:
+def check_subscriber(name: str, notes: list[Note], *, healthy: bool, flood: int = FLOOD) -> list[Anomaly]:
     by_token: dict[str, list[Note]] = defaultdict(list)
     for n in notes:
         by_token[n.token].append(n)
@@ -165,7 +166,7 @@ def check_subscriber(name: str, notes: list[Note], *, healthy: bool) -> list[Ano
         if healthy:
             copies = Counter(n.seq for n in arrived)
             for seq, count in sorted(copies.items()):
-                if count > FLOOD:
+                if count > flood:
                     out.append(Anomaly("notification_flood", f"{name} {token}: seq {seq} x{count}"))
     return out
 
