@@ -21,6 +21,8 @@ import pytest
 
 from statusek.adapters.postgres.connect import ConnectOptions
 from statusek.adapters.postgres.store import Store
+from statusek.app.pipeline import FAULT_HEADER
+from statusek.core.partitions import routing_headers
 from tests.integration.conftest import Cluster, until_async
 from tests.integration.faults import TcpProxy, proxied
 from tests.integration.test_ops import free_port, get, wait_status
@@ -44,7 +46,8 @@ async def pair(cluster: Cluster) -> AsyncIterator[Pair]:
     proxy, db_url = await proxied(cluster.env["STATUSEK_DATABASE_URL"], 5432)
     try:
         a = free_port()
-        cluster.start(1, STATUSEK_DATABASE_URL=db_url, STATUSEK_OPS_PORT=str(a))
+        # Fault hooks act only on commands that carry the test header.
+        cluster.start(1, STATUSEK_DATABASE_URL=db_url, STATUSEK_OPS_PORT=str(a), STATUSEK_FAULT_HOOKS="true")
         await wait_status(a, 200, timeout=30)
         # A applies this one: it is alone, so in line first.
         reply = await cluster.wire.request("create", create_body(str(uuid.uuid4())))
@@ -113,6 +116,37 @@ async def test_a_stalled_worker_rejoins_when_postgres_answers(cluster: Cluster, 
     correlation_id = await cluster.wire.send("create", create_body(str(uuid.uuid4())))
     reply = await cluster.wire.reply(correlation_id, timeout=20)
     assert reply["code"] == "SUCCESS", reply
+
+
+async def test_a_window_cut_off_before_its_commit_is_applied_once_by_the_standby(
+    cluster: Cluster, cluster_db: asyncpg.Connection, pair: Pair
+) -> None:
+    """Postgres black-holed while a window's transaction is open: the standby applies its command once."""
+    token = str(uuid.uuid4())
+    correlation_id = await cluster.wire.send(
+        "create",
+        create_body(token),
+        message_id=uuid.uuid4().hex,
+        headers={**routing_headers(create_body(token)), FAULT_HEADER: "stall-before-commit"},
+    )
+
+    async def holding() -> int:
+        # A's window has written everything and waits before its COMMIT.
+        return int(
+            any(line.get("event") == "fault hook: stalling before commit" for line in cluster.log_lines())
+        )
+
+    await until_async(holding, 1, timeout=10)
+    pair.proxy.stall()  # the COMMIT never reaches Postgres; the server ends the transaction itself
+    stalled = time.monotonic()
+    await until_async(lambda: created(cluster_db, [token]), 1, timeout=30)
+    print(f"the standby applied the cut-off window's command {time.monotonic() - stalled:.1f} s in")
+    reply = await cluster.wire.reply(correlation_id, timeout=10)
+    assert (reply["code"], reply["data"]["instance_token"]) == ("SUCCESS", token)
+    events = await cluster_db.fetchval(
+        "SELECT count(*) FROM events WHERE instance_token = $1::uuid", uuid.UUID(token)
+    )
+    assert events == 1
 
 
 async def stepped_back(port: int) -> int:
