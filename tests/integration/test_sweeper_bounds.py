@@ -1,6 +1,8 @@
-"""The sweeper's cost: an index-bounded scan for overdue rows, and no tight loop on rows held elsewhere.
+"""The cost of background work: the sweeper's and the expiry of idempotency records.
 
-Each test has a database of its own, so no other sweeper (the session's worker) races it.
+The sweeper: an index-bounded scan for overdue rows, and no tight loop on rows held elsewhere.
+The expiry: one replica at a time, in batches. Each test has a database of its own, so no other
+worker (the session's) races it.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import asyncpg
 import pytest
 
 from statusek.adapters.model_files import load_models
-from statusek.adapters.postgres.store import LOCK_OVERDUE, Store
+from statusek.adapters.postgres.store import EXPIRY_LOCK, LOCK_OVERDUE, Store
 from statusek.app.sweeper import Sweeper
 from statusek.testing import fresh_database
 
@@ -114,3 +116,48 @@ async def test_overdue_row_locked_elsewhere_is_retried_with_backoff(store: Store
         assert reason == "TIMEOUT"
     finally:
         await holder.close()
+
+
+async def insert_processed(conn: asyncpg.Connection, count: int, age: str) -> None:
+    await conn.execute(
+        "INSERT INTO processed_messages (message_id, reply, processed_at)"
+        " SELECT gen_random_uuid()::text, '{}'::jsonb, now() - $2::text::interval"
+        " FROM generate_series(1, $1)",
+        count,
+        age,
+    )
+
+
+async def test_expiry_is_skipped_while_another_replica_expires(store: Store, own_db: str) -> None:
+    """A replica that finds the expiry lock taken deletes nothing; the holder's pass is the one that runs."""
+    other = await asyncpg.connect(own_db)
+    try:
+        await insert_processed(other, 100, "2 days")
+        await other.execute("SELECT pg_advisory_lock($1)", EXPIRY_LOCK)
+        assert await store.expire_processed(3600) == 0
+        assert await other.fetchval("SELECT count(*) FROM processed_messages") == 100
+        await other.execute("SELECT pg_advisory_unlock($1)", EXPIRY_LOCK)
+        assert await store.expire_processed(3600) == 100
+    finally:
+        await other.close()
+
+
+async def test_expiry_deletes_in_committed_batches(store: Store, own_db: str) -> None:
+    """Old records go in batches that commit one by one, and records inside the window stay."""
+    other = await asyncpg.connect(own_db)
+    try:
+        await insert_processed(other, 12_000, "2 days")
+        await insert_processed(other, 10, "1 minute")
+        expiring = asyncio.create_task(store.expire_processed(3600, batch=1000, pause=0.2))
+        seen: set[int] = set()
+        while not expiring.done():
+            seen.add(await other.fetchval("SELECT count(*) FROM processed_messages"))
+            await asyncio.sleep(0.05)
+        assert await expiring == 12_000
+        # One DELETE would show only the count before and the count after.
+        assert len({n for n in seen if 10 < n < 12_010}) >= 3, sorted(seen)
+        assert await other.fetchval("SELECT count(*) FROM processed_messages") == 10
+        # The lock went with the pass: the next one runs.
+        assert await store.expire_processed(30) == 10
+    finally:
+        await other.close()
