@@ -261,6 +261,11 @@ class OutboxRelay:
                 attempts=max(self._nacked[r.id][0] for r in nacked),
             )
         if failure is not None:
+            if not failure.timed_out:
+                # The link failed: no frame of this relay can reach the broker any more, so
+                # another replica's relay may take these partitions (after its fence) while
+                # this one waits for its broker.
+                self._drop_session()
             raise failure
 
     async def _holds(self, session: RelaySession) -> bool:

@@ -105,6 +105,9 @@ class Limits:
     holding_max_length: int = 100_000
     query_ttl_ms: int = 60_000
     dead_letter_body_bytes: int = 64 * 1024
+    # Named queues a reply may go to besides direct reply-to and server-named ones
+    # (a full-match regex; None: none), see `settle.reply_queue_allowed`.
+    reply_queue_pattern: str | None = None
 
 
 ORIGINAL_SIZE_HEADER = "x-statusek-original-size"
@@ -194,6 +197,8 @@ class Broker:
         self._lost = asyncio.Event()
         self._out: AbstractChannel | None = None
         self._events: AbstractExchange | None = None
+        # Called with the queue name when a reply is refused (settle.answer): the worker counts it.
+        self.on_reply_refused: Callable[[str], None] = lambda _queue: None
 
     @classmethod
     async def connect(
@@ -510,19 +515,25 @@ class Broker:
         Sent in waves: the first notification of every instance, then the second, ... each
         wave only after the previous one's confirms. A notification a queue refused (nack,
         e.g. a full queue with reject-publish) thus never has a later one of its instance
-        accepted before it by that queue, and holds them back (`Unconfirmed.unsent`): the
-        caller re-sends from the refused one on. Confirms of one wave wait at most `timeout`;
+        accepted before it by that queue, and holds them back (`Unconfirmed.unconfirmed`):
+        the caller re-sends from the refused one on. Confirms of one wave wait at most `timeout`;
         `may_continue` is asked before every wave (a relay's fence, see `app.relay`).
         """
-        exchange = await self._events_exchange()
         confirmed: list[Notification] = []
         nacked: list[Notification] = []
         blocked: set[str | None] = set()
+
+        def unconfirmed() -> list[Notification]:
+            done = {n.message_id for n in confirmed}
+            return [n for n in notifications if n.message_id not in done]
+
         for wave in notification_waves(notifications):
             wave = [n for n in wave if n.instance_token not in blocked]
             if not wave:
                 continue
             try:
+                exchange = await self._events_exchange()
+                # Asked last, right before the frames go: the answer is only good for a while.
                 if may_continue is not None and not await may_continue():
                     raise BrokerUnavailable("publishing stopped: this relay no longer holds the partition")
                 async with translated():
@@ -531,10 +542,8 @@ class Broker:
                         timeout,
                     )
             except BrokerUnavailable as e:
-                done = {n.message_id for n in [*confirmed, *nacked]}
-                raise Unconfirmed(
-                    str(e), confirmed, nacked, [n for n in notifications if n.message_id not in done]
-                ) from e
+                timed_out = isinstance(e.__cause__, TimeoutError)
+                raise Unconfirmed(str(e), confirmed, nacked, unconfirmed(), timed_out=timed_out) from e
             failure: BaseException | None = None
             for n, result in zip(wave, results, strict=True):
                 if result is None:
@@ -546,16 +555,11 @@ class Broker:
                 else:
                     failure = failure or result
             if failure is not None:
-                done = {n.message_id for n in [*confirmed, *nacked]}
-                rest = [n for n in notifications if n.message_id not in done]
-                message = f"rabbitmq unavailable: {describe(failure)}"
-                raise Unconfirmed(mask_secrets(message), confirmed, nacked, rest) from failure
+                message = mask_secrets(f"rabbitmq unavailable: {describe(failure)}")
+                raise Unconfirmed(message, confirmed, nacked, unconfirmed()) from failure
         if nacked:
-            done = {n.message_id for n in confirmed}
-            rest = [n for n in notifications if n.message_id not in done]
-            raise Unconfirmed(
-                f"the broker refused {len(nacked)} notification(s)", confirmed, nacked, rest, answered=True
-            )
+            message = f"the broker refused {len(nacked)} notification(s)"
+            raise Unconfirmed(message, confirmed, nacked, unconfirmed(), answered=True)
 
     async def _events_exchange(self) -> AbstractExchange:
         await self.output()
@@ -585,10 +589,13 @@ class Unconfirmed(BrokerUnavailable):
         unconfirmed: Sequence[Notification],
         *,
         answered: bool = False,
+        timed_out: bool = False,
     ):
         super().__init__(message)
-        # True when the broker answered every one sent (confirm or nack): the link is fine.
+        # The broker answered every one sent (confirm or nack): the link is fine.
         self.answered = answered
+        # A wave's confirms did not come in time: its frames may still reach the broker later.
+        self.timed_out = timed_out
         self.confirmed = list(confirmed)
         self.nacked = list(nacked)
         self.unconfirmed = list(unconfirmed)
