@@ -108,6 +108,12 @@ class Metrics:
             ["path"],
             registry=r,
         )
+        self.replies_refused = Counter(
+            "statusek_replies_refused",
+            "Replies dropped because reply_to named no reply queue of the sender's"
+            " (not direct reply-to, amq.gen-, or STATUSEK_REPLY_QUEUE_PATTERN).",
+            registry=r,
+        )
         self.queue_messages = Gauge(
             "statusek_queue_messages", "Ready messages per statusek queue.", ["queue"], registry=r
         )
@@ -161,6 +167,7 @@ METRIC_NAMES = frozenset(
         "statusek_notifications_published_total",
         "statusek_notifications_nacked_total",
         "statusek_queue_messages",
+        "statusek_replies_refused_total",
         "statusek_ready",
         "statusek_build_info",
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -88,6 +89,16 @@ class FileSettingsSource(PydanticBaseSettingsSource):
         if problems:
             raise SettingsFileError("; ".join(problems))
         return values
+
+
+def _checked_pattern(value: str | None) -> str | None:
+    """A pattern that does not compile stops the worker at start, not at its first reply."""
+    if value is not None:
+        try:
+            re.compile(value)
+        except re.error as e:
+            raise ValueError(f"not a regular expression: {e}") from e
+    return value or None
 
 
 def _checked_urls(value: str) -> str:
@@ -216,6 +227,11 @@ class Settings(BaseSettings):
     query_ttl: float = Field(default=60.0, gt=0, description="Seconds a query may wait in its queue.")
     dead_letter_body_bytes: int = Field(
         default=64 * 1024, ge=0, description="Bytes of a dead-lettered body kept; the rest is cut."
+    )
+    reply_queue_pattern: Annotated[str | None, AfterValidator(_checked_pattern)] = Field(
+        default=None,
+        description="Named queues replies may go to (a full-match regex), besides direct reply-to"
+        " and server-named (amq.gen-) queues; a reply to any other reply_to is dropped and counted.",
     )
 
     # Health, readiness and metrics over HTTP; 0 turns the server off.

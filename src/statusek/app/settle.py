@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import structlog
@@ -20,11 +21,45 @@ DETAIL_HEADER = "x-statusek-detail"
 CODE_HEADER = "x-statusek-code"
 MESSAGE_HEADER = "x-statusek-message"
 
+# RabbitMQ names these itself: a sender cannot declare a queue under `amq.`, so a reply_to of
+# this form is a reply queue of the sender's own (direct reply-to, or a queue declared "").
+DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
+SERVER_NAMED = "amq.gen-"
+
+
+def reply_queue_allowed(queue: str, pattern: str | None) -> bool:
+    """Whether statusek may publish a reply to `queue`.
+
+    reply_to is the sender's word, and any service may write it: a name of another service's
+    durable queue would have statusek put its replies there. Only queues a requester makes for
+    itself qualify, and named queues the operator admits with STATUSEK_REPLY_QUEUE_PATTERN.
+    """
+    if queue == DIRECT_REPLY_TO or queue.startswith(DIRECT_REPLY_TO + ".") or queue.startswith(SERVER_NAMED):
+        return True
+    return pattern is not None and re.fullmatch(pattern, queue) is not None
+
+
+async def _reply(broker: Broker, delivery: AbstractIncomingMessage, reply: Reply) -> None:
+    """Publish a reply to the delivery's reply_to, or drop it (counted, logged) if no reply queue."""
+    queue = delivery.reply_to or ""
+    if reply_queue_allowed(queue, broker.limits.reply_queue_pattern):
+        await broker.reply(queue, delivery.correlation_id, reply)
+        return
+    broker.on_reply_refused(queue)
+    log.warning(
+        "reply dropped: reply_to names no reply queue of the sender's (see STATUSEK_REPLY_QUEUE_PATTERN)",
+        reply_to=queue[:255],
+        routing_key=delivery.routing_key,
+        message_id=(delivery.message_id or "")[:255],
+        correlation_id=(delivery.correlation_id or "")[:255],
+        code=reply.code,
+    )
+
 
 async def answer(broker: Broker, delivery: AbstractIncomingMessage, reply: Reply) -> None:
     """Reply to the sender, or park a rule rejection nobody would otherwise see."""
     if delivery.reply_to:
-        await broker.reply(delivery.reply_to, delivery.correlation_id, reply)
+        await _reply(broker, delivery, reply)
     elif not reply.status:
         await broker.park(
             broker.names.rejected,
@@ -58,11 +93,7 @@ async def dead_letter(broker: Broker, delivery: AbstractIncomingMessage, error: 
     if delivery.reply_to:
         # The sender learns what to fix; our own failures stay in the logs and the copy's headers.
         detail = _INTERNAL.get(error.reason, error.detail)
-        await broker.reply(
-            delivery.reply_to,
-            delivery.correlation_id,
-            Reply.fail(Code.INVALID_MESSAGE, detail, reason=error.reason),
-        )
+        await _reply(broker, delivery, Reply.fail(Code.INVALID_MESSAGE, detail, reason=error.reason))
 
 
 async def ack_all(deliveries: Sequence[AbstractIncomingMessage]) -> int:
