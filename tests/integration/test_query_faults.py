@@ -1,0 +1,180 @@
+"""Queries never wedge, and what they say is true under concurrent commits (issue 17, items 4 and 7).
+
+The race tests hold an instance's row lock in a transaction of their own, as a command window
+does between locking its instances and committing, and write what that window would write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
+from typing import Any
+
+import asyncpg
+import pytest
+
+from statusek.app import queries
+from statusek.core.messages import MAX_REPORT_DAYS
+from tests.integration.test_commands import TASK, create
+from tests.integration.wire import Wire
+
+
+async def _dead_letter_reason(wire: Wire, message_id: str) -> object:
+    parked = await wire.parked("statusek.dead-letter", message_id)
+    return (parked.headers or {}).get("x-statusek-reason")
+
+
+async def test_report_until_the_last_date_is_answered_and_wedges_nothing(wire: Wire) -> None:
+    """70 get-report until 9999-12-31 (more than the prefetch) are all answered; queries go on."""
+    t = await create(wire)
+    replies = await asyncio.gather(
+        *(wire.query("get-report", {"object_name": TASK, "until": "9999-12-31"}) for _ in range(70))
+    )
+    assert {r["code"] for r in replies} == {"SUCCESS"}
+    finished = await wire.query("is-finished", {"instance_token": t})
+    assert finished["data"]["instance_is_finished"] is False
+
+
+async def test_report_range_is_bounded_and_the_error_names_until(wire: Wire) -> None:
+    """A since..until range of more than MAX_REPORT_DAYS days is INVALID_MESSAGE naming until."""
+    since = datetime(2020, 1, 1).date()
+    too_far = since + timedelta(days=MAX_REPORT_DAYS)
+    reply = await wire.query(
+        "get-report", {"object_name": TASK, "since": since.isoformat(), "until": too_far.isoformat()}
+    )
+    assert (reply["code"], reply["data"]["reason"]) == ("INVALID_MESSAGE", "schema-violation")
+    assert "until" in reply["message"]
+    just = since + timedelta(days=MAX_REPORT_DAYS - 1)
+    ok = await wire.query(
+        "get-report", {"object_name": TASK, "since": since.isoformat(), "until": just.isoformat()}
+    )
+    assert ok["code"] == "SUCCESS"
+
+
+async def test_a_failing_query_answers_internal_error_and_is_acked(
+    wire: Wire, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A query whose handler raises gets INTERNAL_ERROR, a dead-letter copy, and the next is answered."""
+    t = await create(wire)
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise ZeroDivisionError("a bug in a query handler")
+
+    monkeypatch.setattr(queries, "answer", broken)
+    message_id = uuid.uuid4().hex
+    reply = await wire.request(
+        "is-finished", {"instance_token": t}, exchange="statusek.queries", message_id=message_id
+    )
+    assert (reply["code"], reply["data"]["reason"]) == ("INTERNAL_ERROR", "internal-error")
+    assert "ZeroDivisionError" not in reply["message"]  # our own failure stays in the copy's headers
+    assert await _dead_letter_reason(wire, message_id) == "internal-error"
+    monkeypatch.undo()
+    finished = await wire.query("is-finished", {"instance_token": t})
+    assert finished["data"]["instance_is_finished"] is False
+
+
+# --- reads are snapshots ------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def holder(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    """A connection of the test's own, standing in for a command window or a sweeper."""
+    conn = await asyncpg.connect(database_url)
+    yield conn
+    await conn.close()
+
+
+async def _clock(conn: asyncpg.Connection) -> datetime:
+    value: datetime = await conn.fetchval("SELECT clock_timestamp()")
+    return value
+
+
+async def _until_past(conn: asyncpg.Connection, moment: datetime) -> None:
+    """Until the database clock (the one statusek judges deadlines by) is past `moment`."""
+    await asyncio.sleep(max(0.0, (moment - await _clock(conn)).total_seconds()) + 0.05)
+    assert await _clock(conn) > moment
+
+
+async def _until_waiting(conn: asyncpg.Connection, query: str, timeout: float = 10) -> None:
+    """Until a session waits for a lock (`query`: the pg_locks condition of what it waits for)."""
+    deadline = time.monotonic() + timeout
+    while not await conn.fetchval(f"SELECT EXISTS (SELECT 1 FROM pg_locks WHERE NOT granted AND {query})"):
+        assert time.monotonic() < deadline, "the query never waited for the lock"
+        await asyncio.sleep(0.02)
+
+
+async def test_is_finished_waits_for_a_window_holding_an_overdue_instance(
+    wire: Wire, holder: asyncpg.Connection
+) -> None:
+    """is-finished on an instance past its heartbeat, held by a window applying a ping, says open."""
+    t = await create(wire, heartbeat_timeout=1, instance_timeout=600)
+    token = uuid.UUID(t)
+    async with holder.transaction():
+        # A window locks the instance and reads its clock before the heartbeat deadline...
+        row = await holder.fetchrow(
+            "SELECT heartbeat_deadline, last_seq, clock_timestamp() AS now FROM instances"
+            " WHERE token = $1 FOR UPDATE",
+            token,
+        )
+        assert row["now"] < row["heartbeat_deadline"], "the window came too late to stand for a ping"
+        # ...and is slow to commit: the deadline passes meanwhile.
+        await _until_past(holder, row["heartbeat_deadline"])
+        asked = asyncio.ensure_future(wire.query("is-finished", {"instance_token": t}))
+        done, _ = await asyncio.wait([asked], timeout=1.0)
+        # The ping it applies moves the heartbeat deadline: the instance is open after all.
+        moved = row["now"] + timedelta(seconds=600)
+        await holder.execute(
+            "UPDATE instances SET heartbeat_deadline = $2, heartbeat_timeout = 600,"
+            " next_deadline = least(instance_deadline, $2), last_seq = $3 WHERE token = $1",
+            token,
+            moved,
+            row["last_seq"] + 1,
+        )
+        await holder.execute(
+            "INSERT INTO events (instance_token, seq, kind, occurred_at) VALUES ($1, $2, 'ping', $3)",
+            token,
+            row["last_seq"] + 1,
+            row["now"],
+        )
+    answer = await asked
+    assert not done, f"answered while the window held the instance: {answer}"
+    assert answer["data"] == {"instance_is_finished": False, "instance_is_finished_description": None}
+
+
+async def test_get_events_shows_a_finish_once_when_a_sweeper_commits_during_the_read(
+    wire: Wire, holder: asyncpg.Connection
+) -> None:
+    """get-events of an overdue instance swept while the query reads lists the finish once."""
+    t = await create(wire, instance_timeout=1)
+    token = uuid.UUID(t)
+    async with holder.transaction():
+        # A sweeper that took the row first (the worker's own then skips it)...
+        row = await holder.fetchrow(
+            "SELECT instance_deadline, last_seq FROM instances WHERE token = $1 FOR UPDATE", token
+        )
+        await _until_past(holder, row["instance_deadline"])
+        # ...and holds up the query between its read of the instance and its read of the events.
+        await holder.execute("LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
+        asked = asyncio.ensure_future(wire.query("get-events", {"instance_token": t}))
+        await _until_waiting(holder, "relation = 'events'::regclass")
+        seq = row["last_seq"] + 1
+        await holder.execute(
+            "UPDATE instances SET finished_at = $2, finish_reason = 'TIMEOUT', next_deadline = NULL,"
+            " last_seq = $3 WHERE token = $1",
+            token,
+            row["instance_deadline"],
+            seq,
+        )
+        await holder.execute(
+            "INSERT INTO events (instance_token, seq, kind, occurred_at, reason)"
+            " VALUES ($1, $2, 'finished', $3, 'TIMEOUT')",
+            token,
+            seq,
+            row["instance_deadline"],
+        )
+    events = (await asked)["data"]["events"]
+    assert [e["seq"] for e in events] == list(range(1, seq + 1))
+    assert [e["kind"] for e in events].count("finished") == 1
