@@ -106,12 +106,11 @@ async def _until_waiting(conn: asyncpg.Connection, query: str, timeout: float = 
         await asyncio.sleep(0.02)
 
 
-async def test_is_finished_waits_for_a_window_holding_an_overdue_instance(
-    wire: Wire, holder: asyncpg.Connection
-) -> None:
-    """is-finished on an instance past its heartbeat, held by a window applying a ping, says open."""
-    t = await create(wire, heartbeat_timeout=1, instance_timeout=600)
-    token = uuid.UUID(t)
+async def _asked_while_a_ping_is_held(
+    wire: Wire, holder: asyncpg.Connection, token: uuid.UUID, routing_key: str, body: dict[str, Any]
+) -> tuple[dict[str, Any], bool]:
+    """The answer to a query asked while a window holds the instance, pinging it just before its
+    heartbeat deadline and committing after it; and whether it came before that commit."""
     async with holder.transaction():
         # A window locks the instance and reads its clock before the heartbeat deadline...
         row = await holder.fetchrow(
@@ -122,7 +121,7 @@ async def test_is_finished_waits_for_a_window_holding_an_overdue_instance(
         assert row["now"] < row["heartbeat_deadline"], "the window came too late to stand for a ping"
         # ...and is slow to commit: the deadline passes meanwhile.
         await _until_past(holder, row["heartbeat_deadline"])
-        asked = asyncio.ensure_future(wire.query("is-finished", {"instance_token": t}))
+        asked = asyncio.ensure_future(wire.query(routing_key, body))
         done, _ = await asyncio.wait([asked], timeout=1.0)
         # The ping it applies moves the heartbeat deadline: the instance is open after all.
         moved = row["now"] + timedelta(seconds=600)
@@ -139,9 +138,33 @@ async def test_is_finished_waits_for_a_window_holding_an_overdue_instance(
             row["last_seq"] + 1,
             row["now"],
         )
-    answer = await asked
-    assert not done, f"answered while the window held the instance: {answer}"
+    return await asked, bool(done)
+
+
+async def test_is_finished_waits_for_a_window_holding_an_overdue_instance(
+    wire: Wire, holder: asyncpg.Connection
+) -> None:
+    """is-finished on an instance past its heartbeat, held by a window applying a ping, says open."""
+    t = await create(wire, heartbeat_timeout=1, instance_timeout=600)
+    answer, early = await _asked_while_a_ping_is_held(
+        wire, holder, uuid.UUID(t), "is-finished", {"instance_token": t}
+    )
+    assert not early, f"answered while the window held the instance: {answer}"
     assert answer["data"] == {"instance_is_finished": False, "instance_is_finished_description": None}
+
+
+async def test_find_instances_waits_for_a_window_holding_an_overdue_instance(
+    wire: Wire, holder: asyncpg.Connection
+) -> None:
+    """find-instances lists an instance past its heartbeat, held by a window applying a ping, open."""
+    label = uuid.uuid4().hex
+    t = await create(wire, heartbeat_timeout=1, instance_timeout=600, labels={"race": label})
+    answer, early = await _asked_while_a_ping_is_held(
+        wire, holder, uuid.UUID(t), "find-instances", {"labels": {"race": label}}
+    )
+    found = answer["data"]["instances"]
+    assert not early, f"answered while the window held the instance: {answer}"
+    assert [(i["instance_token"], i["instance_is_finished"]) for i in found] == [(t, False)]
 
 
 async def test_get_events_shows_a_finish_once_when_a_sweeper_commits_during_the_read(

@@ -86,7 +86,7 @@ class QueryHandler:
             events_limit=page.limit + 1 if page else None,
         )
         pings = (
-            await ping_summary(self._store, query.instance_token)
+            await ping_summary(self._store, query.instance_token, state.last_seq)
             if kind == "get-instance" and state is not None
             else []
         )

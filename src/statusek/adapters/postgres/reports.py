@@ -218,18 +218,23 @@ def _summary(row: Mapping[str, Any], buckets: tuple[int, ...] | None, daily: lis
     )
 
 
-async def ping_summary(store: Store, token: UUID) -> list[PingSummary]:
+async def ping_summary(store: Store, token: UUID, up_to_seq: int) -> list[PingSummary]:
     """The pings of an instance per sender (the event's actor; `anonymous` when none is recorded),
-    the sender of the latest ping first."""
+    the sender of the latest ping first.
+
+    Only events up to `up_to_seq`, the last of the state the caller read: events are never
+    changed, so the summary agrees with that state even though it is read after it.
+    """
     async with store.connection() as conn:
         rows = await conn.fetch(
             "SELECT DISTINCT ON (sender) sender, count, first_at, occurred_at AS last_at, message FROM ("
             "  SELECT coalesce(actor, 'anonymous') AS sender, seq, occurred_at, message,"
             "   count(*) OVER w AS count, min(occurred_at) OVER w AS first_at"
-            "  FROM events WHERE instance_token = $1 AND kind = 'ping'"
+            "  FROM events WHERE instance_token = $1 AND kind = 'ping' AND seq <= $2"
             "  WINDOW w AS (PARTITION BY coalesce(actor, 'anonymous'))"
             ") AS pings ORDER BY sender, seq DESC",
             token,
+            up_to_seq,
         )
     summaries = [
         PingSummary(

@@ -631,15 +631,31 @@ class Store:
 
         Reads up to `query.limit + 1` rows: the last tells that another page follows. An instance
         past its deadline counts as finished (with TIMEOUT or HEARTBEAT_TIMEOUT) even before a
-        sweeper wrote it, as every query sees it.
+        sweeper wrote it, as every query sees it. As in `read_instance`, a page holding such an
+        instance is read again once no window holds it (`FOR KEY SHARE`), with the clock read
+        after, so that the finish it shows is, or will be, in the log. (With `finished: false`,
+        an instance a window is pinging just past its deadline may be left out of the page.)
         """
         async with self.transaction() as tx, translated():
+            conn = tx._conn
             # Plan each page for its values: a generic plan (what a prepared statement gets after
             # five runs) cannot tell an object of 89 instances from one of 300,000.
-            await tx._conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+            await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
             now = await tx.now()
-            rows = await tx._conn.fetch(*find_instances_sql(query, now))
-        return [_state(r) for r in rows], now
+            states = [_state(r) for r in await conn.fetch(*find_instances_sql(query, now))]
+            held: set[UUID] = set()
+            # Each round locks what fell due since the last: a few at most, and rarely any.
+            for _ in range(_FIND_LOCK_ROUNDS):
+                due = sorted({s.token for s in states if s.overdue(now) is not None} - held)
+                if not due:
+                    break
+                await conn.execute(
+                    "SELECT FROM instances WHERE token = ANY($1::uuid[]) ORDER BY token FOR KEY SHARE", due
+                )
+                held.update(due)
+                now = await tx.now()
+                states = [_state(r) for r in await conn.fetch(*find_instances_sql(query, now))]
+        return states, now
 
     async def sync_models(self, models: Sequence[StatusModel]) -> dict[str, int]:
         """Store each model as a new version unless its latest version is identical.
@@ -746,6 +762,10 @@ class Store:
                     conn.terminate()
             await asyncio.sleep(delay)
             delay = min(retry_cap, delay * 2)
+
+
+# Rounds of locking a find-instances page's overdue rows before it answers with what it has.
+_FIND_LOCK_ROUNDS = 3
 
 
 def find_instances_sql(query: FindInstances, now: datetime) -> tuple[str, *tuple[object, ...]]:
