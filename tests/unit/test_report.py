@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from statusek.core.codes import Code, FinishReason
 from statusek.core.instance import Event, EventKind
-from statusek.core.messages import InstanceQuery, PingSummary, ReportQuery
+from statusek.core.messages import MAX_REPORT_DAYS, InstanceQuery, PingSummary, ReportQuery
 from statusek.core.model import parse_model
 from statusek.core.report import (
     INSTANCE,
@@ -26,7 +26,9 @@ from statusek.core.report import (
     build_report,
     fold,
     format_report,
+    histogram,
     report_reply,
+    summary,
     timeline,
 )
 from statusek.core.views import answer
@@ -213,6 +215,51 @@ def test_report_query_refuses_since_after_until() -> None:
     """A range that ends before it starts is a schema violation."""
     with pytest.raises(ValidationError, match="since is after until"):
         ReportQuery(object_name="TASK", since=date(2026, 3, 2), until=date(2026, 3, 1))
+
+
+def test_report_query_refuses_a_range_of_more_than_max_report_days() -> None:
+    """since..until may span MAX_REPORT_DAYS days (both included), not one more; the error names until."""
+    since = date(2024, 1, 1)
+    ReportQuery(object_name="TASK", since=since, until=since + timedelta(days=MAX_REPORT_DAYS - 1))
+    with pytest.raises(ValidationError, match=r"until: since\.\.until spans 367 days"):
+        ReportQuery(object_name="TASK", since=since, until=since + timedelta(days=MAX_REPORT_DAYS))
+
+
+def test_a_summary_alone_gives_its_exact_percentiles() -> None:
+    """Durations added up by the database are exact while nothing else is in the distribution."""
+    values = [0.5, 3.0, 1.25, 8.0, 2.0]
+    d = Distribution()
+    d.merge_summary(summary(values, buckets=False))
+    plain = Distribution()
+    for v in values:
+        plain.add(v)
+    assert d.figures() == plain.figures()
+    assert d.exact
+
+
+def test_a_summary_beside_daily_aggregates_estimates_as_its_durations_would() -> None:
+    """A summary merged after a daily aggregate gives the same estimates as its durations one by one."""
+    rng = random.Random(7)
+    purged = [rng.lognormvariate(2, 1) for _ in range(50)]
+    kept = [rng.lognormvariate(2.5, 1) for _ in range(70)]
+    merged, one_by_one = Distribution(), Distribution()
+    for d in (merged, one_by_one):
+        d.merge_histogram(len(purged), math.fsum(purged), min(purged), max(purged), histogram(purged))
+    merged.merge_summary(summary(kept))
+    for v in kept:
+        one_by_one.add(v)
+    got, want = merged.figures(), one_by_one.figures()
+    assert (got.count, got.p50, got.p95, got.max) == (want.count, want.p50, want.p95, want.max)
+    assert not got.exact
+    assert got.mean is not None and want.mean is not None and math.isclose(got.mean, want.mean)
+
+
+def test_a_summary_without_its_histogram_cannot_join_daily_aggregates() -> None:
+    """Merging a summary with no buckets into estimates is refused, not silently wrong."""
+    d = Distribution()
+    d.merge_histogram(2, 3.0, 1.0, 2.0, histogram([1.0, 2.0]))
+    with pytest.raises(ValueError, match="histogram"):
+        d.merge_summary(summary([5.0], buckets=False))
 
 
 def test_daily_keys_sort_by_object_version_and_day() -> None:
