@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import sys
@@ -53,6 +54,7 @@ MODELS = ROOT / "src" / "statusek" / "models"
 
 
 async def one(seed: int, args: argparse.Namespace, logs: Path) -> tuple[Verdict, float, dict[str, object]]:
+    """Play and check the schedule of `seed` on a fresh vhost and database."""
     schedule = generate(seed, instances=args.instances, kinds=tuple(args.faults))
     rabbit = RabbitAdmin()
     async with fresh_database(PG, prefix="statusek_chaos") as db_url:
@@ -81,6 +83,10 @@ async def one(seed: int, args: argparse.Namespace, logs: Path) -> tuple[Verdict,
                 await asyncio.to_thread(cluster.stop)
                 await cluster.wire.close()
     verdict = check(history, strict_timeouts=args.strict_timeouts, flood=args.flood)
+    if args.histories and verdict.anomalies:
+        args.histories.mkdir(parents=True, exist_ok=True)
+        record = dataclasses.asdict(history) | {"healthy": sorted(history.healthy)}
+        (args.histories / f"seed-{seed}.json").write_text(json.dumps(record, indent=1, default=str))
     return verdict, history.seconds, history.info
 
 
@@ -104,6 +110,9 @@ async def main() -> int:
         "--flood", type=int, default=FLOOD, help="copies of one notification a healthy subscriber may get"
     )
     parser.add_argument("--verbose", action="store_true", help="print what each schedule played and heard")
+    parser.add_argument(
+        "--histories", type=Path, help="write the whole history of each schedule with anomalies here"
+    )
     parser.add_argument("--json", type=Path, help="write every verdict to this file")
     parser.add_argument("--logs", type=Path, help="keep the workers' logs here (default: a temporary folder)")
     args = parser.parse_args()
