@@ -10,14 +10,17 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 import pytest
 
+from statusek.adapters.postgres.retention import TIMELINE_COLUMNS, add_daily, timelines
 from statusek.app import queries
+from statusek.core.codes import FinishReason
 from statusek.core.messages import MAX_REPORT_DAYS
+from statusek.core.report import Timeline, build_report, fold
 from tests.integration.test_commands import TASK, create
 from tests.integration.wire import Wire
 
@@ -52,6 +55,52 @@ async def test_report_range_is_bounded_and_the_error_names_until(wire: Wire) -> 
         "get-report", {"object_name": TASK, "since": since.isoformat(), "until": just.isoformat()}
     )
     assert ok["code"] == "SUCCESS"
+
+
+async def test_report_added_up_in_sql_beside_daily_aggregates_matches_the_reference(
+    wire: Wire, db: asyncpg.Connection
+) -> None:
+    """get-report's SQL figures, histograms merged with a purged day's, equal core.report's own."""
+    for i in range(12):
+        t = await create(wire)
+        await wire.request("set-status", {"instance_token": t, "status_name": "STARTED"})
+        await asyncio.sleep(0.01 * (i % 4))
+        await wire.request("set-status", {"instance_token": t, "status_name": "FINISHED"})
+    version = await db.fetchval("SELECT max(version) FROM model_versions WHERE object_name = $1", TASK)
+    start = datetime(2020, 1, 1, tzinfo=UTC)
+    purged = [
+        Timeline(
+            TASK,
+            version,
+            start,
+            start + timedelta(seconds=0.002 * n + 3),
+            FinishReason.ALL_MANDATORY_STATUSES_ARE_SET,
+            (("STARTED", start + timedelta(seconds=0.002 * n)), ("FINISHED", start + timedelta(seconds=3))),
+        )
+        for n in range(1, 20)
+    ]
+    rows = await db.fetch(
+        f"SELECT {TIMELINE_COLUMNS}, e.status_name, e.occurred_at FROM instances i"
+        " LEFT JOIN events e ON e.instance_token = i.token AND e.kind = 'status'"
+        " WHERE i.object_name = $1 AND i.finished_at IS NOT NULL ORDER BY i.token, e.seq",
+        TASK,
+    )
+    kept = timelines(rows)
+    slas = {(TASK, v): None for v in {version, *(t.model_version for t in kept)}}
+    daily = fold(purged, slas)
+    # A day long past, which no other test's report of this object asks for.
+    await add_daily(db, daily)
+    try:
+        reply = await wire.query("get-report", {"object_name": TASK})
+    finally:
+        await db.execute("DELETE FROM report_daily WHERE object_name = $1 AND day = $2", TASK, start.date())
+    want = build_report(TASK, None, None, daily, kept, slas, ["STARTED", "FINISHED"]).model_dump(mode="json")
+    got = reply["data"]
+    for figures in (got, want):
+        for f in [figures["duration"], *figures["by_reason"], *figures["statuses"]]:
+            f["mean"] = round(f["mean"], 9)
+    assert got == want
+    assert not got["duration"]["exact"] and got["purged"] == len(purged)
 
 
 async def test_a_failing_query_answers_internal_error_and_is_acked(
