@@ -16,6 +16,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from statusek.adapters.postgres import reports
 from statusek.adapters.postgres.retention import TIMELINE_COLUMNS, add_daily, timelines
 from statusek.app import queries
 from statusek.core.codes import FinishReason
@@ -101,6 +102,22 @@ async def test_report_added_up_in_sql_beside_daily_aggregates_matches_the_refere
             f["mean"] = round(f["mean"], 9)
     assert got == want
     assert not got["duration"]["exact"] and got["purged"] == len(purged)
+
+
+async def test_a_report_past_its_timeout_is_refused_not_retried(
+    wire: Wire, holder: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A get-report whose SQL runs past REPORT_TIMEOUT answers INVALID_MESSAGE report-timeout, once."""
+    monkeypatch.setattr(reports, "REPORT_TIMEOUT", 0.5)
+    async with holder.transaction():
+        # A statement timeout counts the time spent waiting for a lock: the report is slow for sure.
+        await holder.execute("LOCK TABLE report_daily IN ACCESS EXCLUSIVE MODE")
+        started = time.monotonic()
+        reply = await wire.query("get-report", {"object_name": TASK})
+        took = time.monotonic() - started
+    assert (reply["code"], reply["data"]["reason"]) == ("INVALID_MESSAGE", "report-timeout")
+    assert "since..until" in reply["message"]
+    assert took < 5
 
 
 async def test_a_failing_query_answers_internal_error_and_is_acked(
