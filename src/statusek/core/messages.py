@@ -110,8 +110,8 @@ class ReportQuery(WireMessage):
     since: date | None = Field(default=None, description="First day of finish (UTC), inclusive.")
     until: date | None = Field(
         default=None,
-        description=f"Last day of finish (UTC), inclusive; with since, at most {MAX_REPORT_DAYS} days"
-        " after it (both included).",
+        description=f"Last day of finish (UTC), inclusive; since..until spans at most {MAX_REPORT_DAYS}"
+        " days, both included.",
     )
 
     @model_validator(mode="after")
