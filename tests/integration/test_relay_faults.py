@@ -193,3 +193,31 @@ async def test_a_relay_whose_session_ends_mid_publish_never_sends_after_its_succ
                 await asyncio.sleep(0.5)
     assert subscriber.backwards() == []
     assert sorted(set(subscriber.seen)) == [(token, s) for s in range(1, 7)]
+
+
+async def test_through_a_worker_a_full_subscriber_queue_costs_the_healthy_ones_a_few_copies(
+    cluster: Cluster,
+) -> None:
+    """Through a worker, one queue refusing notifications: at most 5 copies in 10 s on a healthy queue."""
+    cluster.start(1, STATUSEK_LOG_LEVEL="WARNING")
+    await cluster.wait_for_consumers(1)
+    token = str(uuid.uuid4())
+    healthy = Subscriber()
+    async with (
+        subscribed(cluster) as (channel, queue),
+        subscribed(cluster, **{"x-max-length": 1, "x-overflow": "reject-publish"}) as (full_channel, full),
+    ):
+        await full_channel.default_exchange.publish(aio_pika.Message(b"{}"), routing_key=full)
+        await consume(channel, queue, healthy)
+        for routing_key, body in (
+            ("create", {"object_name": "2-POINT LINE TASK"}),
+            ("set-status", {"status_name": "STARTED"}),
+            ("set-status", {"status_name": "FINISHED"}),
+        ):
+            reply = await cluster.wire.request(routing_key, {"instance_token": token, **body})
+            assert reply["code"] == "SUCCESS", reply
+        await asyncio.sleep(10)
+    copies = healthy.copies()
+    assert 1 <= copies.get((token, 2), 0) <= 5, healthy.seen
+    # FINISHED and instance-finished wait behind the refused STARTED, on every queue.
+    assert set(copies) == {(token, 2)}, healthy.seen
