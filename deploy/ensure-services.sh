@@ -24,4 +24,8 @@ if ! rabbitmq-plugins -q list -e -m | grep -qx rabbitmq_consistent_hash_exchange
   echo "enabling rabbitmq_consistent_hash_exchange"
   rabbitmq-plugins -q enable rabbitmq_consistent_hash_exchange >/dev/null
 fi
+# The shipped message size limit (deploy/rabbitmq/rabbitmq.conf): the local broker does not read that
+# file, and the setting applies at once to channels opened afterwards.
+max_message_size=$(sed -n 's/^max_message_size *= *\([0-9]*\) *$/\1/p' "$(dirname "$0")/rabbitmq/rabbitmq.conf")
+rabbitmqctl -q eval "application:set_env(rabbit, max_message_size, ${max_message_size})." >/dev/null
 echo "services are up"

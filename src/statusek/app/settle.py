@@ -72,6 +72,40 @@ async def answer(broker: Broker, delivery: AbstractIncomingMessage, reply: Reply
         )
 
 
+async def shed_oversized(broker: Broker, delivery: AbstractIncomingMessage, max_body_bytes: int) -> bool:
+    """Refuse a command body over the limit the moment it arrives; True if it was.
+
+    Prefetch bounds the deliveries a worker holds by count, not by bytes: 40 bodies of 5 MB
+    waiting in the inbox for their window took the worker from 52 to 254 MB. A command consumer
+    calls this first thing in its on_message and, on True, forgets the delivery. The body is
+    dropped before anything is awaited, and the broker dead-letters the message itself (reject
+    without requeue: the command queue's dead-letter exchange, x-death reason `rejected`), so
+    the worker never holds or sends it again. The reject frame is queued before this first
+    yields, so it goes out ahead of the ack of any later delivery (a window acks with
+    multiple=True) and no tag is settled twice. Only for queues with a dead-letter exchange
+    (not statusek.queries: a reject there would drop the query unseen).
+    """
+    size = len(delivery.body)
+    if size <= max_body_bytes:
+        return False
+    delivery.body = b""
+    try:
+        await delivery.reject(requeue=False)
+    except ChannelInvalidStateError:
+        return True  # the channel is gone: the broker gives the message back, refused again then
+    log.warning(
+        "oversized body dead-lettered by the broker",
+        routing_key=delivery.routing_key,
+        message_id=(delivery.message_id or "")[:255],
+        size=size,
+        limit=max_body_bytes,
+    )
+    if delivery.reply_to:
+        detail = f"body is {size} bytes, the limit is {max_body_bytes}"
+        await _reply(broker, delivery, Reply.fail(Code.INVALID_MESSAGE, detail, reason="too-large"))
+    return True
+
+
 _INTERNAL = {
     "store-failure": "the database refused this command; it is kept in statusek.dead-letter",
     "internal-error": "statusek failed on this command; it is kept in statusek.dead-letter",
