@@ -13,7 +13,7 @@ import json
 
 import asyncpg
 
-from statusek.adapters.postgres.connect import ConnectOptions
+from statusek.adapters.postgres.connect import ConnectOptions, connect
 from statusek.adapters.postgres.errors import translated
 from statusek.adapters.postgres.store import OUTBOX_TAKE, RELAY_LOCK, OutboxRow, Store
 from statusek.core.views import Notification
@@ -29,8 +29,7 @@ class RelaySession:
         options: ConnectOptions = getattr(store, "_options", None) or ConnectOptions()
         dsn: str = store._dsn
         async with translated():
-            conn = await asyncpg.connect(dsn, **options.connect_kwargs())
-            options.keep_alive(conn)
+            conn = await connect(dsn, options)
             await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
         return cls(conn)
 
