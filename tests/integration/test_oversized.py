@@ -54,6 +54,17 @@ def broker_max_message_size(rabbit: RabbitAdmin, size: int) -> Iterator[None]:
             rabbit.rabbitmqctl("eval", f"application:set_env(rabbit, max_message_size, {before.group(1)}).")
 
 
+async def first(channel: aio_pika.abc.AbstractChannel, name: str) -> aio_pika.abc.AbstractIncomingMessage:
+    """The first message to arrive in queue `name`, within 10 s."""
+    queue = await channel.get_queue(name, ensure=False)
+    for _ in range(200):
+        message = await queue.get(no_ack=True, fail=False)
+        if message is not None:
+            return message
+        await asyncio.sleep(0.05)
+    raise TimeoutError(f"nothing arrived in {name}")
+
+
 def rss_kib(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
@@ -137,12 +148,8 @@ async def test_an_oversized_delivery_is_shed_on_arrival(
                 aio_pika.Message(body, message_id=message_id, reply_to=replies, correlation_id=message_id),
                 routing_key=commands,
             )
-        reply = await (await channel.get_queue(replies, ensure=False)).get(no_ack=True, timeout=5)
-        while True:
-            copy = await (await channel.get_queue(holding, ensure=False)).get(no_ack=True, fail=False)
-            if copy is not None:
-                break
-            await asyncio.sleep(0.05)
+        reply = await first(channel, replies)
+        copy = await first(channel, holding)
         await consumer.close()
     finally:
         await broker.close()
