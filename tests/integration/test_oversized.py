@@ -162,7 +162,8 @@ async def test_an_oversized_delivery_is_shed_on_arrival(
         "too-large",
     )
     assert copy.message_id == "big" and copy.body == b"x" * 5000
-    assert (copy.headers or {})["x-death"][0]["reason"] == "rejected"
+    x_death: Any = (copy.headers or {})["x-death"]
+    assert x_death[0]["reason"] == "rejected"
 
 
 @pytest.mark.xfail(
