@@ -66,7 +66,7 @@ async def test_overdue_lookup_is_an_index_range_scan(store: Store, own_db: str) 
     """With 50,000 open instances, none overdue, the overdue lookup reads the index up to its bound."""
     conn = await asyncpg.connect(own_db)
     try:
-        await insert_open(conn, 50_000, "now() + interval '1 day' * random()")
+        await insert_open(conn, 50_000, "now() + interval '1 hour' + interval '1 day' * random()")
         await conn.execute("ANALYZE instances")
         bound = await conn.fetchval("SELECT clock_timestamp()")
         plans = []
