@@ -193,7 +193,16 @@ async def test_forty_bodies_of_5_mb_keep_the_worker_under_100_mb(
         body = b'{"object_name": "' + b"x" * (5 * MB) + b'"}'
         started = time.monotonic()
         try:
-            await asyncio.gather(*(cluster.wire.send("create", body, reply=False) for _ in range(40)))
+            # A channel of its own: the broker reads its limit when a channel opens.
+            publisher = await aio_pika.connect(cluster.env["STATUSEK_AMQP_URL"])
+            try:
+                channel = await publisher.channel(publisher_confirms=True)
+                exchange = await channel.get_exchange("statusek.commands", ensure=False)
+                await asyncio.gather(
+                    *(exchange.publish(aio_pika.Message(body), routing_key="create") for _ in range(40))
+                )
+            finally:
+                await publisher.close()
             del body
 
             def dead_lettered() -> Awaitable[int]:
