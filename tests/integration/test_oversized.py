@@ -9,23 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import re
 import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import Awaitable, Iterator
 from pathlib import Path
-from typing import Any
 
 import aio_pika
 import aiormq
 import pytest
 
-from statusek.adapters.rabbitmq.broker import Broker, Names
-from statusek.app import settle
 from statusek.app.settings import Settings
 from statusek.testing import RabbitAdmin, Services
-from tests.conftest import command_partitions
 from tests.integration.conftest import Cluster, until_async
 
 pytestmark = pytest.mark.integration
@@ -96,85 +90,10 @@ async def test_the_shipped_broker_limit_refuses_a_bigger_publish(services: Servi
             await connection.close()
 
 
-@pytest.fixture
-async def dead_letter_setup(
-    amqp_url: str,
-) -> AsyncIterator[tuple[aio_pika.abc.AbstractChannel, str, str, str]]:
-    """A command-like queue whose dead-letter exchange feeds a holding queue, and a reply queue."""
-    connection = await aio_pika.connect(amqp_url)
-    channel = await connection.channel(publisher_confirms=True)
-    suffix = uuid.uuid4().hex[:8]
-    exchange = await channel.declare_exchange(
-        f"test.dlx.{suffix}", aio_pika.ExchangeType.FANOUT, auto_delete=True
-    )
-    holding = await channel.declare_queue(
-        f"test.holding.{suffix}", durable=True, arguments={"x-queue-type": "quorum"}
-    )
-    await holding.bind(exchange)
-    commands = await channel.declare_queue(
-        f"test.commands.{suffix}",
-        durable=True,
-        arguments={"x-queue-type": "quorum", "x-dead-letter-exchange": exchange.name},
-    )
-    replies = await channel.declare_queue(exclusive=True)
-    yield channel, commands.name, holding.name, replies.name
-    for queue in (commands, holding):
-        with contextlib.suppress(Exception):
-            await queue.delete(if_unused=False, if_empty=False)
-    await connection.close()
-
-
-async def test_an_oversized_delivery_is_shed_on_arrival(
-    amqp_url: str, dead_letter_setup: tuple[aio_pika.abc.AbstractChannel, str, str, str]
-) -> None:
-    """An oversized body is dropped, dead-lettered by the broker, answered too-large; small ones pass."""
-    channel, commands, holding, replies = dead_letter_setup
-    broker = Broker(amqp_url, Names(partitions=command_partitions()))
-    await broker.open()
-    kept: list[aio_pika.abc.AbstractIncomingMessage] = []
-    shed: list[aio_pika.abc.AbstractIncomingMessage] = []
-
-    async def on_message(delivery: aio_pika.abc.AbstractIncomingMessage) -> None:
-        if await settle.shed_oversized(broker, delivery, 1000):
-            shed.append(delivery)
-        else:
-            kept.append(delivery)
-            await delivery.ack()
-
-    try:
-        consumer = await broker.consume(commands, 16, on_message)
-        for body, message_id in ((b"x" * 5000, "big"), (b"{}", "small")):
-            await channel.default_exchange.publish(
-                aio_pika.Message(body, message_id=message_id, reply_to=replies, correlation_id=message_id),
-                routing_key=commands,
-            )
-        reply = await first(channel, replies)
-        copy = await first(channel, holding)
-        await consumer.close()
-    finally:
-        await broker.close()
-    assert [d.message_id for d in kept] == ["small"]
-    assert [d.message_id for d in shed] == ["big"] and shed[0].body == b""
-    answer: dict[str, Any] = json.loads(reply.body)
-    assert (reply.correlation_id, answer["code"], answer["data"]["reason"]) == (
-        "big",
-        "INVALID_MESSAGE",
-        "too-large",
-    )
-    assert copy.message_id == "big" and copy.body == b"x" * 5000
-    x_death: Any = (copy.headers or {})["x-death"]
-    assert x_death[0]["reason"] == "rejected"
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="CommandPipeline.on_message must start with: if await settle.shed_oversized(self._broker,"
-    " delivery, self._max_body): count dead_lettered{too-large}; return (pipeline.py)",
-)
 async def test_forty_bodies_of_5_mb_keep_the_worker_under_100_mb(
     cluster: Cluster, services: Services
 ) -> None:
-    """40 commands of 5 MB each are dead-lettered while the worker's RSS stays under 100 MB."""
+    """40 commands of 5 MB each are dead-lettered, cut, while the worker's RSS stays under 100 MB."""
     with broker_max_message_size(services.rabbit, 128 * MB):
         worker = cluster.start(1)[0]
         await cluster.wait_for_consumers(1)

@@ -104,12 +104,18 @@ class CommandPipeline:
         self._direct: list[OutboxRow] = []
         # Outbox rows published and confirmed, for the next window's transaction to delete.
         self._published: list[int] = []
+        # Bodies over the limit, cut on arrival: their original size, by id() of the delivery.
+        self._cut_from: dict[int, int] = {}
         self.applied = 0
         self.published = 0  # notifications published directly
 
     async def on_message(self, delivery: AbstractIncomingMessage) -> None:
         # Only the single active consumer ever gets a delivery.
         self._metrics.active_consumer.labels(queue=self._queue).set(1)
+        keep = self._broker.limits.dead_letter_body_bytes
+        if (size := settle.cut_oversized(delivery, self._max_body, keep)) is not None:
+            # Known by identity only while it waits in the inbox: `process` takes it out.
+            self._cut_from[id(delivery)] = size
         await self._inbox.put(delivery)
 
     async def run(self) -> None:
@@ -167,10 +173,15 @@ class CommandPipeline:
         started = time.perf_counter()
         # Deliveries of a channel that has closed since are back in the queue
         # already; applying them now would only apply them twice.
+        cut_from = {id(d): size for d in deliveries if (size := self._cut_from.pop(id(d), None))}
         deliveries = [d for d in deliveries if settle.is_live(d)]
         valid: list[tuple[AbstractIncomingMessage, Envelope]] = []
         invalid: list[tuple[AbstractIncomingMessage, InvalidMessage]] = []
         for d in deliveries:
+            if (size := cut_from.get(id(d))) is not None:
+                detail = f"body is {size} bytes, the limit is {self._max_body}"
+                invalid.append((d, InvalidMessage("too-large", detail)))
+                continue
             try:
                 valid.append((d, parse_delivery(d, COMMANDS, self._max_body)))
             except InvalidMessage as e:
@@ -191,7 +202,7 @@ class CommandPipeline:
             # Confirms are awaited together: one round trip per window, not per reply or notification.
             await asyncio.gather(
                 *(settle.answer(self._broker, o.delivery, o.reply) for o in outcomes),
-                *(settle.dead_letter(self._broker, d, error) for d, error in invalid),
+                *(settle.dead_letter(self._broker, d, e, cut_from=cut_from.get(id(d))) for d, e in invalid),
                 publishing,
             )
             await settle.ack_all(deliveries)

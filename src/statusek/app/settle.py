@@ -9,7 +9,7 @@ import structlog
 from aio_pika.abc import AbstractIncomingMessage
 from aio_pika.exceptions import ChannelInvalidStateError
 
-from statusek.adapters.rabbitmq.broker import Broker
+from statusek.adapters.rabbitmq.broker import ORIGINAL_SIZE_HEADER, TRUNCATED_HEADER, Broker
 from statusek.core.codes import Code
 from statusek.core.errors import InvalidMessage
 from statusek.core.messages import Reply
@@ -72,40 +72,20 @@ async def answer(broker: Broker, delivery: AbstractIncomingMessage, reply: Reply
         )
 
 
-async def shed_oversized(broker: Broker, delivery: AbstractIncomingMessage, max_body_bytes: int) -> bool:
-    """Refuse a command body over the limit the moment it arrives; True if it was.
+def cut_oversized(delivery: AbstractIncomingMessage, max_body_bytes: int, keep: int) -> int | None:
+    """Cut a body over the limit to the `keep` bytes its dead-letter copy holds; returns its size.
 
-    Prefetch bounds the deliveries a worker holds by count, not by bytes: 40 bodies of 5 MB
-    waiting in the inbox for their window took the worker from 52 to 254 MB. A command consumer
-    calls this first thing in its on_message and, on True, forgets the delivery. The body is
-    dropped before anything is awaited, and the broker dead-letters the message itself (reject
-    without requeue: the command queue's dead-letter exchange, x-death reason `rejected`), so
-    the worker never holds or sends it again. The reject frame is queued before this first
-    yields, so it goes out ahead of the ack of any later delivery (a window acks with
-    multiple=True) and no tag is settled twice. Only for queues with a dead-letter exchange
-    (not statusek.queries: a reject there would drop the query unseen).
+    Prefetch bounds the deliveries a worker holds by count, not by bytes: 40 bodies of 5 MB waiting
+    for their window took the worker from 52 to 254 MB. Called the moment a delivery arrives; the
+    caller dead-letters it as `too-large` with that size (`dead_letter(cut_from=...)`).
     """
     size = len(delivery.body)
     if size <= max_body_bytes:
-        return False
+        return None
     # The abstract type declares no `body` slot; aio-pika's IncomingMessage has one, and this last
     # reference to the bytes is what keeps them alive.
-    delivery.body = b""  # type: ignore[misc]
-    try:
-        await delivery.reject(requeue=False)
-    except ChannelInvalidStateError:
-        return True  # the channel is gone: the broker gives the message back, refused again then
-    log.warning(
-        "oversized body dead-lettered by the broker",
-        routing_key=delivery.routing_key,
-        message_id=(delivery.message_id or "")[:255],
-        size=size,
-        limit=max_body_bytes,
-    )
-    if delivery.reply_to:
-        detail = f"body is {size} bytes, the limit is {max_body_bytes}"
-        await _reply(broker, delivery, Reply.fail(Code.INVALID_MESSAGE, detail, reason="too-large"))
-    return True
+    delivery.body = delivery.body[:keep]  # type: ignore[misc]
+    return size
 
 
 _INTERNAL = {
@@ -114,8 +94,14 @@ _INTERNAL = {
 }
 
 
-async def dead_letter(broker: Broker, delivery: AbstractIncomingMessage, error: InvalidMessage) -> None:
-    """Invalid input is never retried: keep a copy with the reason, tell the sender."""
+async def dead_letter(
+    broker: Broker, delivery: AbstractIncomingMessage, error: InvalidMessage, *, cut_from: int | None = None
+) -> None:
+    """Invalid input is never retried: keep a copy with the reason, tell the sender.
+
+    `cut_from`: the size of a body the caller already cut on arrival (see `cut_oversized`).
+    """
+    size = {} if cut_from is None else {ORIGINAL_SIZE_HEADER: cut_from, TRUNCATED_HEADER: True}
     await broker.park(
         broker.names.dead_letter,
         delivery,
@@ -124,6 +110,7 @@ async def dead_letter(broker: Broker, delivery: AbstractIncomingMessage, error: 
             DETAIL_HEADER: error.detail[:1024],
             "x-routing-key": delivery.routing_key or "",
             "x-exchange": delivery.exchange or "",
+            **size,
         },
     )
     if delivery.reply_to:

@@ -483,7 +483,8 @@ class Broker:
             queue,
             aio_pika.Message(
                 body,
-                headers={**(original.headers or {}), **headers, **marks},
+                # The caller's headers last: it may know the size of a body cut on arrival.
+                headers={**(original.headers or {}), **marks, **headers},
                 timestamp=datetime.now(UTC),
                 content_type=original.content_type,
                 correlation_id=original.correlation_id,
