@@ -94,6 +94,28 @@ class PartitionSlot:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(consumer.close(), 2)
 
+    async def abandon(self, timeout: float) -> None:
+        """Give back every delivery held at once, the window in progress included, then stop.
+
+        For a window that cannot end (its database does not answer). The channel closes first:
+        a stopped pipeline gives its window back by a nack, and a nack on an open channel would
+        have the broker deliver those commands again to this same, still active, consumer,
+        behind the later ones it holds, which the close then returns ahead of them. Closed
+        first, the channel returns all in queue order. The window, if it still commits, is
+        ordered by the partition's fence before the next consumer's.
+        """
+        pipeline, task, consumer = self.pipeline, self._task, self._consumer
+        self.pipeline = self._task = self._consumer = None
+        if consumer is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(consumer.close(), 2)
+        if pipeline is not None:
+            pipeline.stop()
+            self.applied += pipeline.applied
+        if task is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(task), timeout)
+
     async def step_back(self, timeout: float) -> None:
         self.stepped_back_at = time.monotonic()
         await self.release(timeout)
@@ -164,20 +186,20 @@ class Partitions:
     async def pause(self, window_timeout: float) -> None:
         """Leave every partition's line, so that the next consumer in each applies its commands.
 
-        The window in progress has `window_timeout` to end (it waits for a database that does not
-        answer): its channel then closes anyway and its deliveries return to the head of the
-        queue, unapplied or not. Either way each is applied once: the next consumer's window
+        The window in progress is not waited for (it waits for a database that does not answer):
+        its deliveries return to the head of the queue with the rest, unapplied or not
+        (`PartitionSlot.abandon`). Either way each is applied once: the next consumer's window
         takes the partition's fence, so it runs after this one's transaction has ended on the
         server (committed, or ended by the server's timeouts), and finds its replies if it
-        committed. Pipelines left running end on their own and apply nothing more: the channel
-        of their deliveries has closed.
+        committed. Pipelines left running end on their own (`window_timeout` is waited for them)
+        and apply nothing more: the channel of their deliveries has closed.
         """
         async with self._lock:
             if self.paused or self._stopping:
                 return
             self.paused = True
             log.warning("stepping back from every command partition", queues=[s.queue for s in self.slots])
-            await asyncio.gather(*(slot.release(window_timeout) for slot in self.slots))
+            await asyncio.gather(*(slot.abandon(window_timeout) for slot in self.slots))
             self._metrics.not_consuming(slot.queue for slot in self.slots)
 
     async def resume(self) -> None:
