@@ -169,6 +169,8 @@ METRIC_NAMES = frozenset(
         "statusek_queue_messages",
         "statusek_replies_refused_total",
         "statusek_ready",
+        "statusek_database_stalled",
+        "statusek_database_stalls_total",
         "statusek_build_info",
     }
 )
