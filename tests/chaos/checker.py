@@ -23,7 +23,8 @@ KINDS = (
     "applied_twice",  # one command's effect in the log more than once
     "reply_lies",  # SUCCESS for a command not applied (another's reply), or a refusal/EXPIRED applied
     "no_reply",  # a client that waited the whole run heard nothing
-    "order_regressed",  # a subscriber got an older notification of an instance after a newer one
+    "order_regressed",  # a subscriber got an older notification of an instance, first time, after a newer one
+    "replayed_after_newer",  # ... or a copy of an older one it already had (a run re-sent: 5, 6, 5, 6)
     "occurred_at_backwards",  # occurred_at decreases while seq increases (log or subscriber)
     "finish_reasons_differ",  # a finish announced twice with different reasons
     "finished_twice",  # two finished events for one instance in the log
@@ -149,10 +150,15 @@ def check_subscriber(name: str, notes: list[Note], *, healthy: bool, flood: int 
     for token, arrived in by_token.items():
         newest: Note | None = None
         regressed = False
+        delivered: set[int] = set()
         for n in arrived:
             if newest is not None and n.seq < newest.seq and not regressed:
                 regressed = True  # one per instance: the rest of a replayed run says nothing new
-                out.append(Anomaly("order_regressed", f"{name} {token}: seq {n.seq} after {newest.seq}"))
+                # A copy of a seq already delivered (a run re-sent after a crash) is told apart
+                # from a seq seen for the first time after a newer one (a true reorder).
+                kind = "replayed_after_newer" if n.seq in delivered else "order_regressed"
+                out.append(Anomaly(kind, f"{name} {token}: seq {n.seq} after {newest.seq}"))
+            delivered.add(n.seq)
             if newest is None or n.seq > newest.seq:
                 if newest is not None and n.at < newest.at:
                     out.append(

@@ -166,11 +166,19 @@ def test_a_patient_client_with_no_reply_is_reported() -> None:
     assert kinds(check(history)) == {"no_reply": 1}
 
 
-def test_an_older_notification_after_a_newer_one_is_reported() -> None:
-    """Seqs 2, 4, 5, then 2 again at one subscriber: order regressed."""
+def test_an_older_notification_first_seen_after_a_newer_one_is_a_reorder() -> None:
+    """Seqs 4, 2, 5 at one subscriber: 2 arrives for the first time after 4, order regressed."""
     history = clean()
-    history.notes["a"].append(history.notes["a"][0])
+    a = history.notes["a"]
+    a[0], a[1] = a[1], dataclasses.replace(a[0], at=a[1].at)
     assert kinds(check(history)) == {"order_regressed": 1}
+
+
+def test_a_run_re_sent_after_a_newer_one_is_a_replay() -> None:
+    """Seqs 2, 4, 5, then 4, 5 again at one subscriber: an older notification after a newer one, replayed."""
+    history = clean()
+    history.notes["a"] += history.notes["a"][1:]
+    assert kinds(check(history)) == {"replayed_after_newer": 1}
 
 
 def test_a_repeat_of_the_newest_notification_is_at_least_once() -> None:
