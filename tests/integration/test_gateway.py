@@ -546,7 +546,8 @@ async def test_no_worker_is_status_false_within_the_answer_time(
     assert response.status == 200 and time.monotonic() - started < 3
     assert answer == {
         "status": False,
-        "message": "ERROR: no statusek worker answered within 1 s; its deadline has passed, so it will not be applied later: try again",
+        "message": "ERROR: no statusek worker answered within 1 s;"
+        " its deadline has passed, so it will not be applied later: try again",
         "data": {},
         "code": "NO_ANSWER",
     }
