@@ -96,11 +96,6 @@ async def test_a_reply_to_a_named_queue_goes_there_when_the_pattern_admits_it(
             await queue.delete(if_unused=False, if_empty=False)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Worker.run must wire Limits(reply_queue_pattern=s.reply_queue_pattern) and"
-    " broker.on_reply_refused = lambda _q: self.metrics.replies_refused.inc() (worker.py)",
-)
 async def test_a_dropped_reply_is_counted(worker: Worker, wire: Wire) -> None:
     """statusek_replies_refused_total counts each reply dropped for its reply_to."""
     before = worker.metrics.registry.get_sample_value("statusek_replies_refused_total") or 0

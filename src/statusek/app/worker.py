@@ -122,8 +122,10 @@ class Worker:
                         holding_max_length=s.holding_max_length,
                         query_ttl_ms=round(s.query_ttl * 1000),
                         dead_letter_body_bytes=s.dead_letter_body_bytes,
+                        reply_queue_pattern=s.reply_queue_pattern,
                     ),
                 )
+                broker.on_reply_refused = lambda _queue: self.metrics.replies_refused.inc()
                 self._broker = broker
                 try:
                     await self._serve(store, broker)
