@@ -65,9 +65,9 @@ def rss_kib(pid: int) -> int:
 
 
 def test_the_shipped_broker_limit_leaves_room_for_every_valid_body() -> None:
-    """max_message_size is above the worker's body limit (a refusal with a reply) and at most 16 MB."""
+    """max_message_size is above the worker's body limit (a refusal with a reply) and at most 128 MB."""
     size = shipped_max_message_size()
-    assert Settings().max_body_bytes < size <= 16 * MB
+    assert Settings().max_body_bytes < size <= 128 * MB
 
 
 async def test_the_shipped_broker_limit_refuses_a_bigger_publish(services: Services, amqp_url: str) -> None:
