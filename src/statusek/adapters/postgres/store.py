@@ -314,38 +314,6 @@ class Transaction:
         async with translated():
             await self._conn.execute("SELECT pg_notify($1, $2)", DEADLINE_CHANNEL, deadline.isoformat())
 
-    async def take_outbox(
-        self, partition: int, limit: int, *, after: int = 0, grace: float = 0.0
-    ) -> list[OutboxRow] | None:
-        """The oldest unsent rows of a partition after id `after`, or None if another relay has it.
-
-        One relay per partition at a time (a transaction-scoped advisory
-        lock), and an instance's rows all in one partition: that is what
-        keeps an instance's notifications in order across replicas. A row
-        written for direct publishing less than `grace` seconds ago is
-        marked `in_flight`: its pipeline is publishing it.
-        """
-        async with translated():
-            if not await self._conn.fetchval(
-                "SELECT pg_try_advisory_xact_lock($1, $2)", RELAY_LOCK, partition
-            ):
-                return None
-            rows = await self._conn.fetch(OUTBOX_TAKE, partition, after, limit, grace)
-        return [
-            OutboxRow(
-                r["id"],
-                Notification(
-                    type=r["type"],
-                    message_id=r["message_id"],
-                    instance_token=str(r["instance_token"]) if r["instance_token"] else None,
-                    body=r["body"],
-                    headers=r["headers"],
-                ),
-                in_flight=r["in_flight"],
-            )
-            for r in rows
-        ]
-
     async def delete_outbox(self, ids: Sequence[int]) -> None:
         async with translated():
             await self._conn.execute(OUTBOX_DELETE, list(ids))
