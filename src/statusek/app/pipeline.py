@@ -1,7 +1,7 @@
 """The command pipeline: a window of deliveries, one transaction, then replies and acks.
 
 Deliveries of `statusek.commands` arrive in queue order (one active consumer,
-see README "Ordering"). They are parsed, then decided in that order against
+see docs/guarantees.md, "Ordering"). They are parsed, then decided in that order against
 states locked for the whole window, written in one transaction together with
 their notifications (outbox) and replies (idempotency), and only then
 answered and acked.

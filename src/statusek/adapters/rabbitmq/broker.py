@@ -252,7 +252,7 @@ class Broker:
         commands_arguments: FieldTable = {
             "x-queue-type": "quorum",
             # One active consumer at a time keeps commands in publish order across
-            # replicas; the others stand by (README, "Ordering").
+            # replicas; the others stand by (docs/guarantees.md, "Ordering").
             "x-single-active-consumer": True,
             "x-delivery-limit": limits.delivery_limit,
             "x-dead-letter-exchange": n.dead_letter,
