@@ -347,6 +347,10 @@ class CommandPipeline:
         if not valid:
             return []
         async with self._store.transaction(fence=self._partition) as tx:
+            # A delivery whose channel closed while the fence was awaited is the broker's again:
+            # its redelivery (flagged, so looked up) may already be applied on another replica,
+            # and this copy, not flagged, would not look.
+            valid = [v for v in valid if settle.is_live(v[0])]
             window = _Window(tx, self._policy, self._groups, direct=self._direct_publish)
             outcomes = await window.apply(valid)
             deleting = list(self._published)
