@@ -48,6 +48,8 @@ class Recorder:
         self.replies: dict[str, tuple[float, dict[str, Any]]] = {}  # correlation_id -> (arrival, reply)
         self.notes: dict[str, list[Note]] = {}
         self.full_queue: aio_pika.abc.AbstractQueue | None = None
+        self.opened_at = time.monotonic()
+        self.full_for: float | None = None
 
     @classmethod
     async def open(cls, url: str, subscribers: list[str], full: str | None) -> Recorder:
@@ -71,6 +73,8 @@ class Recorder:
     async def drain_full(self, name: str) -> None:
         if self.full_queue is not None:
             await self.full_queue.consume(self._subscriber(name), no_ack=True)
+            # An upper bound of how long it refused: it filled at some point after it was declared.
+            self.full_for = time.monotonic() - self.opened_at
 
     async def _on_reply(self, message: AbstractIncomingMessage) -> None:
         self.replies.setdefault(message.correlation_id or "", (time.monotonic(), json.loads(message.body)))
@@ -324,6 +328,7 @@ class Play:
             history.created_tags[str(r["token"])] = r["tag"]
         history.notes = {name: list(notes) for name, notes in recorder.notes.items()}
         history.healthy = {name for name in recorder.notes if name != "full"}
+        history.full_for = recorder.full_for
         self.info["codes"] = dict(Counter(c.code or "no answer" for c in history.commands))
         self.info["events"] = len(history.events)
         self.info["notes"] = {name: len(notes) for name, notes in history.notes.items()}
