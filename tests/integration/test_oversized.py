@@ -20,7 +20,8 @@ import pytest
 
 from statusek.app.settings import Settings
 from statusek.testing import RabbitAdmin, Services
-from tests.integration.conftest import Cluster, until_async
+from tests.helpers import eventually
+from tests.integration.conftest import Cluster
 
 pytestmark = pytest.mark.integration
 
@@ -127,7 +128,7 @@ async def test_forty_bodies_of_5_mb_keep_the_worker_under_100_mb(
             def dead_lettered() -> Awaitable[int]:
                 return cluster.messages("statusek.dead-letter")
 
-            await until_async(dead_lettered, 40, 60)
+            await eventually(dead_lettered, 60, equals=40)
             await asyncio.sleep(0.5)
         finally:
             stop.set()

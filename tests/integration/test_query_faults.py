@@ -22,7 +22,7 @@ from statusek.app import queries
 from statusek.core.codes import FinishReason
 from statusek.core.messages import MAX_REPORT_DAYS
 from statusek.core.report import Timeline, build_report, fold
-from tests.integration.test_commands import TASK, create
+from tests.helpers import TASK, create
 from tests.integration.wire import Wire
 
 
