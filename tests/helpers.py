@@ -9,7 +9,9 @@ conftest for them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -17,7 +19,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -28,6 +30,7 @@ from statusek.core.messages import Create
 from statusek.core.model import StatusModel
 
 if TYPE_CHECKING:
+    from statusek.testing import RabbitAdmin
     from tests.integration.wire import Wire
 
 T = TypeVar("T")
@@ -116,6 +119,23 @@ async def run(*command: str, env: dict[str, str], timeout: float = 60) -> subpro
 async def statusek(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """`statusek ARGS` as a subprocess with `env`: the CLI as a user runs it."""
     return await run(sys.executable, "-m", "statusek", *args, env=env, timeout=timeout)
+
+
+# --- the broker ------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def broker_max_message_size(rabbit: RabbitAdmin, size: int) -> Iterator[None]:
+    """The broker's limit set for the block (channels opened meanwhile), then put back."""
+    before = re.search(
+        r"\{ok,(\d+)\}", rabbit.rabbitmqctl("eval", "application:get_env(rabbit, max_message_size).")
+    )
+    rabbit.rabbitmqctl("eval", f"application:set_env(rabbit, max_message_size, {size}).")
+    try:
+        yield
+    finally:
+        if before is not None:
+            rabbit.rabbitmqctl("eval", f"application:set_env(rabbit, max_message_size, {before.group(1)}).")
 
 
 # --- the ops server -------------------------------------------------------------------------------
