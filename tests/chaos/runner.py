@@ -17,7 +17,7 @@ import subprocess
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -28,6 +28,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from statusek.core.partitions import routing_headers
 from tests.chaos.history import EventRow, History, Note, Sent
 from tests.chaos.schedule import PATIENT, Fault, Planned, Schedule
+from tests.helpers import eventually
 from tests.integration.conftest import Cluster
 from tests.integration.faults import TcpProxy, proxied
 
@@ -286,7 +287,8 @@ class Play:
             wanted = {(str(r["instance_token"]), r["seq"]) for r in rows}
             return all(wanted <= {(n.token, n.seq) for n in notes} for notes in recorder.notes.values())
 
-        await _until_async(settled, SETTLE_WAIT)
+        with contextlib.suppress(AssertionError):  # the checker judges what did not settle
+            await eventually(settled, SETTLE_WAIT, every=0.3)
         await asyncio.sleep(0.5)  # a few late copies, if any, belong in the record
         history = History(seed=self.schedule.seed, faults=self.schedule.kinds)
         for index, (planned, correlation_id, sent_at) in enumerate(sent):
@@ -340,12 +342,6 @@ async def _until(done: Callable[[], bool], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while not done() and time.monotonic() < deadline:  # noqa: ASYNC110 (several sources, no event)
         await asyncio.sleep(0.2)
-
-
-async def _until_async(done: Callable[[], Awaitable[bool]], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not await done() and time.monotonic() < deadline:  # noqa: ASYNC110 (polls Postgres)
-        await asyncio.sleep(0.3)
 
 
 async def run_schedule(schedule: Schedule, cluster: Cluster) -> History:

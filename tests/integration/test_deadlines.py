@@ -13,9 +13,9 @@ from datetime import datetime, timedelta
 import asyncpg
 import pytest
 
+from tests.helpers import create
 from tests.integration.conftest import Cluster
 from tests.integration.faults import REPORTS, Report
-from tests.integration.test_commands import create
 from tests.integration.wire import Wire
 
 

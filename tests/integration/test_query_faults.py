@@ -23,9 +23,8 @@ from statusek.core.codes import FinishReason
 from statusek.core.messages import MAX_REPORT_DAYS, MAX_TEXT
 from statusek.core.report import Timeline, build_report, fold
 from statusek.testing import Services
+from tests.helpers import TASK, broker_max_message_size, create
 from tests.integration.conftest import Cluster
-from tests.integration.test_commands import TASK, create
-from tests.integration.test_oversized import broker_max_message_size
 from tests.integration.wire import Wire
 
 

@@ -24,7 +24,7 @@ from statusek.adapters.rabbitmq.broker import Broker, Names
 from statusek.app.metrics import Metrics
 from statusek.app.relay import OutboxRelay
 from statusek.core.views import Notification
-from tests.conftest import command_partitions
+from tests.helpers import command_partitions
 from tests.integration.conftest import Cluster
 
 

@@ -31,8 +31,8 @@ from statusek.client import Client
 from statusek.core.report import RELATIVE_ERROR
 from statusek.exceptions import InstanceNotFound
 from statusek.testing import Services, fresh_database, fresh_vhost, running_worker
+from tests import helpers
 from tests.integration.conftest import Database
-from tests.integration.test_cli import statusek as run_cli
 from tests.integration.wire import Wire
 
 pytestmark = pytest.mark.integration
@@ -480,7 +480,7 @@ async def test_get_instance_summarises_pings_per_sender(client: Client, place: P
 
 async def statusek(place: Place, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "STATUSEK_AMQP_URL": place.amqp_url, "STATUSEK_MODELS_PATH": place.models_path}
-    return await run_cli(env, *args, timeout=60)
+    return await helpers.statusek(env, *args)
 
 
 async def test_show_prints_the_ping_summary(client: Client, place: Place) -> None:
