@@ -62,22 +62,43 @@ def describe(e: BaseException, url: str | None = None) -> str:
     port concerned (never the password).
     """
     where = url_location(url) if url else None
-    tls = tls_failure(e, server="RabbitMQ", parameters=("cafile", "certfile", "keyfile"))
-    if tls is not None:
-        return tls
-    if isinstance(e, aiormq.exceptions.ProbableAuthenticationError):
-        if where is not None:
-            user = urlsplit(url or "").username or "guest"
-            return f"the broker refused the login of user {user!r}: wrong user or password"
-        return (
-            "the broker closed the connection during login: wrong user or password, or no access to the vhost"
-        )
-    if isinstance(e, aiormq.exceptions.IncompatibleProtocolError) or "Connection.Close" in str(e):
-        if where is not None:
-            user = urlsplit(url or "").username or "guest"
-            vhost = where["path"] or "/"
-            return f"the broker refused vhost {vhost!r}: it does not exist, or user {user!r} may not use it"
-        return "the broker refused the connection: the vhost does not exist or the user may not use it"
+    # Each gives None (never an empty line) when `e` is not its kind: the first that knows `e` tells.
+    line = (
+        tls_failure(e, server="RabbitMQ", parameters=("cafile", "certfile", "keyfile"))
+        or _login_refused(e, url, where)
+        or _vhost_refused(e, url, where)
+        or _unreachable(e, where)
+        or _cut_off(e)
+    )
+    return line or f"{type(e).__name__}: {e}"
+
+
+def _login_refused(e: BaseException, url: str | None, where: dict[str, str] | None) -> str | None:
+    """The broker ended the connection during the login (aiormq's ProbableAuthenticationError)."""
+    if not isinstance(e, aiormq.exceptions.ProbableAuthenticationError):
+        return None
+    if where is not None:
+        return f"the broker refused the login of user {_user(url)!r}: wrong user or password"
+    return "the broker closed the connection during login: wrong user or password, or no access to the vhost"
+
+
+def _vhost_refused(e: BaseException, url: str | None, where: dict[str, str] | None) -> str | None:
+    """The broker refused the vhost: an incompatible-protocol error or a Connection.Close frame."""
+    if not (isinstance(e, aiormq.exceptions.IncompatibleProtocolError) or "Connection.Close" in str(e)):
+        return None
+    if where is not None:
+        vhost = where["path"] or "/"
+        return f"the broker refused vhost {vhost!r}: it does not exist, or user {_user(url)!r} may not use it"
+    return "the broker refused the connection: the vhost does not exist or the user may not use it"
+
+
+def _user(url: str | None) -> str:
+    """The user the URL logs in as; none is RabbitMQ's default."""
+    return urlsplit(url or "").username or "guest"
+
+
+def _unreachable(e: BaseException, where: dict[str, str] | None) -> str | None:
+    """No broker reached: no answer, nothing listening, or no such host."""
     if isinstance(e, asyncio.TimeoutError):
         return "no answer from the broker in time (a firewall, or the wrong host or port?)"
     errno = e.args[0] if isinstance(e, aiormq.exceptions.AMQPConnectionError) and e.args else None
@@ -86,11 +107,16 @@ def describe(e: BaseException, url: str | None = None) -> str:
     if errno in (-2, -3, -5):
         host = where["host"] if where is not None else "the host"
         return f"{host!r} is not a known host name"
+    return None
+
+
+def _cut_off(e: BaseException) -> str | None:
+    """A connection that was made, then ended by the other side or something in between."""
     if "connection reset" in str(e).lower():
         return "the connection was reset (the broker went away, or something in between cut the link)"
     if "unexpectedly closed" in str(e):
         return "the server closed the connection at once: is this RabbitMQ's AMQP port (5672)?"
-    return f"{type(e).__name__}: {e}"
+    return None
 
 
 class PartitionerMissing(BrokerUnavailable):
