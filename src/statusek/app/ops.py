@@ -15,11 +15,12 @@ import asyncio
 import contextlib
 import json
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import structlog
+from prometheus_client import Gauge
 
-from statusek.app.metrics import CONTENT_TYPE, Metrics
+from statusek.app.metrics import CONTENT_TYPE
 
 log = structlog.get_logger(__name__)
 
@@ -31,12 +32,21 @@ _REQUEST_TIMEOUT = 5.0
 T = TypeVar("T")
 
 
+class Scraped(Protocol):
+    """What the ops server serves: a worker's `Metrics` or a gateway's `GatewayMetrics`."""
+
+    @property
+    def ready(self) -> Gauge: ...
+
+    def render(self) -> bytes: ...
+
+
 class OpsServer:
     def __init__(
         self,
         host: str,
         port: int,
-        metrics: Metrics,
+        metrics: Scraped,
         checks: dict[str, Check],
         *,
         before_scrape: Callable[[], Awaitable[None]] | None = None,
