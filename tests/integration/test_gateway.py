@@ -480,6 +480,49 @@ async def test_about_names_the_version_under_the_originals_keys(post: Post) -> N
     assert answer["data"] == {"home page": "https://github.com/aleksaan/statusek", "version": version()}
 
 
+def queries_asked(worker: Worker) -> dict[str, float]:
+    """The queries the session's worker answered so far, by routing key."""
+    asked: dict[str, float] = {}
+    for family in worker.metrics.queries.collect():
+        for sample in family.samples:
+            if sample.name.endswith("_total"):
+                key = sample.labels["routing_key"]
+                asked[key] = asked.get(key, 0.0) + sample.value
+    return asked
+
+
+async def test_get_events_asks_the_worker_once(post: Post, worker: Worker) -> None:
+    """getEvents is one get-events query (its reply carries the model): no get-instance besides."""
+    token = await new_instance(post, "STARTED")
+    before = queries_asked(worker)
+    answer = await post("/event/getEvents", {"instance_token": token})
+    after = queries_asked(worker)
+    assert answer["data"]["events"][0]["Status"]["StatusID"] == 1
+    grown = {key: after[key] - before.get(key, 0.0) for key in after if after[key] != before.get(key, 0.0)}
+    assert grown == {"get-events": 1}
+
+
+async def test_get_events_follows_the_pages(post: Post, amqp_url: str) -> None:
+    """A status set after 1,000 pings (the first page of get-events) is listed too."""
+    token = await new_instance(post, "STARTED")
+    async with await Client.connect(amqp_url) as client:
+        await asyncio.gather(*(client.ping(token) for _ in range(1000)))
+        await client.set_status(token, "FINISHED")
+    answer = await post("/event/getEvents", {"instance_token": token})
+    assert [e["Status"]["StatusName"] for e in answer["data"]["events"]] == ["STARTED", "FINISHED"]
+
+
+async def test_check_status_is_set_asks_the_worker_once(post: Post, worker: Worker) -> None:
+    """checkStatusIsSet, set or not, is one is-set query each."""
+    token = await new_instance(post, "STARTED")
+    before = queries_asked(worker)
+    for name in ("STARTED", "FINISHED", "RUN"):
+        await post("/status/checkStatusIsSet", {"instance_token": token, "status_name": name})
+    after = queries_asked(worker)
+    grown = {key: after[key] - before.get(key, 0.0) for key in after if after[key] != before.get(key, 0.0)}
+    assert grown == {"is-set": 3}
+
+
 # Go's JSON decoding, end to end
 
 

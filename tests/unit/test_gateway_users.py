@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
 import base64
+import io
 import os
 from pathlib import Path
 
 import pytest
 
+from statusek.app.cli import cmd_gateway_user
+from statusek.app.gateway import GatewayConfigError, authenticator_for
 from statusek.app.gateway_users import (
     Authenticator,
     PasswordHash,
@@ -19,6 +23,7 @@ from statusek.app.gateway_users import (
     parse_users,
     users_line,
 )
+from statusek.app.settings import Settings
 
 
 def cheap(password: str) -> PasswordHash:
@@ -150,3 +155,49 @@ def test_a_missing_file_is_an_error_naming_it(tmp_path: Path) -> None:
     """At start, a users file that cannot be read stops the gateway, naming the path."""
     with pytest.raises(UsersFileError, match="nowhere: cannot read it"):
         Users(tmp_path / "nowhere").load()
+
+
+def test_basic_auth_without_a_users_file_names_both_settings() -> None:
+    """STATUSEK_GATEWAY_AUTH=basic (the default) needs STATUSEK_GATEWAY_USERS_FILE; both are named."""
+    with pytest.raises(GatewayConfigError) as caught:
+        authenticator_for(Settings(gateway_auth="basic", gateway_users_file=None))
+    assert "STATUSEK_GATEWAY_USERS_FILE is not set" in str(caught.value)
+    assert "STATUSEK_GATEWAY_AUTH=none" in str(caught.value)
+
+
+def test_no_auth_asks_nobody() -> None:
+    """STATUSEK_GATEWAY_AUTH=none: no authenticator, whatever the users file."""
+    assert authenticator_for(Settings(gateway_auth="none", gateway_users_file="/nowhere")) is None
+
+
+def test_an_unreadable_users_file_names_its_setting(tmp_path: Path) -> None:
+    """A users file that cannot be read stops the gateway, naming STATUSEK_GATEWAY_USERS_FILE."""
+    with pytest.raises(GatewayConfigError, match=r"^STATUSEK_GATEWAY_USERS_FILE: .*nowhere: cannot read it"):
+        authenticator_for(Settings(gateway_auth="basic", gateway_users_file=str(tmp_path / "nowhere")))
+
+
+def test_gateway_user_prints_a_line_for_the_password_on_stdin(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """`statusek gateway-user billing --password-stdin` prints `billing:scrypt$…` for that password."""
+    monkeypatch.setattr("sys.stdin", io.StringIO("s3cret-from-stdin\n"))
+    args = argparse.Namespace(name="billing", password_stdin=True)
+    assert cmd_gateway_user(Settings(), args) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("billing:scrypt$15$8$1$") and "s3cret-from-stdin" not in out + err
+    users = parse_users(out, "stdout")
+    assert users["billing"].verify("s3cret-from-stdin")
+
+
+def test_gateway_user_makes_a_password_when_none_is_given(capsys: pytest.CaptureFixture[str]) -> None:
+    """Without --password-stdin a new password is shown on stderr; stdout has only the line."""
+    assert cmd_gateway_user(Settings(), argparse.Namespace(name="ops", password_stdin=False)) == 0
+    out, err = capsys.readouterr()
+    password = err.strip().removeprefix("password of ops: ")
+    assert len(password) >= 24 and parse_users(out, "stdout")["ops"].verify(password)
+
+
+def test_gateway_user_refuses_a_name_with_a_colon(capsys: pytest.CaptureFixture[str]) -> None:
+    """A name HTTP Basic could not carry is refused (exit 2), saying why."""
+    assert cmd_gateway_user(Settings(), argparse.Namespace(name="a:b", password_stdin=False)) == 2
+    assert "cannot hold ':'" in capsys.readouterr().err
