@@ -71,14 +71,33 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_worker(settings: Settings, _args: argparse.Namespace) -> int:
+    from statusek.app.ops import CannotListen
     from statusek.app.worker import run_worker
 
-    run_worker(settings)
+    try:
+        run_worker(settings)
+    except CannotListen as e:
+        # Exit rather than run without the ops server: probes and scrapes would find nothing,
+        # or another worker's answers, and nobody would know.
+        if e.in_use:
+            fix = (
+                "another worker on this host? give each worker its own STATUSEK_OPS_PORT, "
+                "or 0 to run it without the ops server"
+            )
+        else:
+            fix = "fix STATUSEK_OPS_HOST or STATUSEK_OPS_PORT"
+        print(
+            f"statusek worker: the ops server cannot listen on {e.host}:{e.port} "
+            f"(STATUSEK_OPS_PORT): {e.reason}: {fix}",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
     return EXIT_OK
 
 
 def cmd_gateway(settings: Settings, _args: argparse.Namespace) -> int:
     from statusek.app.gateway import GatewayConfigError, run_gateway
+    from statusek.app.ops import CannotListen
     from statusek.exceptions import InvalidURL
 
     try:
@@ -89,6 +108,14 @@ def cmd_gateway(settings: Settings, _args: argparse.Namespace) -> int:
     except GatewayConfigError as e:
         print(f"statusek gateway: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except CannotListen as e:
+        fix = "a worker on this host? give the gateway its own STATUSEK_OPS_PORT, or 0 to run it without"
+        print(
+            f"statusek gateway: the ops server cannot listen on {e.host}:{e.port} (STATUSEK_OPS_PORT):"
+            f" {e.reason}: {fix if e.in_use else 'fix STATUSEK_OPS_HOST or STATUSEK_OPS_PORT'}",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
     except OSError as e:  # the port is taken, or not ours to bind
         where = f"{settings.http_host}:{settings.http_port}"
         print(f"statusek gateway: cannot listen on {where}: {e.strerror or e}", file=sys.stderr)

@@ -17,7 +17,8 @@ by default the responses of Go Statusek v2.7.2 byte for byte
 Every request to a worker is one AMQP round trip on one `statusek.Client`
 shared by all requests, with the client's guarantees (publisher confirms, a
 bounded wait, an expiration so that a request no worker took in time is
-never applied later).
+never applied later). docs/migrating.md says what differs from
+the original.
 
 Callers authenticate with HTTP Basic against a users file
 (STATUSEK_GATEWAY_AUTH=basic, `gateway_users`), and each request is

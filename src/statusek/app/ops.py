@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
+import os
 from collections.abc import Awaitable, Callable
 from typing import Protocol, TypeVar
 
@@ -39,6 +41,19 @@ class Scraped(Protocol):
     def ready(self) -> Gauge: ...
 
     def render(self) -> bytes: ...
+
+
+class CannotListen(Exception):
+    """The ops server cannot bind its address (taken by another process, or not ours): the worker
+    stops before it connects anywhere, rather than run without probes or metrics unseen."""
+
+    def __init__(self, host: str, port: int, error: OSError):
+        self.host = host
+        self.port = port
+        self.in_use = error.errno == errno.EADDRINUSE
+        # asyncio's message repeats the address; the errno's own text is the reason.
+        self.reason = os.strerror(error.errno).lower() if error.errno else str(error)
+        super().__init__(f"cannot listen on {host}:{port}: {self.reason}")
 
 
 class OpsServer:
@@ -89,7 +104,10 @@ class OpsServer:
         return int(self._server.sockets[0].getsockname()[1])
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, self._host, self._port)
+        try:
+            self._server = await asyncio.start_server(self._serve, self._host, self._port)
+        except OSError as e:
+            raise CannotListen(self._host, self._port, e) from e
         log.info("ops server listening", listen=f"{self._host}:{self.port}")
 
     async def close(self) -> None:
