@@ -44,7 +44,10 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def impersonator(services: Services) -> Iterator[tuple[str, str]]:
-    """A RabbitMQ user with the impersonator tag (and no other): name and password."""
+    """A RabbitMQ user with the impersonator tag (and no other): name and password.
+
+    The stack gives it statusek-client's permissions, which a gateway needs.
+    """
     name, secret = f"statusek-gateway-{secrets.token_hex(3)}", new_password(16)
     services.rabbit.rabbitmqctl("add_user", name, secret)
     try:
@@ -76,7 +79,14 @@ async def stack(
     users = Users(users_file(folder, passwords))
     users.load()
     with fresh_vhost(services.amqp_url, admin=services.rabbit) as admin_url:
-        services.rabbit.set_permissions(unquote(urlsplit(admin_url).path[1:]), impersonator[0])
+        # statusek-client's permissions (deploy/rabbitmq/definitions.json): no default exchange.
+        services.rabbit.set_permissions(
+            unquote(urlsplit(admin_url).path[1:]),
+            impersonator[0],
+            configure=r"^(amq\.gen-.*|statusek\.client\..*)$",
+            write=r"^(statusek\.commands|statusek\.queries|amq\.gen-.*|statusek\.client\..*)$",
+            read=r"^(statusek\.events|amq\.gen-.*|statusek\.client\..*)$",
+        )
         gateway_amqp_url = with_credentials(admin_url, *impersonator)
         async with fresh_database(services.database_url) as database_url:
             settings = Settings(
