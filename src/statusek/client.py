@@ -659,8 +659,12 @@ class Client:
         *,
         timeout: float = 10,
         message_id: str | None = None,
+        user_id: str | None = None,
     ) -> dict[str, Any]:
         """Publish a request with confirms and return the whole reply (status, code, message, data).
+
+        `user_id` publishes it as another user than the client's (RabbitMQ allows
+        that only to a user with the `impersonator` tag; `statusek gateway` uses it).
 
         Waits at most `timeout` seconds. The request carries a deadline a little
         before that (`expiration_for`): as its expiration, so the broker drops it
@@ -698,7 +702,7 @@ class Client:
                     correlation_id=correlation_id,
                     message_id=message_id,
                     reply_to=REPLY_TO,
-                    user_id=self.user,
+                    user_id=user_id or self.user,
                     expiration=str(max(1, int(expiration_for(left) * 1000))),  # milliseconds
                 )
                 try:
