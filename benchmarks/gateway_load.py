@@ -184,7 +184,9 @@ async def connection(base: str, auth: aiohttp.BasicAuth | None, run: Run) -> Non
     """One keep-alive connection creating instances and setting STARTED and FINISHED until the end."""
     connector = aiohttp.TCPConnector(limit=1, force_close=False)
     timeout = aiohttp.ClientTimeout(total=30)
-    async with aiohttp.ClientSession(base, connector=connector, timeout=timeout, auth=auth) as session:
+    async with aiohttp.ClientSession(
+        base, connector=connector, timeout=timeout, headers=headers(auth)
+    ) as session:
         while time.perf_counter() < run.measure_to:
             started = time.perf_counter()
             answer, error = await post(session, "/instance/create", {"object_name": TASK})
@@ -201,6 +203,10 @@ async def connection(base: str, auth: aiohttp.BasicAuth | None, run: Run) -> Non
                 run.record(started, time.perf_counter(), error)
                 if error is not None:
                     break
+
+
+def headers(auth: aiohttp.BasicAuth | None) -> dict[str, str]:
+    return {"Authorization": auth.encode()} if auth is not None else {}
 
 
 def ms(seconds: float) -> str:
@@ -285,7 +291,7 @@ async def wait_for_gateway(
 ) -> None:
     """Until POST /about answers 200 (within 60 s)."""
     deadline = time.monotonic() + 60
-    async with aiohttp.ClientSession(base, auth=auth) as session:
+    async with aiohttp.ClientSession(base, headers=headers(auth)) as session:
         while True:
             if process is not None and process.poll() is not None:
                 raise RuntimeError(f"the gateway exited with {process.returncode}")

@@ -53,7 +53,8 @@ async def post(http: aiohttp.ClientSession, path: str, body: dict[str, Any]) -> 
 
 
 def as_caller() -> aiohttp.ClientSession:
-    return aiohttp.ClientSession(auth=aiohttp.BasicAuth(*GATEWAY_CALLER), timeout=aiohttp.ClientTimeout(30))
+    credentials = {"Authorization": aiohttp.BasicAuth(*GATEWAY_CALLER).encode()}
+    return aiohttp.ClientSession(headers=credentials, timeout=aiohttp.ClientTimeout(30))
 
 
 async def test_the_gateway_creates_and_finishes_an_instance_over_http(gateway: str) -> None:
