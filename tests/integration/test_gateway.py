@@ -7,7 +7,7 @@ key the README shows must be there; values that are the same on every run
 (status, message, status names, types and descriptions) must be equal; the
 others (tokens, ids, times) must have the README's type and form.
 
-Two liberties, both documented in the README's "Migrating from Statusek":
+Two liberties, both documented in docs/migrating.md, "What differs":
 the README's status RUN is STARTED here (the shipped 2-POINT LINE TASK names
 it so, as the original did from 2021 on), and its "Getting all statuses"
 example prints /instance/checkIsFinished where the route is /event/getEvents.

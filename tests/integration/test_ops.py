@@ -266,6 +266,27 @@ async def test_health_exits_0_for_a_ready_worker_and_1_otherwise(cluster: Cluste
     assert nobody.stderr.startswith("not ready: no worker answers at http://127.0.0.1:")
 
 
+async def test_a_second_worker_on_a_taken_ops_port_exits_with_one_line(cluster: Cluster) -> None:
+    """A worker whose ops port another worker holds exits 1 with one line naming the port and the setting."""
+    port = start_worker(cluster)
+    await wait_status(port, 200, timeout=30)
+    second = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "statusek", "worker"],
+        env={**cluster.env, "STATUSEK_OPS_PORT": str(port)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert second.returncode == 1, second.stderr
+    assert second.stderr.splitlines() == [
+        f"statusek worker: the ops server cannot listen on 0.0.0.0:{port} (STATUSEK_OPS_PORT): "
+        "address already in use: another worker on this host? give each worker its own "
+        "STATUSEK_OPS_PORT, or 0 to run it without the ops server"
+    ]
+    assert (await get(port, "/readyz"))[0] == 200  # the first worker serves on
+
+
 async def test_version_prints_the_package_version() -> None:
     """`statusek --version` prints the installed version."""
     out = subprocess.run([sys.executable, "-m", "statusek", "--version"], capture_output=True, text=True)

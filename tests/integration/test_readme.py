@@ -1,4 +1,4 @@
-"""The README's examples run as written against a real worker."""
+"""The examples of the README and of docs/*.md run as written against a real worker."""
 
 from __future__ import annotations
 
@@ -12,12 +12,18 @@ import pytest
 
 from statusek.app.worker import Worker
 
-README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+ROOT = Path(__file__).resolve().parents[2]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 
-def examples(language: str) -> list[str]:
-    """Fenced blocks whose info string is `<language> example`."""
-    return re.findall(rf"^```{language} example\n(.*?)^```", README, flags=re.S | re.M)
+def examples(language: str) -> list[pytest.param]:
+    """Fenced blocks whose info string is `<language> example`, in every page, named by page."""
+    found = []
+    for page in PAGES:
+        blocks = re.findall(rf"^```{language} example\n(.*?)^```", page.read_text(), flags=re.S | re.M)
+        name = page.relative_to(ROOT).as_posix()
+        found += [pytest.param(block, id=f"{name}-{n}") for n, block in enumerate(blocks, 1)]
+    return found
 
 
 async def run(*command: str, env: dict[str, str]) -> tuple[int, str, str]:
@@ -36,7 +42,7 @@ def env(worker: Worker, worker_env: dict[str, str]) -> dict[str, str]:
 
 
 def test_readme_has_examples() -> None:
-    """The README marks its runnable examples (so the tests below test something)."""
+    """The README and docs mark their runnable examples (so the tests below test something)."""
     assert len(examples("python")) >= 1 and len(examples("sh")) >= 1
 
 

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
+import os
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -29,6 +31,19 @@ Check = Callable[[], Awaitable[str | None]]
 _REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
 _REQUEST_TIMEOUT = 5.0
 T = TypeVar("T")
+
+
+class CannotListen(Exception):
+    """The ops server cannot bind its address (taken by another process, or not ours): the worker
+    stops before it connects anywhere, rather than run without probes or metrics unseen."""
+
+    def __init__(self, host: str, port: int, error: OSError):
+        self.host = host
+        self.port = port
+        self.in_use = error.errno == errno.EADDRINUSE
+        # asyncio's message repeats the address; the errno's own text is the reason.
+        self.reason = os.strerror(error.errno).lower() if error.errno else str(error)
+        super().__init__(f"cannot listen on {host}:{port}: {self.reason}")
 
 
 class OpsServer:
@@ -79,7 +94,10 @@ class OpsServer:
         return int(self._server.sockets[0].getsockname()[1])
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, self._host, self._port)
+        try:
+            self._server = await asyncio.start_server(self._serve, self._host, self._port)
+        except OSError as e:
+            raise CannotListen(self._host, self._port, e) from e
         log.info("ops server listening", listen=f"{self._host}:{self.port}")
 
     async def close(self) -> None:

@@ -29,7 +29,7 @@ from pamqp.common import FieldTable
 
 from statusek.adapters.rabbitmq.endpoints import NoBrokerReachable, connect_first, split_urls
 from statusek.adapters.tls import tls_failure
-from statusek.core.errors import BrokerUnavailable
+from statusek.core.errors import BrokerUnavailable, TooLargeForBroker
 from statusek.core.messages import COMMANDS, QUERIES, Reply
 from statusek.core.partitions import INSTANCE_TOKEN_HEADER
 from statusek.core.views import Notification
@@ -252,7 +252,7 @@ class Broker:
         commands_arguments: FieldTable = {
             "x-queue-type": "quorum",
             # One active consumer at a time keeps commands in publish order across
-            # replicas; the others stand by (README, "Ordering").
+            # replicas; the others stand by (docs/guarantees.md, "Ordering").
             "x-single-active-consumer": True,
             "x-delivery-limit": limits.delivery_limit,
             "x-dead-letter-exchange": n.dead_letter,
@@ -457,15 +457,23 @@ class Broker:
         return Consumer(channel, queue, tag)
 
     async def reply(self, reply_to: str, correlation_id: str | None, reply: Reply) -> None:
-        await self._publish_default(
-            reply_to,
-            aio_pika.Message(
-                reply.model_dump_json().encode(),
-                content_type="application/json",
-                correlation_id=correlation_id,
-                type="reply",
-            ),
-        )
+        """Raises `TooLargeForBroker` for a reply over the broker's max_message_size."""
+        body = reply.model_dump_json().encode()
+        try:
+            await self._publish_default(
+                reply_to,
+                aio_pika.Message(
+                    body, content_type="application/json", correlation_id=correlation_id, type="reply"
+                ),
+            )
+        except BrokerUnavailable as e:
+            if isinstance(e.__cause__, aiormq.exceptions.ChannelPreconditionFailed) and "max size" in str(
+                e.__cause__
+            ):
+                raise TooLargeForBroker(
+                    len(body), f"the broker refused a reply of {len(body)} bytes: {e}"
+                ) from e
+            raise
 
     async def park(self, queue: str, original: AbstractIncomingMessage, headers: Mapping[str, Any]) -> None:
         """Copy a delivery to a holding queue with the reason in its headers.
