@@ -320,6 +320,13 @@ async def drive(
             await measure(base, auth, connections, args.warmup, args.seconds, roles)
 
 
+def variable(text: str) -> tuple[str, str]:
+    name, equals, value = text.partition("=")
+    if not equals or not name:
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=VALUE")
+    return name, value
+
+
 def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--connections", type=int, nargs="+", default=[8, 32], metavar="C")
@@ -332,6 +339,7 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--password", default="", help="HTTP Basic password")
     parser.add_argument(
         "--env",
+        type=variable,
         action="append",
         default=[],
         metavar="NAME=VALUE",
@@ -365,7 +373,7 @@ async def run(args: argparse.Namespace) -> None:
                 "STATUSEK_AMQP_URL": amqp_url,
                 "STATUSEK_LOG_LEVEL": "WARNING",
                 "STATUSEK_OPS_PORT": "0",
-                **dict(variable.split("=", 1) for variable in args.env),
+                **dict(args.env),
             }
             with worker_processes(env, args.workers) as workers:
                 await wait_for_worker(amqp_url)
