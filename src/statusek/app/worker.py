@@ -12,6 +12,11 @@ from typing import TypeVar
 
 import structlog
 
+try:
+    import uvloop
+except ImportError:  # a dependency, on every platform but Windows, where asyncio's loop runs
+    uvloop = None  # type: ignore[assignment]
+
 from statusek.adapters.model_files import load_groups, load_models
 from statusek.adapters.postgres.membership import hold_membership, new_member_key
 from statusek.adapters.postgres.migrate import ensure_current
@@ -489,4 +494,9 @@ def run_worker(settings: Settings) -> None:
             loop.add_signal_handler(sig, worker.request_stop)
         await worker.run()
 
-    asyncio.run(main())
+    if settings.uvloop and uvloop is not None:
+        # Fewer system calls per window: writes to one socket within a loop iteration leave in one
+        # writev, and the loop itself costs less per wake-up (README "Benchmarks").
+        uvloop.run(main())
+    else:
+        asyncio.run(main())
