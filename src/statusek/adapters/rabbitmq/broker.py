@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import aio_pika
@@ -196,7 +196,6 @@ class Broker:
         self.connection: AbstractConnection | None = None
         self._lost = asyncio.Event()
         self._out: AbstractChannel | None = None
-        self._events: AbstractExchange | None = None
         # Called with the queue name when a reply is refused (settle.answer): the worker counts it.
         self.on_reply_refused: Callable[[str], None] = lambda _queue: None
 
@@ -226,7 +225,6 @@ class Broker:
         connection.close_callbacks.add(lambda *_: lost.set())
         self.connection, self._lost = connection, lost
         self._out = None
-        self._events = None
 
     @property
     def is_open(self) -> bool:
@@ -440,7 +438,6 @@ class Broker:
         if self._out is None or self._out.is_closed:
             async with translated():
                 self._out = await self._require().channel(publisher_confirms=True)
-                self._events = await self._out.get_exchange(self.names.events, ensure=False)
         return self._out
 
     async def consume(
@@ -533,13 +530,16 @@ class Broker:
             if not wave:
                 continue
             try:
-                exchange = await self._events_exchange()
+                channel = await self.output()
                 # Asked last, right before the frames go: the answer is only good for a while.
                 if may_continue is not None and not await may_continue():
                     raise BrokerUnavailable("publishing stopped: this relay no longer holds the partition")
                 async with translated():
                     results = await asyncio.wait_for(
-                        asyncio.gather(*(_publish_event(exchange, n) for n in wave), return_exceptions=True),
+                        asyncio.gather(
+                            *(_publish_event(channel, self.names.events, n) for n in wave),
+                            return_exceptions=True,
+                        ),
                         timeout,
                     )
             except BrokerUnavailable as e:
@@ -562,15 +562,10 @@ class Broker:
             message = f"the broker refused {len(nacked)} notification(s)"
             raise Unconfirmed(message, confirmed, nacked, unconfirmed(), answered=True)
 
-    async def _events_exchange(self) -> AbstractExchange:
-        await self.output()
-        assert self._events is not None
-        return self._events
-
     async def _publish_default(self, routing_key: str, message: aio_pika.Message) -> None:
         channel = await self.output()
         async with translated():
-            await channel.default_exchange.publish(message, routing_key=routing_key)
+            await _publish(channel, "", routing_key, message)
 
 
 class Unconfirmed(BrokerUnavailable):
@@ -615,8 +610,34 @@ def notification_waves(notifications: Sequence[Notification]) -> list[list[Notif
     return waves
 
 
-async def _publish_event(exchange: AbstractExchange, n: Notification) -> None:
-    await exchange.publish(
+async def _publish(
+    channel: AbstractChannel, exchange: str, routing_key: str, message: aio_pika.Message
+) -> None:
+    """Publish as aio-pika's `Exchange.publish` does (mandatory, confirmed), without waiting for the write.
+
+    aio-pika holds the channel until the writer task has written each message's frames, one
+    socket write per message. Not waiting, the messages a window publishes together (replies,
+    notifications) are all queued in one loop iteration, and uvloop writes what an iteration
+    wrote to a socket at once: one write per window.
+    """
+    if channel.is_closed:
+        raise aiormq.exceptions.ChannelInvalidStateError(f"{channel!r} closed")
+    underlay = cast(aiormq.Channel, await channel.get_underlay_channel())
+    await underlay.basic_publish(
+        message.body,
+        exchange=exchange,
+        routing_key=routing_key,
+        properties=message.properties,
+        mandatory=True,
+        wait=False,
+    )
+
+
+async def _publish_event(channel: AbstractChannel, exchange: str, n: Notification) -> None:
+    await _publish(
+        channel,
+        exchange,
+        "",
         aio_pika.Message(
             json.dumps(n.body).encode(),
             content_type="application/json",
@@ -625,5 +646,4 @@ async def _publish_event(exchange: AbstractExchange, n: Notification) -> None:
             headers=dict(n.headers),
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         ),
-        routing_key="",
     )
