@@ -27,6 +27,7 @@ from aio_pika.abc import (
 )
 from pamqp.common import FieldTable
 
+from statusek.adapters.rabbitmq.corked import CorkedConnection
 from statusek.adapters.rabbitmq.endpoints import NoBrokerReachable, connect_first, split_urls
 from statusek.adapters.tls import tls_failure
 from statusek.core.errors import BrokerUnavailable
@@ -216,6 +217,7 @@ class Broker:
                     self.urls,
                     timeout=self._connect_timeout,
                     client_properties={"connection_name": self._name},
+                    connection_class=CorkedConnection,
                 )
             except NoBrokerReachable as e:  # several addresses: it names each (passwords masked)
                 raise BrokerUnavailable(f"rabbitmq unavailable: {e}") from e
@@ -617,8 +619,8 @@ async def _publish(
 
     aio-pika holds the channel until the writer task has written each message's frames, one
     socket write per message. Not waiting, the messages a window publishes together (replies,
-    notifications) are all queued in one loop iteration, and uvloop writes what an iteration
-    wrote to a socket at once: one write per window.
+    notifications) are all queued at once, and the connection's `CorkedWriter` sends them in
+    one write.
     """
     if channel.is_closed:
         raise aiormq.exceptions.ChannelInvalidStateError(f"{channel!r} closed")
