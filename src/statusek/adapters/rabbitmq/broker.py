@@ -112,6 +112,7 @@ class Limits:
 
 
 ORIGINAL_SIZE_HEADER = "x-statusek-original-size"
+TRANSIENT, PERSISTENT = int(aio_pika.DeliveryMode.NOT_PERSISTENT), int(aio_pika.DeliveryMode.PERSISTENT)
 TRUNCATED_HEADER = "x-statusek-truncated"
 
 
@@ -456,15 +457,16 @@ class Broker:
         return Consumer(channel, queue, tag)
 
     async def reply(self, reply_to: str, correlation_id: str | None, reply: Reply) -> None:
-        await self._publish_default(
-            reply_to,
-            aio_pika.Message(
-                reply.model_dump_json().encode(),
-                content_type="application/json",
-                correlation_id=correlation_id,
-                type="reply",
-            ),
+        # What aio_pika.Message would make, without its checks of every attribute set.
+        properties = aiormq.spec.Basic.Properties(
+            content_type="application/json",
+            correlation_id=correlation_id,
+            message_type="reply",
+            headers={},
+            delivery_mode=TRANSIENT,
+            priority=0,
         )
+        await self._publish_default(reply_to, reply.model_dump_json().encode(), properties)
 
     async def park(self, queue: str, original: AbstractIncomingMessage, headers: Mapping[str, Any]) -> None:
         """Copy a delivery to a holding queue with the reason in its headers.
@@ -478,23 +480,21 @@ class Broker:
         if cut:
             marks[TRUNCATED_HEADER] = True
             body = body[: self.limits.dead_letter_body_bytes]
-        await self._publish_default(
-            queue,
-            aio_pika.Message(
-                body,
-                # The caller's headers last: it may know the size of a body cut on arrival.
-                headers={**(original.headers or {}), **marks, **headers},
-                timestamp=datetime.now(UTC),
-                content_type=original.content_type,
-                correlation_id=original.correlation_id,
-                message_id=original.message_id,
-                reply_to=original.reply_to,
-                # A replay ("Move messages", a shovel) arrives with another routing key;
-                # the type still names the command.
-                type=original.type or original.routing_key,
-                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            ),
+        copy = aio_pika.Message(
+            body,
+            # The caller's headers last: it may know the size of a body cut on arrival.
+            headers={**(original.headers or {}), **marks, **headers},
+            timestamp=datetime.now(UTC),
+            content_type=original.content_type,
+            correlation_id=original.correlation_id,
+            message_id=original.message_id,
+            reply_to=original.reply_to,
+            # A replay ("Move messages", a shovel) arrives with another routing key;
+            # the type still names the command.
+            type=original.type or original.routing_key,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         )
+        await self._publish_default(queue, copy.body, copy.properties)
 
     async def publish_notifications(self, notifications: Sequence[Notification]) -> None:
         """Publish and wait for every confirm; raises `Unconfirmed` naming what was not confirmed.
@@ -564,10 +564,12 @@ class Broker:
             message = f"the broker refused {len(nacked)} notification(s)"
             raise Unconfirmed(message, confirmed, nacked, unconfirmed(), answered=True)
 
-    async def _publish_default(self, routing_key: str, message: aio_pika.Message) -> None:
+    async def _publish_default(
+        self, routing_key: str, body: bytes, properties: aiormq.spec.Basic.Properties
+    ) -> None:
         channel = await self.output()
         async with translated():
-            await _publish(channel, "", routing_key, message)
+            await _publish(channel, "", routing_key, body, properties)
 
 
 class Unconfirmed(BrokerUnavailable):
@@ -613,7 +615,11 @@ def notification_waves(notifications: Sequence[Notification]) -> list[list[Notif
 
 
 async def _publish(
-    channel: AbstractChannel, exchange: str, routing_key: str, message: aio_pika.Message
+    channel: AbstractChannel,
+    exchange: str,
+    routing_key: str,
+    body: bytes,
+    properties: aiormq.spec.Basic.Properties,
 ) -> None:
     """Publish as aio-pika's `Exchange.publish` does (mandatory, confirmed), without waiting for the write.
 
@@ -626,26 +632,22 @@ async def _publish(
         raise aiormq.exceptions.ChannelInvalidStateError(f"{channel!r} closed")
     underlay = cast(aiormq.Channel, await channel.get_underlay_channel())
     await underlay.basic_publish(
-        message.body,
+        body,
         exchange=exchange,
         routing_key=routing_key,
-        properties=message.properties,
+        properties=properties,
         mandatory=True,
         wait=False,
     )
 
 
 async def _publish_event(channel: AbstractChannel, exchange: str, n: Notification) -> None:
-    await _publish(
-        channel,
-        exchange,
-        "",
-        aio_pika.Message(
-            json.dumps(n.body).encode(),
-            content_type="application/json",
-            type=n.type,
-            message_id=n.message_id,
-            headers=dict(n.headers),
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        ),
+    properties = aiormq.spec.Basic.Properties(
+        content_type="application/json",
+        message_type=n.type,
+        message_id=n.message_id,
+        headers=dict(n.headers),
+        delivery_mode=PERSISTENT,
+        priority=0,
     )
+    await _publish(channel, exchange, "", json.dumps(n.body).encode(), properties)
