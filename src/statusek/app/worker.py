@@ -6,9 +6,9 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import structlog
 
@@ -494,8 +494,12 @@ def run_worker(settings: Settings) -> None:
             loop.add_signal_handler(sig, worker.request_stop)
         await worker.run()
 
+    loop_runner(settings)(main())
+
+
+def loop_runner(settings: Settings) -> Callable[[Coroutine[Any, Any, None]], None]:
+    """uvloop's `run` unless STATUSEK_UVLOOP is off (or uvloop is missing), else asyncio's."""
     if settings.uvloop and uvloop is not None:
         # The loop costs less per wake-up, and a window wakes it some twenty times (README "Benchmarks").
-        uvloop.run(main())
-    else:
-        asyncio.run(main())
+        return uvloop.run
+    return asyncio.run
