@@ -39,6 +39,8 @@ class CorkedWriter:
             return
         data = b"".join(self._gathered) if len(self._gathered) > 1 else self._gathered[0]
         self._gathered.clear()
+        if self._writer.is_closing():
+            return  # the connection is gone, and with it whatever it had not sent
         self.writes += 1
         self._writer.write(data)
 
