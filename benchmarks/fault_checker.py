@@ -32,7 +32,7 @@ from urllib.parse import unquote, urlsplit
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.chaos.checker import FLOOD, Verdict, check, table  # noqa: E402
+from tests.chaos.checker import Verdict, check, table  # noqa: E402
 from tests.chaos.runner import run_schedule  # noqa: E402
 from tests.chaos.schedule import FAULTS, generate  # noqa: E402
 from tests.integration.conftest import Cluster  # noqa: E402
@@ -107,7 +107,11 @@ async def main() -> int:
         help="a client that timed out (with a deadline header) but whose command was applied is an anomaly",
     )
     parser.add_argument(
-        "--flood", type=int, default=FLOOD, help="copies of one notification a healthy subscriber may get"
+        "--flood",
+        type=int,
+        default=None,
+        help="copies of one notification a healthy subscriber may get (default: the relay's schedule "
+        "for as long as a queue refused, at least FLOOD)",
     )
     parser.add_argument("--verbose", action="store_true", help="print what each schedule played and heard")
     parser.add_argument(

@@ -31,7 +31,7 @@ curve with room for 4 replicas is the one with a smaller cap:
     deploy/docker/build-images.sh --force worker   # local/statusek:test from this checkout
     .venv/bin/python benchmarks/replica_scaling.py --partitions 4 --instances 2000 --rounds 2
     .venv/bin/python benchmarks/replica_scaling.py --partitions 4 --cpus 0.1 --uncapped none \
-        --instances 3000 --warmup 100 --rounds 3  # short runs swing widely (see README)
+        --instances 3000 --warmup 100 --rounds 3  # short runs swing widely (see docs/development.md)
 """
 
 from __future__ import annotations

@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import asyncpg
 import pytest
@@ -29,11 +28,8 @@ from statusek.testing import (
     fresh_database,
     fresh_vhost,
 )
+from tests.helpers import SHIPPED_MODELS, TEST_MODELS, command_partitions
 from tests.log_secrets import PasswordGrep, new_password, with_credentials
-
-ROOT = Path(__file__).resolve().parent.parent
-TEST_MODELS = ROOT / "tests" / "models"
-SHIPPED_MODELS = ROOT / "src" / "statusek" / "models"
 
 # The local services only: fixtures use `services`, which may be containers instead.
 AMQP_URL = os.environ.get("STATUSEK_TEST_AMQP_URL", LOCAL_AMQP_URL)
@@ -127,11 +123,6 @@ def worker_env(amqp_url: str, database_url: str, models_path: str) -> dict[str, 
         "STATUSEK_OPS_PORT": "0",
         "STATUSEK_COMMAND_PARTITIONS": str(command_partitions()),
     }
-
-
-def command_partitions() -> int:
-    """The partition count every worker of this session runs with (STATUSEK_TEST_COMMAND_PARTITIONS)."""
-    return int(os.environ.get("STATUSEK_TEST_COMMAND_PARTITIONS", "1"))
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

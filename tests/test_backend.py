@@ -7,10 +7,9 @@ STATUSEK_REQUIRE_DOCKER=1.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
@@ -27,6 +26,7 @@ from statusek.testing import (
     docker_answers,
     docker_client,
 )
+from tests.helpers import eventually
 
 
 def never() -> bool:
@@ -117,18 +117,6 @@ def stopped(container_id: str) -> int:
 T = TypeVar("T")
 
 
-async def until(what: str, attempt: Callable[[], Awaitable[T]], timeout: float = 90) -> T:
-    """The first result of `attempt` that does not raise."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return await attempt()
-        except Exception as e:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{what} within {timeout} s: {e!r}") from e
-            await asyncio.sleep(0.3)
-
-
 @pytest.mark.docker
 @pytest.mark.slow
 @pytest.mark.usefixtures("docker_images")
@@ -142,7 +130,7 @@ async def test_rabbitmq_image_honours_default_user_and_has_consistent_hash() -> 
         async def connect() -> aio_pika.abc.AbstractConnection:
             return await aio_pika.connect(f"amqp://bob:pw@127.0.0.1:{port}/", timeout=5)
 
-        connection = await until("bob could not connect", connect)
+        connection = await eventually(connect, 90, ignoring=(Exception,), every=0.3, what="bob connecting")
         try:
             channel = await connection.channel()
             await channel.declare_exchange("ring", "x-consistent-hash")
@@ -182,7 +170,7 @@ async def test_postgres_image_honours_user_password_and_database() -> None:
         async def connect() -> asyncpg.Connection:
             return await asyncpg.connect(f"postgresql://app:s3cret@127.0.0.1:{port}/appdb", timeout=5)
 
-        conn = await until("app could not connect", connect)
+        conn = await eventually(connect, 90, ignoring=(Exception,), every=0.3, what="app connecting")
         try:
             assert await conn.fetchval("SELECT current_user || '@' || current_database()") == "app@appdb"
         finally:
@@ -202,7 +190,7 @@ async def test_postgres_image_stops_fast_on_sigterm_with_a_client_connected() ->
         async def connect() -> asyncpg.Connection:
             return await asyncpg.connect(f"postgresql://postgres@127.0.0.1:{port}/postgres", timeout=5)
 
-        conn = await until("postgres could not connect", connect)
+        conn = await eventually(connect, 90, ignoring=(Exception,), every=0.3, what="postgres connecting")
         client = docker_client()
         try:
             client.containers.get(cid).kill(signal="SIGTERM")

@@ -40,7 +40,7 @@ class InstanceFinishedError(StatusekRejected):
 
 
 class StatusNotReady(StatusekRejected):
-    """A status rule refused the status (checks 3 to 7 of the README's rules)."""
+    """A status rule refused the status (checks 3 to 7 of docs/models.md, "Rules")."""
 
 
 class TokenConflict(StatusekRejected):

@@ -32,7 +32,7 @@ from playwright.async_api import Error as PlaywrightError
 from statusek.app.settings import Settings
 from statusek.app.worker import Worker
 from statusek.testing import Services, fresh_database, fresh_vhost, running_worker
-from tests.conftest import ROOT, SHIPPED_MODELS
+from tests.helpers import ROOT, SHIPPED_MODELS
 
 CHROMIUM = os.environ.get("STATUSEK_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [

@@ -1,8 +1,8 @@
-"""The README's quick start and dead letters, clicked through the RabbitMQ management UI.
+"""The README's quick start and docs/operations.md's dead letters, clicked through the RabbitMQ management UI.
 
 Each step asserts what the operator sees and keeps a screenshot in the test's
-artifacts folder. STATUSEK_UPDATE_DOCS_IMAGES=1 also writes the README's two
-pictures to docs/images/.
+artifacts folder. STATUSEK_UPDATE_DOCS_IMAGES=1 also writes the two
+pictures of the README and docs/operations.md to docs/images/.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import pytest
 from playwright.async_api import Locator, Page, expect
 
 from tests.browser.conftest import Stack
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration]
 
@@ -152,7 +152,7 @@ class Operator:
             await asyncio.sleep(0.5)
 
     async def picture(self, name: str, bottom: Locator) -> None:
-        """The page from its title down to `bottom`, as wide as its text: the README's pictures."""
+        """The page from its title down to `bottom`, as wide as its text: the docs' pictures."""
         await self.page.evaluate("window.scrollTo(0, 0)")
         await self.page.mouse.move(0, 0)  # no button drawn hovered
         title = self.page.locator("#main h1")

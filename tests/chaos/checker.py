@@ -14,6 +14,8 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from statusek.app.relay import nack_delay
+from statusek.app.settings import Settings
 from tests.chaos.history import EventRow, History, Note, Sent
 from tests.chaos.schedule import FAULTS, PATIENT
 
@@ -31,10 +33,33 @@ KINDS = (
     "event_after_finish",  # an event after the instance's finished event
     "seq_gap",  # an instance's seqs are not 1, 2, 3 ...
     "notification_lost",  # a status or finished event some subscriber never received
-    "notification_flood",  # a healthy subscriber received one notification more than FLOOD times
+    "notification_flood",  # a healthy subscriber got more copies of one notification than `flood_limit`
 )
 FLOOD = 3  # "healthy subscribers see at most a few copies" (issue 17, item 5)
 NOTIFIED = ("status", "finished")
+# Faults that can cut a worker off between publishing a notification and recording that it did:
+# the outbox then still holds it, and it is sent again (at least once, same message_id), after
+# newer ones of its instance if those went out meanwhile. A re-sent run is an anomaly without them.
+CUT_OFF = frozenset({"sigkill", "sigstop", "pg_blackhole", "pg_restart", "broker_cut"})
+# A notification a queue refused is sent again no sooner than this (the relay's grace for a
+# refused direct publish, `STATUSEK_OUTBOX_GRACE`'s default), then after `nack_delay(1)`, ...
+FIRST_RESEND = float(Settings.model_fields["outbox_grace"].default)
+
+
+def flood_limit(full_for: float | None) -> int:
+    """Copies of one notification a healthy subscriber may get when a queue refused for `full_for` s.
+
+    The relay's documented schedule (docs/guarantees.md): the first send, every re-send made while
+    the queue refused, and the one that got through.
+    """
+    if full_for is None:
+        return FLOOD
+    copies, at, nacks = 2, FIRST_RESEND, 1
+    while at < full_for:
+        copies += 1
+        at += nack_delay(nacks)
+        nacks += 1
+    return max(FLOOD, copies)
 
 
 @dataclass(frozen=True)
@@ -64,20 +89,26 @@ def effects(history: History) -> Counter[str]:
     return found
 
 
-def check(history: History, *, strict_timeouts: bool = False, flood: int = FLOOD) -> Verdict:
+def check(history: History, *, strict_timeouts: bool = False, flood: int | None = None) -> Verdict:
     """Every anomaly in `history`.
 
     A client that timed out may or may not see its command applied: until commands carry a
     deadline the worker honours, "no answer but applied" is counted under `expected`; with
     `strict_timeouts` it is a lie like any other. A healthy subscriber may get each notification
-    up to `flood` times.
+    up to `flood` times (default: `flood_limit` of how long a queue refused). A re-sent run after
+    a fault in `CUT_OFF` is counted under `expected` as `repeat_after_cut_off`.
     """
     verdict = Verdict(history.seed, list(history.faults))
     verdict.anomalies += check_replies(history, strict_timeouts, verdict.expected)
     verdict.anomalies += check_log(history.events)
+    limit = flood if flood is not None else flood_limit(history.full_for)
     for name, notes in history.notes.items():
-        verdict.anomalies += check_subscriber(name, notes, healthy=name in history.healthy, flood=flood)
+        verdict.anomalies += check_subscriber(name, notes, healthy=name in history.healthy, flood=limit)
     verdict.anomalies += check_delivery(history)
+    if CUT_OFF & set(history.faults):
+        repeats = [a for a in verdict.anomalies if a.kind == "replayed_after_newer"]
+        verdict.anomalies = [a for a in verdict.anomalies if a.kind != "replayed_after_newer"]
+        verdict.expected["repeat_after_cut_off"] += len(repeats)
     return verdict
 
 

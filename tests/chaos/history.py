@@ -54,5 +54,6 @@ class History:
     created_tags: dict[str, str | None] = field(default_factory=dict)  # instance token -> its create's tag
     notes: dict[str, list[Note]] = field(default_factory=dict)  # subscriber -> notifications
     healthy: set[str] = field(default_factory=set)  # subscribers whose queue never filled
+    full_for: float | None = None  # at most this many seconds a subscriber queue refused publishes
     seconds: float = 0.0
     info: dict[str, object] = field(default_factory=dict)

@@ -17,7 +17,7 @@ import subprocess
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -28,6 +28,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from statusek.core.partitions import routing_headers
 from tests.chaos.history import EventRow, History, Note, Sent
 from tests.chaos.schedule import PATIENT, Fault, Planned, Schedule
+from tests.helpers import eventually
 from tests.integration.conftest import Cluster
 from tests.integration.faults import TcpProxy, proxied
 
@@ -48,6 +49,8 @@ class Recorder:
         self.replies: dict[str, tuple[float, dict[str, Any]]] = {}  # correlation_id -> (arrival, reply)
         self.notes: dict[str, list[Note]] = {}
         self.full_queue: aio_pika.abc.AbstractQueue | None = None
+        self.opened_at = time.monotonic()
+        self.full_for: float | None = None
 
     @classmethod
     async def open(cls, url: str, subscribers: list[str], full: str | None) -> Recorder:
@@ -71,6 +74,8 @@ class Recorder:
     async def drain_full(self, name: str) -> None:
         if self.full_queue is not None:
             await self.full_queue.consume(self._subscriber(name), no_ack=True)
+            # An upper bound of how long it refused: it filled at some point after it was declared.
+            self.full_for = time.monotonic() - self.opened_at
 
     async def _on_reply(self, message: AbstractIncomingMessage) -> None:
         self.replies.setdefault(message.correlation_id or "", (time.monotonic(), json.loads(message.body)))
@@ -282,7 +287,8 @@ class Play:
             wanted = {(str(r["instance_token"]), r["seq"]) for r in rows}
             return all(wanted <= {(n.token, n.seq) for n in notes} for notes in recorder.notes.values())
 
-        await _until_async(settled, SETTLE_WAIT)
+        with contextlib.suppress(AssertionError):  # the checker judges what did not settle
+            await eventually(settled, SETTLE_WAIT, every=0.3)
         await asyncio.sleep(0.5)  # a few late copies, if any, belong in the record
         history = History(seed=self.schedule.seed, faults=self.schedule.kinds)
         for index, (planned, correlation_id, sent_at) in enumerate(sent):
@@ -324,6 +330,7 @@ class Play:
             history.created_tags[str(r["token"])] = r["tag"]
         history.notes = {name: list(notes) for name, notes in recorder.notes.items()}
         history.healthy = {name for name in recorder.notes if name != "full"}
+        history.full_for = recorder.full_for
         self.info["codes"] = dict(Counter(c.code or "no answer" for c in history.commands))
         self.info["events"] = len(history.events)
         self.info["notes"] = {name: len(notes) for name, notes in history.notes.items()}
@@ -335,12 +342,6 @@ async def _until(done: Callable[[], bool], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while not done() and time.monotonic() < deadline:  # noqa: ASYNC110 (several sources, no event)
         await asyncio.sleep(0.2)
-
-
-async def _until_async(done: Callable[[], Awaitable[bool]], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not await done() and time.monotonic() < deadline:  # noqa: ASYNC110 (polls Postgres)
-        await asyncio.sleep(0.3)
 
 
 async def run_schedule(schedule: Schedule, cluster: Cluster) -> History:

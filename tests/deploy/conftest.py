@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 import urllib.request
@@ -21,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import free_ports
 from tests.log_secrets import password
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -75,18 +75,6 @@ def docker_problem() -> str | None:
     if missing:
         return f"images missing: {', '.join(missing)} (build them with deploy/docker/build-images.sh)"
     return None
-
-
-def free_ports(count: int) -> list[int]:
-    """Ports free on 127.0.0.1 now (held together so they differ)."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 class Stack:

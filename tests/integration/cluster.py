@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from tests.integration.tls import RABBITMQ_BIN, _run, _stop_process, _wait_accepting, free_port
+from tests.helpers import free_port
+from tests.integration.tls import RABBITMQ_BIN, _run, _stop_process, _wait_accepting
 
 SERVER = RABBITMQ_BIN / "rabbitmq-server"
 # One scheduler and no busy-waiting: three nodes share a small machine with the workers.

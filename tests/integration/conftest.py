@@ -5,8 +5,7 @@ import json
 import secrets
 import subprocess
 import sys
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -19,7 +18,7 @@ from statusek.adapters.rabbitmq.broker import Broker, Names
 from statusek.app.settings import Settings
 from statusek.app.worker import Worker
 from statusek.testing import RabbitAdmin, Services, fresh_database, fresh_vhost, running_worker
-from tests.conftest import command_partitions
+from tests.helpers import command_partitions
 from tests.integration.wire import Wire
 from tests.log_secrets import new_password, with_credentials
 
@@ -255,11 +254,3 @@ async def granted(database: Database) -> Database:
     """The database after `statusek migrate --grant ROLE` (the function)."""
     await grant_worker(database.owner_url, database.role)
     return database
-
-
-async def until_async(measure: Callable[[], Awaitable[int]], wanted: int, timeout: float) -> None:
-    """Wait until `measure()` returns `wanted`, at most `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while (got := await measure()) != wanted:
-        assert time.monotonic() < deadline, f"{got}, not {wanted}, in time"
-        await asyncio.sleep(0.1)

@@ -9,11 +9,10 @@ import pytest
 
 from statusek import Client
 from statusek.adapters.rabbitmq.broker import Broker, Names
+from tests.helpers import TASK
 from tests.integration.conftest import Cluster
 
 pytestmark = pytest.mark.integration
-
-TASK = "2-POINT LINE TASK"
 
 
 def dead(url: str) -> str:

@@ -28,11 +28,10 @@ import pytest
 
 from statusek.app.pipeline import FAULT_HEADER
 from statusek.testing import fresh_vhost
-from tests.integration.conftest import Cluster, until_async
+from tests.helpers import TASK, eventually, statusek
+from tests.integration.conftest import Cluster
 from tests.integration.faults import TcpProxy, proxied
 from tests.log_secrets import with_password
-
-TASK = "2-POINT LINE TASK"
 
 
 @dataclass
@@ -76,19 +75,9 @@ class Edges:
     ) -> Ran:
         """`statusek ARGS` with `env` (the session worker's by default); `shown` prefixes the command."""
         started = time.monotonic()
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "statusek",
-            *args,
-            env=env or self.env,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        out, err = await asyncio.wait_for(process.communicate(), timeout)
-        assert process.returncode is not None
+        done = await statusek(env or self.env, *args, timeout=timeout)
         command = " ".join(part for part in (shown, shlex.join(["statusek", *args])) if part)
-        ran = Ran(command, process.returncode, out.decode(), err.decode(), time.monotonic() - started)
+        ran = Ran(command, done.returncode, done.stdout, done.stderr, time.monotonic() - started)
         self.ran.append(ran)
         return ran
 
@@ -132,7 +121,7 @@ async def stale_create_is_never_applied(edges: Edges) -> None:
     token = str(uuid.uuid4())
     create = await edges.run("create", TASK, "--token", token, "--answer-within", "2", env=cluster.env)
     assert create.returncode == 3 and create.elapsed < 4
-    await until_async(lambda: cluster.messages("statusek.dead-letter"), 1, 10)  # expired by the broker
+    await eventually(lambda: cluster.messages("statusek.dead-letter"), 10, equals=1)  # expired by the broker
     assert await cluster.messages("statusek.commands") == 0
     cluster.start()
     await cluster.wait_for_consumers(1)
@@ -237,7 +226,7 @@ async def wait_resumes_after_a_cut(edges: Edges) -> None:
         waiter = asyncio.create_task(
             edges.run("wait", token, "--timeout", "30", env=with_url(edges.env, url), shown="<through a cut>")
         )
-        await until(lambda: links(proxy) > 0, 15)
+        await eventually(lambda: links(proxy) > 0, 15)
         await asyncio.sleep(1)
         proxy.block()
         await edges.run("set", token, "FINISHED")
@@ -258,11 +247,11 @@ async def message_without_id_takes_effect_once(edges: Edges) -> None:
     await without_message_id(
         cluster, "ping", {"instance_token": token, "message": "no id"}, {FAULT_HEADER: "crash-after-commit"}
     )
-    await until(lambda: first.poll() is not None, 30)
+    await eventually(lambda: first.poll() is not None, 30)
     assert first.returncode == 70  # it died between commit and ack
     cluster.start(1, STATUSEK_FAULT_HOOKS="true")
     await cluster.wait_for_consumers(1)
-    await until_async(lambda: cluster.messages("statusek.commands", unacked=True), 0, 30)
+    await eventually(lambda: cluster.messages("statusek.commands", unacked=True), 30, equals=0)
     shown = await edges.run("show", token, env=cluster.env)
     assert [line.split()[1] for line in shown.stdout.splitlines() if line[:1].isdigit()] == [
         "created",
@@ -295,13 +284,6 @@ async def without_message_id(
 def links(proxy: TcpProxy) -> int:
     """Open links through the proxy (a test helper's own bookkeeping)."""
     return len(proxy._links)
-
-
-async def until(condition: Callable[[], bool], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.1)
 
 
 TOKEN = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
@@ -541,7 +523,7 @@ async def test_identical_messages_without_id_both_take_effect(cluster: Cluster) 
     token = await edges.token()
     for _ in range(2):
         await without_message_id(cluster, "ping", {"instance_token": token})
-    await until_async(lambda: cluster.messages("statusek.commands", unacked=True), 0, 10)
+    await eventually(lambda: cluster.messages("statusek.commands", unacked=True), 10, equals=0)
     shown = await edges.run("show", token)
     assert [line.split()[1] for line in shown.stdout.splitlines() if line[:1].isdigit()] == [
         "created",
@@ -559,7 +541,7 @@ async def test_watch_says_when_it_reconnects(worker_env: dict[str, str], worker:
         watcher = asyncio.create_task(
             edges.run("watch", "--token", token, "--count", "1", "--for", "30", env=with_url(worker_env, url))
         )
-        await until(lambda: links(proxy) > 0, 15)
+        await eventually(lambda: links(proxy) > 0, 15)
         await asyncio.sleep(1)
         proxy.block()
         await asyncio.sleep(0.5)

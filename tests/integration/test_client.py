@@ -24,10 +24,9 @@ from statusek import (
 )
 from statusek.app.worker import Worker
 from statusek.testing import Services, fresh_vhost
+from tests.helpers import TASK
 from tests.integration.conftest import Cluster
 from tests.log_secrets import password as registered_password
-
-TASK = "2-POINT LINE TASK"
 
 
 @pytest.fixture

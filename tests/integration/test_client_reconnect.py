@@ -17,10 +17,9 @@ import pytest
 
 from statusek import BrokerUnreachable, Client, InstanceFinishedError, NotificationsInterrupted
 from statusek.app.worker import Worker
+from tests.helpers import TASK, eventually
 from tests.integration.conftest import Cluster
 from tests.integration.faults import TcpProxy, proxied
-
-TASK = "2-POINT LINE TASK"
 
 
 @pytest.fixture
@@ -43,14 +42,6 @@ async def operator(worker: Worker, amqp_url: str) -> AsyncIterator[Client]:
     """A client straight to the broker: acts while the other one is cut off."""
     async with await Client.connect(amqp_url) as operator:
         yield operator
-
-
-async def until(condition: object, timeout: float) -> None:
-    """Wait until `condition()` is true, at most `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)
 
 
 async def test_a_request_made_during_a_cut_is_answered_after_it(
@@ -94,7 +85,7 @@ async def test_a_command_whose_answer_was_cut_off_is_applied_once(
             token = await client.create(TASK)
             cluster.stop()  # the ping waits in the queue
             ping = asyncio.create_task(client.ping(token, "once", timeout=60))
-            await until(lambda: cluster.queue_depths()["statusek.commands"][0] == 1, 10)
+            await eventually(lambda: cluster.queue_depths()["statusek.commands"][0] == 1, 10)
             proxy.block()  # the caller is cut off; the worker answers into the void
             cluster.start()
             pings = "SELECT count(*) FROM events WHERE instance_token = $1 AND kind = 'ping'"
@@ -120,7 +111,7 @@ async def test_wait_finished_sees_a_finish_made_during_a_cut(
     waiter = asyncio.create_task(client.wait_finished(token, timeout=20))
     await asyncio.sleep(0.5)
     proxy[0].block()
-    await until(lambda: not client.connected, 5)
+    await eventually(lambda: not client.connected, 5)
     await operator.set_status(token, "FINISHED")
     await asyncio.sleep(0.5)
     proxy[0].unblock()
@@ -162,7 +153,7 @@ async def test_notifications_are_interrupted_by_a_cut_and_resume_when_asked_agai
     assert time.monotonic() - started < 1
     proxy[0].unblock()
     resumed = asyncio.create_task(first_notification())
-    await until(lambda: client.connected, 10)
+    await eventually(lambda: client.connected, 10)
     await asyncio.sleep(0.5)  # the new queue is bound
     await operator.set_status(token, "STARTED")
     kind, body = await asyncio.wait_for(resumed, 5)

@@ -39,6 +39,7 @@ from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange, 
 
 from statusek.adapters.rabbitmq.endpoints import connect_first
 from statusek.testing import fresh_database
+from tests.helpers import TASK
 from tests.integration.cluster import SERVER, Node, RabbitCluster, available, rabbitmq_cluster
 from tests.log_secrets import new_password
 
@@ -48,7 +49,6 @@ pytestmark = [
     pytest.mark.skipif(not available(), reason=f"needs RabbitMQ's server scripts ({SERVER} is missing)"),
 ]
 
-TASK = "2-POINT LINE TASK"
 COMMANDS_PREFIX = "statusek.commands"
 WORKERS = 2
 LINK_ERRORS: tuple[type[BaseException], ...] = (TimeoutError, *aio_pika.exceptions.CONNECTION_EXCEPTIONS)

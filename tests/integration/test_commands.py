@@ -8,19 +8,8 @@ import uuid
 import asyncpg
 import pytest
 
+from tests.helpers import TASK, create, token
 from tests.integration.wire import Wire
-
-TASK = "2-POINT LINE TASK"
-
-
-def token() -> str:
-    return str(uuid.uuid4())
-
-
-async def create(wire: Wire, object_name: str = TASK, **fields: object) -> str:
-    reply = await wire.request("create", {"object_name": object_name, **fields})
-    assert reply["code"] == "SUCCESS", reply
-    return str(reply["data"]["instance_token"])
 
 
 async def test_lifecycle_publishes_both_notifications_and_the_reason(wire: Wire) -> None:

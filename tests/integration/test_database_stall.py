@@ -23,9 +23,9 @@ from statusek.adapters.postgres.connect import ConnectOptions
 from statusek.adapters.postgres.store import Store
 from statusek.app.pipeline import FAULT_HEADER
 from statusek.core.partitions import routing_headers
-from tests.integration.conftest import Cluster, until_async
+from tests.helpers import eventually, free_port, ops_get, wait_status
+from tests.integration.conftest import Cluster
 from tests.integration.faults import TcpProxy, proxied
-from tests.integration.test_ops import free_port, get, wait_status
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -86,10 +86,10 @@ async def test_the_standby_applies_what_a_stalled_worker_holds(
     codes: list[int] = []
 
     async def applied() -> int:
-        codes.append((await get(pair.a, "/readyz"))[0])
+        codes.append((await ops_get(pair.a, "/readyz"))[0])
         return await created(cluster_db, tokens)
 
-    await until_async(applied, CREATES, timeout=30)
+    await eventually(applied, 30, equals=CREATES)
     applied_after = time.monotonic() - stalled
     print(f"A unready after {unready_after:.1f} s; B applied {CREATES} creates {applied_after:.1f} s in")
     assert set(codes) == {503}, codes
@@ -107,7 +107,7 @@ async def test_a_stalled_worker_rejoins_when_postgres_answers(cluster: Cluster, 
     """Once Postgres answers again the worker that stepped back is ready and applies commands again."""
     pair.proxy.stall()
     await wait_status(pair.a, 503, timeout=5)
-    await until_async(lambda: stepped_back(pair.a), 1, timeout=15)
+    await eventually(lambda: stepped_back(pair.a), 15, equals=1)
     pair.proxy.resume()
     await wait_status(pair.a, 200, timeout=10)
     # With the standby gone, only A can answer.
@@ -136,10 +136,10 @@ async def test_a_window_cut_off_before_its_commit_is_applied_once_by_the_standby
             any(line.get("event") == "fault hook: stalling before commit" for line in cluster.log_lines())
         )
 
-    await until_async(holding, 1, timeout=10)
+    await eventually(holding, 10, equals=1)
     pair.proxy.stall()  # the COMMIT never reaches Postgres; the server ends the transaction itself
     stalled = time.monotonic()
-    await until_async(lambda: created(cluster_db, [token]), 1, timeout=30)
+    await eventually(lambda: created(cluster_db, [token]), 30, equals=1)
     print(f"the standby applied the cut-off window's command {time.monotonic() - stalled:.1f} s in")
     reply = await cluster.wire.reply(correlation_id, timeout=10)
     assert (reply["code"], reply["data"]["instance_token"]) == ("SUCCESS", token)
@@ -151,7 +151,7 @@ async def test_a_window_cut_off_before_its_commit_is_applied_once_by_the_standby
 
 async def stepped_back(port: int) -> int:
     """1 once the worker on `port` says it stepped back from the command queues."""
-    status, body = await get(port, "/readyz")
+    status, body = await ops_get(port, "/readyz")
     return int(
         status == 503 and "stepped back" in json.loads(body or b"{}").get("problems", {}).get("consumer", "")
     )

@@ -7,7 +7,7 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ from statusek.app.pipeline import FAULT_HEADER, CommandPipeline
 from statusek.app.relay import OutboxRelay
 from statusek.core.decide import Policy
 from statusek.core.errors import BrokerUnavailable
-from tests.conftest import command_partitions
+from tests.helpers import command_partitions, eventually
 from tests.integration.conftest import Cluster
 
 STARTED = {"status_name": "STARTED"}
@@ -108,13 +108,6 @@ async def outbox_empty(db: asyncpg.Connection, timeout: float = 5) -> None:
     deadline = time.monotonic() + timeout
     while await db.fetchval("SELECT count(*) FROM outbox"):
         assert time.monotonic() < deadline, "rows left in the outbox"
-        await asyncio.sleep(0.02)
-
-
-async def eventually(condition: Callable[[], bool], timeout: float = 5) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "never came true"
         await asyncio.sleep(0.02)
 
 

@@ -10,8 +10,7 @@ import pytest
 
 from statusek.app.worker import Worker
 from statusek.client import Client
-from tests.integration.test_cli import statusek
-from tests.integration.test_commands import create
+from tests.helpers import create, statusek
 from tests.integration.wire import Wire
 
 PINGS = 10_000

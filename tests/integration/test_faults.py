@@ -19,8 +19,8 @@ import asyncpg
 import pytest
 
 from statusek.app.pipeline import FAULT_HEADER
-from tests.conftest import command_partitions
-from tests.integration.conftest import Cluster, until_async
+from tests.helpers import command_partitions, eventually
+from tests.integration.conftest import Cluster
 from tests.integration.faults import Ledger, Report, proxied
 
 pytestmark = pytest.mark.slow
@@ -229,10 +229,10 @@ async def test_hostile_payloads_are_dead_lettered_with_flat_memory(
         return cluster.messages("statusek.dead-letter")
 
     await send(1_000)
-    await until_async(dead_lettered, 1_000, 60)
+    await eventually(dead_lettered, 60, equals=1_000)
     before = rss_kib()
     await send(9_000)
-    await until_async(dead_lettered, 10_000, 120)
+    await eventually(dead_lettered, 120, equals=10_000)
     await drained(cluster)
     after = rss_kib()
     dead = await dead_lettered()

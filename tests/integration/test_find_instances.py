@@ -27,7 +27,7 @@ from statusek.app.settings import Settings
 from statusek.client import Client
 from statusek.core.messages import FindInstances, decode_cursor
 from statusek.testing import Services, fresh_database, fresh_vhost, running_worker
-from tests.integration.test_cli import statusek
+from tests.helpers import statusek
 
 TASK, EDGE, EXPORT = "2-POINT LINE TASK", "EDGE CASES", "DATA EXPORT"
 FATES = ("open", "completed", "cancelled", "stopped", "timeout", "heartbeat")

@@ -7,7 +7,7 @@ key the README shows must be there; values that are the same on every run
 (status, message, status names, types and descriptions) must be equal; the
 others (tokens, ids, times) must have the README's type and form.
 
-Two liberties, both documented in the README's "Migrating from Statusek":
+Two liberties, both documented in docs/migrating.md, "What differs":
 the README's status RUN is STARTED here (the shipped 2-POINT LINE TASK names
 it so, as the original did from 2021 on), and its "Getting all statuses"
 example prints /instance/checkIsFinished where the route is /event/getEvents.
@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import socket
 import sys
 import time
 import uuid
@@ -35,10 +34,10 @@ from statusek.app.gateway import GatewayServer
 from statusek.app.identity import version
 from statusek.app.worker import Worker
 from statusek.testing import Services, fresh_vhost
+from tests.helpers import TASK, free_port
 
 pytestmark = pytest.mark.integration
 
-TASK = "2-POINT LINE TASK"
 README_TOKEN = "1d36bcdf-d776-4e7a-97a6-4431079d2b2e"
 
 # The original README's examples: (route, request body, response), as printed there.
@@ -572,15 +571,9 @@ async def test_stop_lets_the_requests_under_way_finish(
         await ask()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def test_gateway_command_serves_until_sigterm(worker: Worker, worker_env: dict[str, str]) -> None:
     """`statusek gateway` answers /about, logs one line per request, exits 0 on SIGTERM."""
-    port = _free_port()
+    port = free_port()
     env = {**worker_env, "STATUSEK_HTTP_PORT": str(port), "STATUSEK_HTTP_HOST": "127.0.0.1"}
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "statusek", "gateway", env=env, stderr=asyncio.subprocess.PIPE

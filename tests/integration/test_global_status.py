@@ -13,7 +13,7 @@ from aio_pika.abc import AbstractIncomingMessage
 
 from statusek.app.worker import Worker
 from statusek.client import Client, InvalidRequest
-from tests.integration.test_cli import statusek
+from tests.helpers import statusek
 from tests.integration.wire import Wire
 
 

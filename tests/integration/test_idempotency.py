@@ -15,12 +15,10 @@ from statusek.adapters.postgres.store import PARTITION_FENCE
 from statusek.client import Client, NoAnswerError
 from statusek.core.messages import DEADLINE_HEADER
 from statusek.core.partitions import routing_headers
-from tests.conftest import command_partitions
+from tests.helpers import TASK, command_partitions
 from tests.integration.wire import Wire
 
 pytestmark = pytest.mark.integration
-
-TASK = "2-POINT LINE TASK"
 
 
 @pytest.fixture

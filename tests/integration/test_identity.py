@@ -16,7 +16,7 @@ import pytest
 from statusek.app.settings import Settings
 from statusek.client import Client, InstanceNotFound, NotAllowed
 from statusek.testing import Services, fresh_database, fresh_vhost, running_worker
-from tests.integration.test_cli import statusek
+from tests.helpers import statusek
 from tests.integration.wire import Wire
 from tests.log_secrets import new_password, with_credentials
 

@@ -8,8 +8,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 import uuid
 from typing import Any
 
@@ -18,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from statusek.adapters.rabbitmq.broker import ORIGINAL_SIZE_HEADER, TRUNCATED_HEADER, Names
 from statusek.app.identity import version
-from tests.conftest import command_partitions
+from tests.helpers import command_partitions, free_port, ops_get, wait_status
 from tests.integration.conftest import Cluster
 from tests.integration.faults import proxied
 from tests.integration.wire import Wire
@@ -27,40 +25,8 @@ from tests.log_secrets import with_password
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _get(port: int, path: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
-    except OSError:
-        return 0, b""
-
-
-async def get(port: int, path: str) -> tuple[int, bytes]:
-    return await asyncio.to_thread(_get, port, path)
-
-
-async def wait_status(port: int, status: int, timeout: float) -> tuple[float, bytes]:
-    """Poll /readyz until it answers `status`; returns the seconds it took and the body."""
-    started = time.monotonic()
-    while True:
-        code, body = await get(port, "/readyz")
-        if code == status:
-            return time.monotonic() - started, body
-        if time.monotonic() - started > timeout:
-            raise TimeoutError(f"/readyz did not answer {status} within {timeout} s (last {code} {body!r})")
-        await asyncio.sleep(0.1)
-
-
 async def metrics(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    code, body = await get(port, "/metrics")
+    code, body = await ops_get(port, "/metrics")
     assert code == 200
     return {
         (sample.name, tuple(sorted(sample.labels.items()))): sample.value
@@ -79,7 +45,7 @@ async def test_livez_answers_while_the_loop_runs(cluster: Cluster) -> None:
     """/livez is 200 as soon as the worker process is up."""
     port = start_worker(cluster)
     await wait_status(port, 200, timeout=30)
-    assert await get(port, "/livez") == (200, b'{"status": "ok"}\n')
+    assert await ops_get(port, "/livez") == (200, b'{"status": "ok"}\n')
 
 
 async def test_readyz_names_what_is_missing(cluster: Cluster) -> None:
@@ -91,7 +57,7 @@ async def test_readyz_names_what_is_missing(cluster: Cluster) -> None:
     while "rabbitmq" not in json.loads(body)["problems"] or "password" not in body.decode():
         assert time.monotonic() < deadline, body
         await asyncio.sleep(0.2)
-        _, body = await get(port, "/readyz")
+        _, body = await ops_get(port, "/readyz")
     assert "not-the-password" not in body.decode()
 
 
@@ -177,7 +143,7 @@ async def test_poison_commands_end_in_dead_letter_after_the_delivery_limit(clust
     deadline = time.monotonic() + 60
     while len(deaths) < len(poison):
         assert time.monotonic() < deadline, f"{len(deaths)} of {len(poison)} dead-lettered"
-        code, _ = await get(port, "/readyz")
+        code, _ = await ops_get(port, "/readyz")
         assert code == 200
         message = await cluster.wire.parked("statusek.dead-letter", poison[len(deaths)], timeout=60)
         deaths[message.message_id or ""] = (message.headers or {})["x-death"]
@@ -186,7 +152,7 @@ async def test_poison_commands_end_in_dead_letter_after_the_delivery_limit(clust
         assert x_death[0]["queue"] in Names(partitions=command_partitions()).command_queues
     figures = await metrics(port)
     assert figures[("statusek_dead_lettered_total", (("reason", "delivery-limit"),))] == 50
-    assert (await get(port, "/readyz"))[0] == 200
+    assert (await ops_get(port, "/readyz"))[0] == 200
 
 
 async def test_dead_letter_copies_are_timestamped_sized_and_cut(wire: Wire) -> None:
@@ -264,6 +230,27 @@ async def test_health_exits_0_for_a_ready_worker_and_1_otherwise(cluster: Cluste
     nobody = await asyncio.to_thread(health, STATUSEK_OPS_PORT=str(free_port()))
     assert nobody.returncode == 1
     assert nobody.stderr.startswith("not ready: no worker answers at http://127.0.0.1:")
+
+
+async def test_a_second_worker_on_a_taken_ops_port_exits_with_one_line(cluster: Cluster) -> None:
+    """A worker whose ops port another worker holds exits 1 with one line naming the port and the setting."""
+    port = start_worker(cluster)
+    await wait_status(port, 200, timeout=30)
+    second = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "statusek", "worker"],
+        env={**cluster.env, "STATUSEK_OPS_PORT": str(port)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert second.returncode == 1, second.stderr
+    assert second.stderr.splitlines() == [
+        f"statusek worker: the ops server cannot listen on 0.0.0.0:{port} (STATUSEK_OPS_PORT): "
+        "address already in use: another worker on this host? give each worker its own "
+        "STATUSEK_OPS_PORT, or 0 to run it without the ops server"
+    ]
+    assert (await ops_get(port, "/readyz"))[0] == 200  # the first worker serves on
 
 
 async def test_version_prints_the_package_version() -> None:

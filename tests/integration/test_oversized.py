@@ -8,10 +8,9 @@ line would be, to measure the worker's own handling.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 import time
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable
 from pathlib import Path
 
 import aio_pika
@@ -19,8 +18,9 @@ import aiormq
 import pytest
 
 from statusek.app.settings import Settings
-from statusek.testing import RabbitAdmin, Services
-from tests.integration.conftest import Cluster, until_async
+from statusek.testing import Services
+from tests.helpers import broker_max_message_size, eventually
+from tests.integration.conftest import Cluster
 
 pytestmark = pytest.mark.integration
 
@@ -32,20 +32,6 @@ def shipped_max_message_size() -> int:
     found = re.search(r"^max_message_size\s*=\s*(\d+)\s*$", CONF.read_text(), re.MULTILINE)
     assert found, f"no max_message_size in {CONF}"
     return int(found.group(1))
-
-
-@contextlib.contextmanager
-def broker_max_message_size(rabbit: RabbitAdmin, size: int) -> Iterator[None]:
-    """The broker's limit set for the block (channels opened meanwhile), then put back."""
-    before = re.search(
-        r"\{ok,(\d+)\}", rabbit.rabbitmqctl("eval", "application:get_env(rabbit, max_message_size).")
-    )
-    rabbit.rabbitmqctl("eval", f"application:set_env(rabbit, max_message_size, {size}).")
-    try:
-        yield
-    finally:
-        if before is not None:
-            rabbit.rabbitmqctl("eval", f"application:set_env(rabbit, max_message_size, {before.group(1)}).")
 
 
 async def first(channel: aio_pika.abc.AbstractChannel, name: str) -> aio_pika.abc.AbstractIncomingMessage:
@@ -127,7 +113,7 @@ async def test_forty_bodies_of_5_mb_keep_the_worker_under_100_mb(
             def dead_lettered() -> Awaitable[int]:
                 return cluster.messages("statusek.dead-letter")
 
-            await until_async(dead_lettered, 40, 60)
+            await eventually(dead_lettered, 60, equals=40)
             await asyncio.sleep(0.5)
         finally:
             stop.set()

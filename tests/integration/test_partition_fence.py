@@ -27,8 +27,7 @@ from statusek.adapters.postgres.store import Store
 from statusek.adapters.rabbitmq.broker import Broker, Consumer, Names
 from statusek.app.pipeline import FAULT_HEADER, STALL_SECONDS, CommandPipeline
 from statusek.core.decide import Policy
-from tests.conftest import command_partitions
-from tests.integration.test_direct_publish import eventually
+from tests.helpers import command_partitions, eventually
 
 pytestmark = pytest.mark.integration
 

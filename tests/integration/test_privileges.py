@@ -6,14 +6,11 @@ superuser), and a LOGIN role for the worker; both with random names and password
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import secrets
-import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -24,11 +21,11 @@ from statusek.adapters.postgres.migrate import SchemaNotReady, ensure_current, m
 from statusek.app.settings import Settings
 from statusek.client import Client
 from statusek.testing import Services, fresh_vhost, running_worker
+from tests.helpers import statusek
 from tests.integration.conftest import Database
 
 pytestmark = pytest.mark.integration
 
-STATUSEK = Path(sys.executable).with_name("statusek")  # .venv/bin/statusek
 LAST_MIGRATION = migrations()[-1][0]
 
 
@@ -65,15 +62,6 @@ async def forget_last_migration(owner_url: str) -> None:
         await owner.execute("DELETE FROM schema_migrations WHERE name = $1", LAST_MIGRATION)
     finally:
         await owner.close()
-
-
-async def statusek(env: dict[str, str], *args: str, timeout: float = 60) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        str(STATUSEK), *args, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    out, err = await asyncio.wait_for(process.communicate(), timeout)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
 
 
 def env_for(database_url: str, **more: str) -> dict[str, str]:
@@ -202,9 +190,9 @@ async def test_role_may_run_functions_public_may_not(granted: Database) -> None:
 
 async def test_cli_migrate_grant_gives_the_worker_privileges(database: Database) -> None:
     """`statusek migrate --grant ROLE` run as the owner gives the role the worker's privileges."""
-    code, out, err = await statusek(env_for(database.owner_url), "migrate", "--grant", database.role)
-    assert code == 0, err
-    assert f"granted {database.role} the worker's privileges" in out
+    done = await statusek(env_for(database.owner_url), "migrate", "--grant", database.role)
+    assert done.returncode == 0, done.stderr
+    assert f"granted {database.role} the worker's privileges" in done.stdout
     owner = await asyncpg.connect(database.owner_url)
     try:
         rights = {
@@ -218,11 +206,9 @@ async def test_cli_migrate_grant_gives_the_worker_privileges(database: Database)
 
 async def test_cli_migrate_grant_refuses_an_unknown_role(database: Database) -> None:
     """`statusek migrate --grant` names a missing role and exits 1."""
-    code, _out, err = await statusek(
-        env_for(database.owner_url), "migrate", "--grant", "statusek_no_such_role"
-    )
-    assert code == 1
-    assert "role 'statusek_no_such_role' does not exist" in err
+    done = await statusek(env_for(database.owner_url), "migrate", "--grant", "statusek_no_such_role")
+    assert done.returncode == 1
+    assert "role 'statusek_no_such_role' does not exist" in done.stderr
 
 
 async def test_worker_applies_commands_as_the_granted_role(
@@ -285,11 +271,11 @@ async def test_worker_process_logs_one_line_when_the_schema_is_behind(granted: D
     """`statusek worker` with STATUSEK_MIGRATE_ON_START=false exits with one error line naming the fix."""
     await forget_last_migration(granted.owner_url)
     env = env_for(granted.role_url, STATUSEK_MIGRATE_ON_START="false", STATUSEK_OPS_PORT="0")
-    code, _out, err = await statusek(env, "worker")
-    lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    done = await statusek(env, "worker")
+    lines = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
     errors = [line for line in lines if line.get("level") in ("error", "critical")]
-    assert code != 0
-    assert len(errors) == 1, err
+    assert done.returncode != 0
+    assert len(errors) == 1, done.stderr
     assert LAST_MIGRATION in errors[0]["error"]
     assert "`statusek migrate` as the owner role" in errors[0]["error"]
 

@@ -8,7 +8,7 @@ import asyncpg
 
 from statusek.app.settings import Settings
 from statusek.testing import Services, fresh_database, fresh_vhost, running_worker
-from tests.integration.test_commands import create
+from tests.helpers import create
 from tests.integration.wire import Wire
 
 

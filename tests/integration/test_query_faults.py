@@ -20,9 +20,11 @@ from statusek.adapters.postgres import reports
 from statusek.adapters.postgres.retention import TIMELINE_COLUMNS, add_daily, timelines
 from statusek.app import queries
 from statusek.core.codes import FinishReason
-from statusek.core.messages import MAX_REPORT_DAYS
+from statusek.core.messages import MAX_REPORT_DAYS, MAX_TEXT
 from statusek.core.report import Timeline, build_report, fold
-from tests.integration.test_commands import TASK, create
+from statusek.testing import Services
+from tests.helpers import TASK, broker_max_message_size, create
+from tests.integration.conftest import Cluster
 from tests.integration.wire import Wire
 
 
@@ -267,3 +269,26 @@ async def test_get_events_shows_a_finish_once_when_a_sweeper_commits_during_the_
     events = (await asked)["data"]["events"]
     assert [e["seq"] for e in events] == list(range(1, seq + 1))
     assert [e["kind"] for e in events].count("finished") == 1
+
+
+async def test_an_answer_over_the_brokers_size_limit_is_refused_in_a_reply_that_fits(
+    cluster: Cluster, services: Services
+) -> None:
+    """An answer the broker refuses as too large is INVALID_MESSAGE (reply-too-large), not requeued."""
+    marker = uuid.uuid4().hex
+    # 40 KB of labels: under the worker's body limit (64 KiB), over the broker's limit set below.
+    labels = {"marker": marker, **{f"k{i}": "x" * MAX_TEXT for i in range(10)}}
+    # The broker applies its limit to channels opened after it is set: the worker's are.
+    with broker_max_message_size(services.rabbit, 32 * 1024):
+        cluster.start(1, STATUSEK_LOG_LEVEL="WARNING")
+        await cluster.wait_for_consumers(1)
+        created = await cluster.wire.request("create", {"object_name": TASK, "labels": labels})
+        assert created["code"] == "SUCCESS", created
+        reply = await cluster.wire.query("find-instances", {"labels": {"marker": marker}})
+        assert (reply["code"], reply["data"].get("reason")) == ("INVALID_MESSAGE", "reply-too-large"), reply
+        assert "max_message_size" in reply["message"]
+        # Answered and acked: the next query is answered too.
+        finished = await cluster.wire.query(
+            "is-finished", {"instance_token": created["data"]["instance_token"]}
+        )
+        assert finished["code"] == "SUCCESS", finished

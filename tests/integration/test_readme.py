@@ -1,8 +1,7 @@
-"""The README's examples run as written against a real worker."""
+"""The examples of the README and of docs/*.md run as written against a real worker."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import sys
@@ -11,22 +10,20 @@ from pathlib import Path
 import pytest
 
 from statusek.app.worker import Worker
+from tests.helpers import run
 
-README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-
-
-def examples(language: str) -> list[str]:
-    """Fenced blocks whose info string is `<language> example`."""
-    return re.findall(rf"^```{language} example\n(.*?)^```", README, flags=re.S | re.M)
+ROOT = Path(__file__).resolve().parents[2]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 
-async def run(*command: str, env: dict[str, str]) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        *command, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    out, err = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
+def examples(language: str) -> list[pytest.param]:
+    """Fenced blocks whose info string is `<language> example`, in every page, named by page."""
+    found = []
+    for page in PAGES:
+        blocks = re.findall(rf"^```{language} example\n(.*?)^```", page.read_text(), flags=re.S | re.M)
+        name = page.relative_to(ROOT).as_posix()
+        found += [pytest.param(block, id=f"{name}-{n}") for n, block in enumerate(blocks, 1)]
+    return found
 
 
 @pytest.fixture
@@ -36,22 +33,22 @@ def env(worker: Worker, worker_env: dict[str, str]) -> dict[str, str]:
 
 
 def test_readme_has_examples() -> None:
-    """The README marks its runnable examples (so the tests below test something)."""
+    """The README and docs mark their runnable examples (so the tests below test something)."""
     assert len(examples("python")) >= 1 and len(examples("sh")) >= 1
 
 
 @pytest.mark.parametrize("code", examples("python"))
 async def test_python_examples_run(code: str, env: dict[str, str]) -> None:
     """Each Python example runs and prints what its comments promise."""
-    status, out, err = await run(sys.executable, "-c", code, env=env)
-    assert status == 0, err
-    assert "ALL_MANDATORY_STATUSES_ARE_SET" in out
+    done = await run(sys.executable, "-c", code, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "ALL_MANDATORY_STATUSES_ARE_SET" in done.stdout
 
 
 @pytest.mark.parametrize("script", examples("sh"))
 async def test_shell_examples_run(script: str, env: dict[str, str]) -> None:
     """Each shell example runs with `set -e` and ends with the instance completed."""
-    status, out, err = await run("bash", "-ec", script, env=env)
-    assert status == 0, err
-    assert "ALL_MANDATORY_STATUSES_ARE_SET" in out
-    assert "STARTED ✔" in out
+    done = await run("bash", "-ec", script, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "ALL_MANDATORY_STATUSES_ARE_SET" in done.stdout
+    assert "STARTED ✔" in done.stdout

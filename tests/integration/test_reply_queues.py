@@ -16,12 +16,10 @@ from statusek.adapters.rabbitmq.broker import Broker, Limits, Names
 from statusek.app import settle
 from statusek.app.worker import Worker
 from statusek.core.messages import Reply
-from tests.conftest import command_partitions
+from tests.helpers import TASK, command_partitions
 from tests.integration.wire import Wire
 
 pytestmark = pytest.mark.integration
-
-TASK = "2-POINT LINE TASK"
 
 
 @pytest.fixture

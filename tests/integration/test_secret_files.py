@@ -6,10 +6,8 @@ import uuid
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from tests.helpers import TASK, statusek
 from tests.integration.conftest import Cluster
-from tests.integration.test_cli import statusek as run_cli
-
-TASK = "2-POINT LINE TASK"
 
 
 def from_files(env: dict[str, str], folder: Path) -> dict[str, str]:
@@ -22,11 +20,6 @@ def from_files(env: dict[str, str], folder: Path) -> dict[str, str]:
             path.write_text(value + "\n")  # as `echo` and most editors leave it
             moved[f"{name}_FILE"] = str(path)
     return {**{k: v for k, v in env.items() if not k.startswith("STATUSEK_")}, **moved}
-
-
-async def statusek(env: dict[str, str], *args: str) -> tuple[int, str, str]:
-    done = await run_cli(env, *args, timeout=60)
-    return done.returncode, done.stdout, done.stderr
 
 
 async def test_a_worker_and_the_cli_read_every_setting_from_files(cluster: Cluster, tmp_path: Path) -> None:
@@ -44,10 +37,10 @@ async def test_a_worker_and_the_cli_read_every_setting_from_files(cluster: Clust
     await cluster.wait_for_consumers(1)
     token = str(uuid.uuid4())
     created = await statusek(cluster.env, "create", TASK, "--token", token)
-    assert created[:2] == (0, f"{token}\n"), created
-    assert (await statusek(cluster.env, "set", token, "STARTED"))[0] == 0
-    code, shown, _ = await statusek(cluster.env, "show", token)
-    assert code == 0 and "statuses   STARTED" in shown.splitlines()
+    assert (created.returncode, created.stdout) == (0, f"{token}\n"), created
+    assert (await statusek(cluster.env, "set", token, "STARTED")).returncode == 0
+    shown = await statusek(cluster.env, "show", token)
+    assert shown.returncode == 0 and "statuses   STARTED" in shown.stdout.splitlines()
 
     cluster.stop()
     assert worker.returncode == 0
@@ -60,9 +53,9 @@ async def test_a_missing_secret_file_stops_the_worker_with_one_line(cluster: Clu
     """A worker whose STATUSEK_DATABASE_URL_FILE names no file exits 2, naming the variable and the path."""
     env = {k: v for k, v in cluster.env.items() if k != "STATUSEK_DATABASE_URL"}
     missing = tmp_path / "no-such-secret"
-    code, out, err = await statusek({**env, "STATUSEK_DATABASE_URL_FILE": str(missing)}, "worker")
-    assert (code, out) == (2, "")
-    assert err == (
+    done = await statusek({**env, "STATUSEK_DATABASE_URL_FILE": str(missing)}, "worker")
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == (
         f"statusek: invalid settings: STATUSEK_DATABASE_URL_FILE: cannot read '{missing}': "
         "No such file or directory: fix the environment or .env\n"
     )

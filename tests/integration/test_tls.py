@@ -13,8 +13,6 @@ import json
 import os
 import secrets
 import shutil
-import subprocess
-import sys
 import tempfile
 import urllib.error
 import urllib.request
@@ -28,21 +26,21 @@ from statusek import BrokerUnreachable, Client
 from statusek.app.settings import BUILTIN_MODELS, Settings
 from statusek.app.worker import Worker
 from statusek.testing import running_worker
+from tests.helpers import TASK, free_port, statusek
 from tests.integration.tls import (
     PG_PASSWORD,
     Pki,
     TlsPostgres,
     TlsRabbit,
-    free_port,
     make_pki,
     postgres_with_tls,
     rabbitmq_with_tls,
 )
 from tests.log_secrets import password
 
-pytestmark = pytest.mark.integration
+# Its own RabbitMQ and Postgres with TLS: CI's second run (containers, 4 partitions) skips it.
+pytestmark = [pytest.mark.integration, pytest.mark.standalone]
 
-TASK = "2-POINT LINE TASK"
 AMQP_PASSWORD = password("amqp-password-" + secrets.token_hex(4))
 VERIFY_FAILED = "TLS certificate verification failed"
 
@@ -204,16 +202,12 @@ async def test_cli_creates_and_shows_over_amqps(worker: Worker, pki: Pki, rabbit
     url = f"amqps://guest:guest@localhost:{rabbit.port}/?cafile={pki.ca}"
     env = {**os.environ, "STATUSEK_AMQP_URL": url}
 
-    async def statusek(*args: str) -> str:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "statusek", *args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-        )
-        out, err = await asyncio.wait_for(process.communicate(), 60)
-        assert process.returncode == 0, err.decode()
-        return out.decode()
-
-    token = (await statusek("create", TASK)).strip()
-    assert (await statusek("show", token)).splitlines()[0] == f"instance   {token}"
+    created = await statusek(env, "create", TASK)
+    assert created.returncode == 0, created.stderr
+    token = created.stdout.strip()
+    shown = await statusek(env, "show", token)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.splitlines()[0] == f"instance   {token}"
 
 
 async def test_client_refuses_a_broker_certificate_of_another_ca(pki: Pki, rabbit: TlsRabbit) -> None:

@@ -22,6 +22,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.helpers import free_port
 from tests.log_secrets import password
 
 RABBITMQ_BIN = Path("/usr/lib/rabbitmq/bin")  # the real scripts; /usr/sbin has su-wrappers
@@ -31,12 +32,6 @@ START_TIMEOUT = 90.0
 
 class MissingTool(RuntimeError):
     """A binary the TLS tests need is not installed here."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _run(*args: str | Path, timeout: float = 60, env: dict[str, str] | None = None) -> str:

@@ -64,7 +64,8 @@ class Wire:
         correlation_id = uuid.uuid4().hex
         payload = body if isinstance(body, bytes) else json.dumps(body).encode()
         if isinstance(body, dict):
-            # The README's rule for several partitions, as a careful publisher follows it.
+            # The publisher's rule for several partitions (docs/guarantees.md, "Partitions"), as a
+            # careful publisher follows it.
             properties.setdefault("headers", routing_headers(body))
         if reply:
             properties.setdefault("reply_to", self.reply_queue)

@@ -14,8 +14,8 @@ from statusek.core.instance import EventKind, InstanceState, expire
 from statusek.core.messages import Cancel, Create, Ping, SetStatus, StatusQuery
 from statusek.core.model import ModelError, StatusModel, check_model, parse_model
 from statusek.core.views import answer, notification_for
+from tests.helpers import T0, created
 
-T0 = datetime(2026, 1, 1, tzinfo=UTC)
 GROUPS = parse_groups({"groups": {"reviewers": ["alice", "bob"]}}, "groups.yaml")
 REVIEW = parse_model(
     {
@@ -36,15 +36,6 @@ def sender(user: str | None) -> Sender:
     return Sender(user, GROUPS)
 
 
-def created(model: StatusModel, user: str | None = "author-service") -> InstanceState:
-    decision = decide(
-        Create(object_name=model.object_name), None, {model.object_name: model}, T0,
-        new_token=uuid4(), sender=sender(user),
-    )  # fmt: skip
-    assert decision.state is not None, decision.reply
-    return decision.state
-
-
 def setting(model: StatusModel, state: InstanceState, name: str, user: str | None) -> Decision:
     command = SetStatus(instance_token=state.token, status_name=name)
     return decide(command, state, {model.object_name: model}, T0, new_token=uuid4(), sender=sender(user))
@@ -57,7 +48,7 @@ def set_status(model: StatusModel, state: InstanceState, name: str, user: str | 
 
 def submitted(by: str = "author-service") -> InstanceState:
     """A REVIEW instance with SUBMITTED set by `by`."""
-    state = setting(REVIEW, created(REVIEW), "SUBMITTED", by).state
+    state = setting(REVIEW, created(REVIEW, sender=sender("author-service")).state, "SUBMITTED", by).state
     assert state is not None
     return state
 
@@ -69,7 +60,7 @@ def test_a_group_member_may_set_a_status_reserved_to_the_group() -> None:
 
 def test_a_user_outside_the_writers_gets_not_allowed_naming_user_and_status() -> None:
     """The author may submit but not approve; the message names both."""
-    state = created(REVIEW)
+    state = created(REVIEW, sender=sender("author-service")).state
     code, message = set_status(REVIEW, state, "APPROVED", "author-service")
     assert code is Code.NOT_ALLOWED
     assert "'author-service'" in message and "'APPROVED'" in message and "reviewers" in message
@@ -77,7 +68,7 @@ def test_a_user_outside_the_writers_gets_not_allowed_naming_user_and_status() ->
 
 def test_the_writer_check_comes_after_the_status_is_known_and_before_readiness() -> None:
     """An unknown status is still STATUS_NAME_IS_NOT_FOUND; a not-yet-ready one is NOT_ALLOWED first."""
-    state = created(REVIEW)
+    state = created(REVIEW, sender=sender("author-service")).state
     assert set_status(REVIEW, state, "NOPE", "mallory")[0] is Code.STATUS_NAME_IS_NOT_FOUND_FOR_OBJECT
     # APPROVED needs SUBMITTED first, but mallory may not set it at all: that is said first.
     assert set_status(REVIEW, state, "APPROVED", "mallory")[0] is Code.NOT_ALLOWED
@@ -85,7 +76,7 @@ def test_the_writer_check_comes_after_the_status_is_known_and_before_readiness()
 
 def test_a_status_without_writers_follows_the_model_writers() -> None:
     """SUBMITTED has no list of its own: the model's (which admits anonymous) decides."""
-    state = created(REVIEW)
+    state = created(REVIEW, sender=sender("author-service")).state
     assert set_status(REVIEW, state, "SUBMITTED", None)[0] is Code.SUCCESS
     assert set_status(REVIEW, state, "SUBMITTED", "mallory")[0] is Code.NOT_ALLOWED
 
@@ -101,7 +92,7 @@ def test_anonymous_is_refused_where_the_model_does_not_name_it() -> None:
 @pytest.mark.parametrize("command", ["ping", "cancel"])
 def test_ping_and_cancel_need_a_model_writer(command: str) -> None:
     """Model-level writers guard ping and cancel as well as create."""
-    state = created(CLOSED, user="svc")
+    state = created(CLOSED, sender=sender("svc")).state
     message = Ping(instance_token=state.token) if command == "ping" else Cancel(instance_token=state.token)
     refused = decide(message, state, {"CLOSED": CLOSED}, T0, new_token=uuid4(), sender=sender("eve")).reply
     assert refused.code == Code.NOT_ALLOWED and command in refused.message
@@ -112,7 +103,7 @@ def test_ping_and_cancel_need_a_model_writer(command: str) -> None:
 def test_a_model_without_writers_admits_everyone() -> None:
     """No writer list keeps statusek's open behaviour, anonymous included."""
     open_model = parse_model({"object_name": "OPEN", "statuses": [{"name": "A", "type": "MANDATORY"}]})
-    state = created(open_model, user=None)
+    state = created(open_model, sender=sender(None)).state
     assert set_status(open_model, state, "A", None)[0] is Code.SUCCESS
 
 
@@ -131,7 +122,7 @@ def test_events_record_their_actor_and_deadlines_record_none() -> None:
 
 def test_notifications_carry_the_actor() -> None:
     """status-changed and instance-finished name the user that caused them."""
-    decision = setting(REVIEW, created(REVIEW), "SUBMITTED", "bob")
+    decision = setting(REVIEW, created(REVIEW, sender=sender("author-service")).state, "SUBMITTED", "bob")
     assert decision.state is not None
     notification = notification_for(decision.events[0], decision.state)
     assert notification is not None and notification.body["actor"] == "bob"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from tests.chaos.checker import FLOOD, Verdict, check, table
+from tests.chaos.checker import FLOOD, Verdict, check, flood_limit, table
 from tests.chaos.history import EventRow, History, Note, Sent
 from tests.chaos.schedule import FAULTS, PATIENT, generate
 
@@ -177,6 +177,7 @@ def test_an_older_notification_first_seen_after_a_newer_one_is_a_reorder() -> No
 def test_a_run_re_sent_after_a_newer_one_is_a_replay() -> None:
     """Seqs 2, 4, 5, then 4, 5 again at one subscriber: an older notification after a newer one, replayed."""
     history = clean()
+    history.faults = ["queue_full"]
     history.notes["a"] += history.notes["a"][1:]
     assert kinds(check(history)) == {"replayed_after_newer": 1}
 
@@ -276,3 +277,19 @@ def test_the_table_counts_a_schedule_under_each_of_its_faults() -> None:
     rows = {line.split()[0]: line.split()[1:] for line in table([check(history)]).splitlines()[1:]}
     assert rows["sigkill"] == rows["pg_blackhole"] == rows["(all)"] == ["1", "1", "1"]
     assert rows["sigstop"] == ["0", "0", "0"] and len(rows) == len(FAULTS) + 1
+
+
+def test_the_copy_limit_follows_the_relays_schedule_for_as_long_as_a_queue_refused() -> None:
+    """Refused 5 s: re-sent at 2 s, then at 6 s gets through (3); refused 7 s: 4; none full: FLOOD."""
+    assert (flood_limit(5.0), flood_limit(7.0), flood_limit(None)) == (3, 4, FLOOD)
+
+
+def test_a_re_sent_run_is_an_anomaly_without_a_fault_that_cuts_a_worker_off() -> None:
+    """5, 6, 5, 6 at a subscriber: an anomaly after a full queue alone, a counted repeat after a SIGKILL."""
+    history = clean()
+    history.faults = ["queue_full"]
+    history.notes["a"] += list(history.notes["a"])
+    assert kinds(check(history)) == {"replayed_after_newer": 1}
+    history.faults = ["sigkill"]
+    verdict = check(history)
+    assert (verdict.anomalies, verdict.expected["repeat_after_cut_off"]) == ([], 1)

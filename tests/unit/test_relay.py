@@ -44,8 +44,8 @@ def test_a_row_waiting_out_a_nack_holds_its_instance_like_one_in_flight() -> Non
 
 
 def test_a_nacked_row_waits_longer_each_time_up_to_a_cap() -> None:
-    """1 s after the first nack, doubling, never more than the cap."""
-    assert [nack_delay(n) for n in (1, 2, 3, 4)] == [1.0, 2.0, 4.0, 8.0]
+    """4 s after the first nack, doubling, never more than the cap."""
+    assert [nack_delay(n) for n in (1, 2, 3, 4)] == [4.0, 8.0, 16.0, 30.0]
     assert nack_delay(20) == NACK_CAP
 
 

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from uuid import uuid4
 
 from statusek.core.decide import decide, sweep
-from statusek.core.instance import Event, InstanceState
-from statusek.core.messages import Create, InstanceQuery, SetStatus, StatusQuery
+from statusek.core.messages import InstanceQuery, SetStatus, StatusQuery
 from statusek.core.model import parse_model
 from statusek.core.views import answer, notification_for
+from tests.helpers import T0, created
 
-T0 = datetime(2026, 1, 1, tzinfo=UTC)
 TASK = parse_model(
     {
         "object_name": "TASK",
@@ -24,15 +23,9 @@ TASK = parse_model(
 )
 
 
-def created(**create: object) -> tuple[InstanceState, list[Event]]:
-    d = decide(Create(object_name="TASK", **create), None, {"TASK": TASK}, T0, new_token=uuid4())  # type: ignore[arg-type]
-    assert d.state is not None
-    return d.state, d.events
-
-
 def test_overdue_instance_is_finished_before_any_sweeper_ran() -> None:
     """is-finished answers TIMEOUT for a stored state whose deadline has passed."""
-    state, _ = created(instance_timeout=5)
+    state = created(TASK, instance_timeout=5).state
     reply = answer(
         "is-finished", InstanceQuery(instance_token=state.token), state, TASK, [], T0 + timedelta(seconds=6)
     )
@@ -41,7 +34,8 @@ def test_overdue_instance_is_finished_before_any_sweeper_ran() -> None:
 
 def test_get_events_shows_the_finish_the_sweeper_will_write() -> None:
     """The virtual finish event is the very event a sweeper writes later: same seq, same time."""
-    state, events = created(instance_timeout=5)
+    decision = created(TASK, instance_timeout=5)
+    state, events = decision.state, decision.events
     later = T0 + timedelta(seconds=60)
     shown = answer("get-events", InstanceQuery(instance_token=state.token), state, TASK, events, later).data[
         "events"
@@ -58,7 +52,7 @@ def test_get_events_shows_the_finish_the_sweeper_will_write() -> None:
 
 def test_is_ready_on_a_finished_instance_says_so() -> None:
     """is-ready reports INSTANCE_IS_FINISHED first, as set-status would."""
-    state, _ = created(instance_timeout=5)
+    state = created(TASK, instance_timeout=5).state
     reply = answer(
         "is-ready",
         StatusQuery(instance_token=state.token, status_name="STARTED"),
@@ -73,7 +67,7 @@ def test_is_ready_on_a_finished_instance_says_so() -> None:
 
 def test_notifications_carry_stable_ids_and_headers() -> None:
     """status-changed and instance-finished get message_id token:seq and the contract headers."""
-    state, _ = created()
+    state = created(TASK).state
     d = decide(
         SetStatus(instance_token=state.token, status_name="STARTED"),
         state,

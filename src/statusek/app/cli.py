@@ -71,9 +71,27 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_worker(settings: Settings, _args: argparse.Namespace) -> int:
+    from statusek.app.ops import CannotListen
     from statusek.app.worker import run_worker
 
-    run_worker(settings)
+    try:
+        run_worker(settings)
+    except CannotListen as e:
+        # Exit rather than run without the ops server: probes and scrapes would find nothing,
+        # or another worker's answers, and nobody would know.
+        if e.in_use:
+            fix = (
+                "another worker on this host? give each worker its own STATUSEK_OPS_PORT, "
+                "or 0 to run it without the ops server"
+            )
+        else:
+            fix = "fix STATUSEK_OPS_HOST or STATUSEK_OPS_PORT"
+        print(
+            f"statusek worker: the ops server cannot listen on {e.host}:{e.port} "
+            f"(STATUSEK_OPS_PORT): {e.reason}: {fix}",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
     return EXIT_OK
 
 

@@ -17,7 +17,7 @@ as the original's source sends it, with its messages (those its README shows,
 else its return codes). Each key of `data` is also at the top level, where
 the original README's responses have them (`instance_token`, `events`), and
 `code` carries statusek's reply code for clients that would rather not read
-messages. The README's "Migrating from Statusek" section lists what differs.
+messages. docs/migrating.md, "What differs", lists what differs.
 
 The gateway holds no state and writes nothing to Postgres: it is one
 `statusek.Client` shared by every request, with the client's guarantees

@@ -5,19 +5,22 @@
     GET /readyz   200 while ready; 503 with {"ready": false, "problems": {...}} otherwise
     GET /metrics  Prometheus text
 
-It is a few lines of asyncio rather than a web framework: three GET routes,
-`Connection: close`, nothing that a probe or a scraper does not need.
+On aiohttp, as the gateway is: one catch-all route, so that a wrong method or path gets the
+same short plain-text answers whatever aiohttp would say, and no access log (probes and scrapes
+every few seconds would drown the worker's own lines).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import errno
 import json
+import os
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import structlog
+from aiohttp import web
 
 from statusek.app.metrics import CONTENT_TYPE, Metrics
 
@@ -26,9 +29,24 @@ log = structlog.get_logger(__name__)
 # Readiness: each check names a dependency and returns what is wrong with it, or None.
 Check = Callable[[], Awaitable[str | None]]
 
-_REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
-_REQUEST_TIMEOUT = 5.0
+# An idle connection (a scraper's keep-alive) is closed after this long.
+_KEEPALIVE_TIMEOUT = 5.0
+# Requests under way at close (a /readyz waits at most its check timeout) get this long.
+_SHUTDOWN_TIMEOUT = 2.0
 T = TypeVar("T")
+
+
+class CannotListen(Exception):
+    """The ops server cannot bind its address (taken by another process, or not ours): the worker
+    stops before it connects anywhere, rather than run without probes or metrics unseen."""
+
+    def __init__(self, host: str, port: int, error: OSError):
+        self.host = host
+        self.port = port
+        self.in_use = error.errno == errno.EADDRINUSE
+        # asyncio's message repeats the address; the errno's own text is the reason.
+        self.reason = os.strerror(error.errno).lower() if error.errno else str(error)
+        super().__init__(f"cannot listen on {host}:{port}: {self.reason}")
 
 
 class OpsServer:
@@ -48,7 +66,11 @@ class OpsServer:
         self._checks = checks
         self._before_scrape = before_scrape
         self._check_timeout = check_timeout
-        self._server: asyncio.Server | None = None
+        app = web.Application()
+        app.router.add_route("*", "/{path:.*}", self._handle)
+        self._runner = web.AppRunner(
+            app, access_log=None, keepalive_timeout=_KEEPALIVE_TIMEOUT, shutdown_timeout=_SHUTDOWN_TIMEOUT
+        )
         # Checks and refreshes that outlived their timeout, cancelled and left to end on their own.
         self._abandoned: set[asyncio.Task[object]] = set()
 
@@ -74,19 +96,23 @@ class OpsServer:
 
     @property
     def port(self) -> int:
-        """The port actually bound."""
-        assert self._server is not None
-        return int(self._server.sockets[0].getsockname()[1])
+        """The port actually bound (the one the system chose for port 0)."""
+        for address in self._runner.addresses:
+            if isinstance(address, tuple):
+                return int(address[1])
+        raise RuntimeError("the ops server is not listening")
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, self._host, self._port)
+        await self._runner.setup()
+        try:
+            await web.TCPSite(self._runner, self._host, self._port).start()
+        except OSError as e:
+            await self._runner.cleanup()
+            raise CannotListen(self._host, self._port, e) from e
         log.info("ops server listening", listen=f"{self._host}:{self.port}")
 
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 2)
+        await self._runner.cleanup()
 
     async def problems(self) -> dict[str, str]:
         """Run every readiness check concurrently; a check that hangs is a problem too."""
@@ -124,24 +150,10 @@ class OpsServer:
             return 200, CONTENT_TYPE, self._metrics.render()
         return 404, "text/plain", b"try /livez, /readyz or /metrics\n"
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            request = await asyncio.wait_for(reader.readline(), _REQUEST_TIMEOUT)
-            # Headers are read and ignored: no route depends on them.
-            end_of_headers = (b"\r\n", b"\n", b"")
-            while await asyncio.wait_for(reader.readline(), _REQUEST_TIMEOUT) not in end_of_headers:
-                pass
-            method, target, *_ = request.decode("latin-1").split() or ["", ""]
-            status, content_type, body = await self._route(method, target.split("?", 1)[0])
-            head = (
-                f"HTTP/1.1 {status} {_REASONS.get(status, '')}\r\n"
-                f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-            )
-            writer.write(head.encode("latin-1") + (b"" if method == "HEAD" else body))
-            await writer.drain()
-        except (TimeoutError, ConnectionError, ValueError):
-            pass
-        finally:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+    async def _handle(self, request: web.Request) -> web.Response:
+        status, content_type, body = await self._route(request.method, request.path)
+        headers = {"Content-Type": content_type}
+        if status == 405:
+            headers["Allow"] = "GET, HEAD"
+        # aiohttp sends the headers of a HEAD answer without its body.
+        return web.Response(status=status, body=body, headers=headers)

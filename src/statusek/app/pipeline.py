@@ -1,7 +1,7 @@
 """The command pipeline: a window of deliveries, one transaction, then replies and acks.
 
 Deliveries of `statusek.commands` arrive in queue order (one active consumer,
-see README "Ordering"). They are parsed, then decided in that order against
+see docs/guarantees.md, "Ordering"). They are parsed, then decided in that order against
 states locked for the whole window, written in one transaction together with
 their notifications (outbox) and replies (idempotency), and only then
 answered and acked.
@@ -29,7 +29,7 @@ import structlog
 from aio_pika.abc import AbstractIncomingMessage
 
 from statusek.adapters.postgres.store import GivenReply, OutboxRow, ReplyKey, Store, Transaction
-from statusek.adapters.rabbitmq.broker import Broker
+from statusek.adapters.rabbitmq.broker import Broker, Unconfirmed
 from statusek.adapters.rabbitmq.parser import Envelope, parse_delivery
 from statusek.app import settle
 from statusek.app.backoff import Backoff
@@ -248,32 +248,54 @@ class CommandPipeline:
 
         Their rows are deleted by the next window's statement (`_published`), or after
         `DELETE_WHEN_IDLE` when none comes: no round trip of their own on the way to the next
-        window. Never raises. When publishing fails the rows stay in the outbox for the relay,
-        marked for it to take at once when the database answers (else after its grace), and it
-        is woken. Either way an instance's later notifications wait for them (`OUTBOX_INSERT`).
+        window. Never raises. Only what was not confirmed stays in the outbox for the relay:
+        rows a queue refused (nack) wait out the relay's grace, as a first delay before the copy
+        every healthy queue gets again; rows whose fate is unknown (the link failed, confirms
+        timed out) are marked for it to take at once, and it is woken. Either way an instance's
+        later notifications wait for them (`OUTBOX_INSERT`).
         """
         if not rows:
             return
-        ids = [r.id for r in rows]
         try:
             # No timeout of its own, as for the replies beside it: a lost link fails it. Should the
             # confirms take longer than the relay's grace, the relay sends the rows too (twice, in order).
             await self._broker.publish_notifications([r.notification for r in rows])
+        except Unconfirmed as e:
+            confirmed = {n.message_id for n in e.confirmed}
+            self._confirmed([r for r in rows if r.notification.message_id in confirmed])
+            left = [r for r in rows if r.notification.message_id not in confirmed]
+            if e.nacked:
+                self._metrics.notifications_nacked.labels(path="direct").inc(len(e.nacked))
+            log.warning(
+                "notifications not confirmed after commit; the relay sends them",
+                error=str(e),
+                count=len(left),
+                nacked=len(e.nacked),
+            )
+            if not e.answered:
+                await self._hand_to_relay([r.id for r in left])
+            return
         except Exception as e:
             log.warning(
                 "could not publish notifications after commit; the relay sends them",
                 error=f"{type(e).__name__}: {e}",
                 count=len(rows),
             )
-            try:
-                await self._store.undirect_outbox(ids)
-            except Exception as e:
-                log.warning("could not hand notifications to the relay at once", error=str(e))
-            self._on_committed()
+            await self._hand_to_relay([r.id for r in rows])
             return
-        self._published.extend(ids)
+        self._confirmed(rows)
+
+    def _confirmed(self, rows: Sequence[OutboxRow]) -> None:
+        self._published.extend(r.id for r in rows)
         self.published += len(rows)
         self._metrics.notifications.labels(path="direct").inc(len(rows))
+
+    async def _hand_to_relay(self, ids: Sequence[int]) -> None:
+        try:
+            await self._store.undirect_outbox(ids)
+        except Exception as e:
+            log.warning("could not hand notifications to the relay at once", error=str(e))
+        self._on_committed()
 
     async def _requeue(self, deliveries: Sequence[AbstractIncomingMessage]) -> None:
         last = await settle.requeue_all(deliveries, self._broker.delivery_limit_in_force)
@@ -325,6 +347,10 @@ class CommandPipeline:
         if not valid:
             return []
         async with self._store.transaction(fence=self._partition) as tx:
+            # A delivery whose channel closed while the fence was awaited is the broker's again:
+            # its redelivery (flagged, so looked up) may already be applied on another replica,
+            # and this copy, not flagged, would not look.
+            valid = [v for v in valid if settle.is_live(v[0])]
             window = _Window(tx, self._policy, self._groups, direct=self._direct_publish)
             outcomes = await window.apply(valid)
             deleting = list(self._published)

@@ -17,7 +17,7 @@ from statusek.app import settle
 from statusek.app.metrics import Metrics
 from statusek.core.access import Groups, Sender
 from statusek.core.codes import Code
-from statusek.core.errors import InvalidMessage, StoreFailure, TransientError
+from statusek.core.errors import InvalidMessage, StoreFailure, TooLargeForBroker, TransientError
 from statusek.core.global_status import global_events_reply
 from statusek.core.messages import (
     QUERIES,
@@ -133,9 +133,9 @@ class QueryHandler:
         except Exception:
             log.exception("the failed query's copy was not kept")
         if delivery.reply_to:
-            await self._broker.reply(
-                delivery.reply_to,
-                delivery.correlation_id,
+            await settle.reply_to_sender(
+                self._broker,
+                delivery,
                 Reply.fail(
                     Code.INTERNAL_ERROR,
                     "statusek failed on this query; it is kept in statusek.dead-letter",
@@ -148,10 +148,8 @@ class QueryHandler:
     async def _refuse(self, delivery: AbstractIncomingMessage, kind: str, reason: str, text: str) -> None:
         """A query asking more than statusek answers within its bounds: told so, acked, not kept."""
         if delivery.reply_to:
-            await self._broker.reply(
-                delivery.reply_to,
-                delivery.correlation_id,
-                Reply.fail(Code.INVALID_MESSAGE, text, reason=reason),
+            await settle.reply_to_sender(
+                self._broker, delivery, Reply.fail(Code.INVALID_MESSAGE, text, reason=reason)
             )
         await delivery.ack()
         self._metrics.queries.labels(routing_key=kind, code=Code.INVALID_MESSAGE).inc()
@@ -188,6 +186,14 @@ class QueryHandler:
             await self._dead_letter(delivery, e)
         except ReportTooSlow as e:
             await self._refuse(delivery, "get-report", "report-timeout", str(e))
+        except TooLargeForBroker as e:
+            # Asking again gets the same answer, refused again: say so in a reply that fits.
+            log.warning("query answer over the broker's message size limit", error=str(e))
+            text = (
+                f"the answer is {e.size} bytes, over the broker's max_message_size: "
+                "ask for less (a smaller limit or a shorter range)"
+            )
+            await self._refuse(delivery, delivery.routing_key or "", "reply-too-large", text)
         except StoreFailure as e:
             # Postgres refused it: asking again gives the same answer, so keep it, never loop on it.
             log.exception("query cannot be answered")

@@ -53,7 +53,7 @@ from typing import TypeVar
 import structlog
 
 from statusek.adapters.postgres.relay_session import RelaySession
-from statusek.adapters.postgres.store import OutboxRow, Store
+from statusek.adapters.postgres.store import OUTBOX_PARTITIONS, OutboxRow, Store
 from statusek.adapters.rabbitmq.broker import Broker, Unconfirmed
 from statusek.app.backoff import Backoff
 from statusek.app.metrics import Metrics
@@ -64,8 +64,10 @@ log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
 # Delay before a nacked notification goes again: NACK_FIRST, doubling, capped at NACK_CAP.
-# Every re-send copies it to the healthy queues too, so the first wait is not short.
-NACK_FIRST = 1.0
+# Every re-send copies it to the healthy queues too (a fanout nack does not say which queue
+# refused), so the waits grow fast: a queue full for 6 s costs a healthy one 3 copies, 14 s 4,
+# 30 s 5, then one more every 30 s.
+NACK_FIRST = 4.0
 NACK_CAP = 30.0
 
 
@@ -152,6 +154,8 @@ class OutboxRelay:
 
     async def run(self) -> None:
         backoff = Backoff(self._retry_cap)
+        with contextlib.suppress(TransientError, StoreFailure):
+            await self._ensure_session()  # else at the first flush that finds work
         while not self._stopping:
             # Also poll: a crashed replica may have left rows behind, or freed its partitions.
             with contextlib.suppress(TimeoutError):
@@ -286,8 +290,16 @@ class OutboxRelay:
         if self._session is not None and self._session.alive:
             return self._session
         self._drop_session()
-        self._session = await self._open_session()
-        return self._session
+        session = self._session = await self._open_session()
+        # Every free partition at once, so their fences run out now rather than in front of the
+        # first notification each would otherwise wait behind (up to `fence` late).
+        taken = await self._on_session(session, session.acquire_free(range(OUTBOX_PARTITIONS)))
+        until = time.monotonic() + self._fence
+        for partition in taken:
+            self._owned[partition] = until
+        if taken:
+            log.info("relay took outbox partitions", partitions=taken, fence=self._fence)
+        return session
 
     async def _on_session(self, session: RelaySession, work: Awaitable[T]) -> T:
         """Run a statement of the session; any failure gives the session up with its partitions."""

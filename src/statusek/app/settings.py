@@ -122,7 +122,7 @@ class Settings(BaseSettings):
         files = FileSettingsSource(settings_cls, env_settings, dotenv_settings)
         return init_settings, files, env_settings, dotenv_settings, file_secret_settings
 
-    # Several nodes' URLs, comma-separated, to fail over between (README "A RabbitMQ cluster").
+    # Several nodes' URLs, comma-separated, to fail over between (docs/operations.md, "A RabbitMQ cluster").
     amqp_url: Annotated[str, AfterValidator(_checked_urls)] = "amqp://guest:guest@localhost:5672/"
     database_url: str = "postgresql://postgres@localhost:5432/statusek"
     migrate_on_start: bool = Field(
@@ -147,7 +147,7 @@ class Settings(BaseSettings):
     prefetch: int = Field(default=512, gt=0)
     window: int = Field(default=256, gt=0)
     query_concurrency: int = Field(default=32, gt=0)
-    # README "Partitions": more than one needs the rabbitmq_consistent_hash_exchange plugin, and
+    # docs/guarantees.md, "Partitions": more than one needs the rabbitmq_consistent_hash_exchange plugin, and
     # publishers that set the instance_token header to keep per-instance order.
     command_partitions: int = Field(
         default=1, ge=1, le=256, description="Command queues that replicas apply in parallel."
@@ -156,7 +156,7 @@ class Settings(BaseSettings):
         default=2.0, gt=0, description="Seconds between two hand-overs of one partition by a replica."
     )
     db_pool_size: int = Field(default=10, ge=4)
-    # Postgres time bounds (README "Database timeouts and fail-over"): a black-holed database must
+    # Postgres time bounds (docs/operations.md, "Settings"): a black-holed database must
     # never hold a worker, and a stalled worker hands its command queues to a standby.
     database_connect_timeout: float = Field(
         default=5.0, gt=0, description="Seconds for one connection attempt to Postgres."
@@ -198,7 +198,7 @@ class Settings(BaseSettings):
     sweep_batch: int = Field(default=500, gt=0)
     # A safety net only: sweepers are woken by deadlines, not by this period.
     sweep_max_sleep: float = Field(default=5.0, gt=0)
-    # Retention (README "Retention"): finished instances older than their model's `retention`, else
+    # Retention (docs/retention.md): finished instances older than their model's `retention`, else
     # this (`30d`, `12h`, `3600` seconds; unset: kept forever), are folded into reports and purged.
     default_retention: Annotated[float | None, BeforeValidator(optional_duration)] = None
     purge_batch: int = Field(default=1000, gt=0, description="Instances per purge transaction.")

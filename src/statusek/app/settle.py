@@ -39,7 +39,7 @@ def reply_queue_allowed(queue: str, pattern: str | None) -> bool:
     return pattern is not None and re.fullmatch(pattern, queue) is not None
 
 
-async def _reply(broker: Broker, delivery: AbstractIncomingMessage, reply: Reply) -> None:
+async def reply_to_sender(broker: Broker, delivery: AbstractIncomingMessage, reply: Reply) -> None:
     """Publish a reply to the delivery's reply_to, or drop it (counted, logged) if no reply queue."""
     queue = delivery.reply_to or ""
     if reply_queue_allowed(queue, broker.limits.reply_queue_pattern):
@@ -59,7 +59,7 @@ async def _reply(broker: Broker, delivery: AbstractIncomingMessage, reply: Reply
 async def answer(broker: Broker, delivery: AbstractIncomingMessage, reply: Reply) -> None:
     """Reply to the sender, or park a rule rejection nobody would otherwise see."""
     if delivery.reply_to:
-        await _reply(broker, delivery, reply)
+        await reply_to_sender(broker, delivery, reply)
     elif not reply.status:
         await broker.park(
             broker.names.rejected,
@@ -116,7 +116,7 @@ async def dead_letter(
     if delivery.reply_to:
         # The sender learns what to fix; our own failures stay in the logs and the copy's headers.
         detail = _INTERNAL.get(error.reason, error.detail)
-        await _reply(broker, delivery, Reply.fail(Code.INVALID_MESSAGE, detail, reason=error.reason))
+        await reply_to_sender(broker, delivery, Reply.fail(Code.INVALID_MESSAGE, detail, reason=error.reason))
 
 
 async def ack_all(deliveries: Sequence[AbstractIncomingMessage]) -> int:

@@ -307,6 +307,7 @@ class Worker:
                         partitions.members_changed,
                         every=s.rebalance_every,
                         retry_cap=s.retry_backoff_max,
+                        options=s.database_options(),
                     ),
                     name="membership",
                 )

@@ -36,3 +36,11 @@ class BrokerUnavailable(TransientError):
 
 class StoreFailure(StatusekError):
     """Postgres refused the work for a reason retrying will not fix."""
+
+
+class TooLargeForBroker(StatusekError):
+    """RabbitMQ refused a message over its max_message_size: sending it again fails the same way."""
+
+    def __init__(self, size: int, detail: str):
+        self.size = size
+        super().__init__(detail)

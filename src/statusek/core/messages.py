@@ -128,7 +128,7 @@ class ReportQuery(WireMessage):
         return self
 
 
-# Paging (README "Paging"). A page holds at most `limit` items, fewer when they pass PAGE_BYTES of
+# Paging (docs/contract.md, "Paging"). A page holds at most `limit` items, fewer when they pass PAGE_BYTES of
 # JSON (a reply must stay well under RabbitMQ's message size limit); it always holds at least one.
 # Only a null `next_after_seq` / `next_after` says there is nothing more.
 DEFAULT_EVENTS_PAGE = 1000

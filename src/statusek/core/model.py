@@ -200,31 +200,53 @@ def _statuses(raw_statuses: object, fail: Fail) -> list[Status]:
     if not raw_statuses:
         fail("statuses", "must not be empty")
         return []
-    # Names declared by any item, even one with other problems, so that its
-    # followers are not also reported as naming an unknown status.
-    declared = {
+    declared = _declared_names(raw_statuses)
+    parsed = [(i, s) for i, item in enumerate(raw_statuses) if (s := _status(item, i, fail)) is not None]
+    _check_unique_names(parsed, fail)
+    _check_edges(parsed, declared, fail)
+    statuses = [s for _, s in parsed]
+    _check_acyclic(statuses, fail)
+    return statuses
+
+
+def _declared_names(raw_statuses: Sequence[object]) -> set[str]:
+    """The names the items declare, even items with other problems.
+
+    So the followers of a broken item are not also reported as naming an unknown status.
+    """
+    return {
         item["name"]
         for item in raw_statuses
         if isinstance(item, Mapping) and isinstance(item.get("name"), str)
     }
-    parsed = [(i, s) for i, item in enumerate(raw_statuses) if (s := _status(item, i, fail)) is not None]
+
+
+def _check_unique_names(parsed: Sequence[tuple[int, Status]], fail: Fail) -> None:
+    """No two statuses share a name."""
     seen: set[str] = set()
     for i, s in parsed:
         if s.name in seen:
             fail(f"statuses[{i}].name", f"duplicate status name {s.name!r}")
         seen.add(s.name)
+
+
+def _check_edges(parsed: Sequence[tuple[int, Status]], declared: set[str], fail: Fail) -> None:
+    """Each name in `after` names another declared status."""
     for i, s in parsed:
         for prev in s.after:
             if prev == s.name:
                 fail(f"statuses[{i}].after", f"status {s.name!r} lists itself")
             elif prev not in declared:
                 fail(f"statuses[{i}].after", f"unknown status {prev!r}")
-    # Cycles among the edges that are valid, so that they are reported with the other problems.
-    valid = [replace(s, after=tuple(p for p in s.after if p in seen and p != s.name)) for _, s in parsed]
+
+
+def _check_acyclic(statuses: Sequence[Status], fail: Fail) -> None:
+    """A cycle among the valid edges (unknown names and self-edges left out), reported with the rest."""
+    names = {s.name for s in statuses}
+    valid = [replace(s, after=tuple(p for p in s.after if p in names and p != s.name)) for s in statuses]
     cycle = _find_cycle(list({s.name: s for s in valid}.values()))
     if cycle:
         fail("statuses", "cycle in the edges: " + " -> ".join(cycle))
-    return [s for _, s in parsed]
 
 
 def _timeout(value: object, key: str, fail: Fail) -> float | None:

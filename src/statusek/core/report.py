@@ -1,6 +1,6 @@
 """Timing reports of finished instances, and the daily aggregates that keep them after a purge.
 
-Definitions (README "Reports"):
+Definitions (docs/retention.md, "Reports"):
 
 - The duration of an instance runs from its creation to its finish.
 - The duration of a status runs from the previous status event of the instance (or its creation,

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from statusek.core.access import Sender, Writers
 from statusek.core.codes import Code, FinishReason
-from statusek.core.model import StatusModel, StatusType, closest_name
+from statusek.core.model import Status, StatusModel, StatusType, closest_name
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,36 +40,71 @@ def readiness(
     writers = model.writers_of(status_name)
     if not sender.may(writers):
         return not_allowed(sender, f"set status {status_name!r} of object {model.object_name!r}", writers)
-    previous = [model.status(p) for p in status.after]
-    mandatory = [p.name for p in previous if p and p.type is StatusType.MANDATORY]
-    missing = [p for p in mandatory if p not in is_set]
-    if missing:
-        return Verdict(
-            Code.NOT_ALL_PREVIOUS_MANDATORY_STATUSES_ARE_SET,
-            f"Status {status_name!r} of instance {token} needs the previous mandatory "
-            f"status(es) {', '.join(map(repr, missing))} to be set first",
-        )
-    optional = [p.name for p in previous if p and p.type is StatusType.OPTIONAL]
-    if not mandatory and optional and not any(p in is_set for p in optional):
-        return Verdict(
-            Code.NO_PREVIOUS_OPTIONAL_STATUS_IS_SET,
-            f"Status {status_name!r} of instance {token} needs one of the previous optional "
-            f"statuses {', '.join(map(repr, optional))} to be set first",
-        )
-    if status.type is StatusType.OPTIONAL:
-        later = [n for n in model.next_of(status_name) if n in is_set]
-        if later:
-            return Verdict(
-                Code.AT_LEAST_ONE_NEXT_STATUS_IS_SET,
-                f"Optional status {status_name!r} of instance {token} can no longer be set: "
-                f"its next status(es) {', '.join(map(repr, later))} are already set",
-            )
+    failed = (
+        _mandatory_previous_missing(model, status, is_set, token)
+        or _no_optional_previous_set(model, status, is_set, token)
+        or _next_already_set(model, status, is_set, token)
+    )
+    if failed is not None:
+        return failed
     if status_name in is_set:
         return Verdict(
             Code.STATUS_IS_ALREADY_SET,
             f"Status {status_name!r} is already set on instance {token}",
         )
     return Verdict(Code.SUCCESS, f"Status {status_name!r} can be set on instance {token}")
+
+
+def _previous(model: StatusModel, status: Status, kind: StatusType) -> list[str]:
+    """The statuses of type `kind` in the `after` of `status`, in its order."""
+    previous = (model.status(p) for p in status.after)
+    return [p.name for p in previous if p and p.type is kind]
+
+
+def _mandatory_previous_missing(
+    model: StatusModel, status: Status, is_set: Collection[str], token: str
+) -> Verdict | None:
+    """Check 4: every MANDATORY status in `after` is set."""
+    missing = [p for p in _previous(model, status, StatusType.MANDATORY) if p not in is_set]
+    if not missing:
+        return None
+    return Verdict(
+        Code.NOT_ALL_PREVIOUS_MANDATORY_STATUSES_ARE_SET,
+        f"Status {status.name!r} of instance {token} needs the previous mandatory "
+        f"status(es) {', '.join(map(repr, missing))} to be set first",
+    )
+
+
+def _no_optional_previous_set(
+    model: StatusModel, status: Status, is_set: Collection[str], token: str
+) -> Verdict | None:
+    """Check 5: with no MANDATORY but some OPTIONAL status in `after`, one of those is set."""
+    if _previous(model, status, StatusType.MANDATORY):
+        return None
+    optional = _previous(model, status, StatusType.OPTIONAL)
+    if not optional or any(p in is_set for p in optional):
+        return None
+    return Verdict(
+        Code.NO_PREVIOUS_OPTIONAL_STATUS_IS_SET,
+        f"Status {status.name!r} of instance {token} needs one of the previous optional "
+        f"statuses {', '.join(map(repr, optional))} to be set first",
+    )
+
+
+def _next_already_set(
+    model: StatusModel, status: Status, is_set: Collection[str], token: str
+) -> Verdict | None:
+    """Check 6: an OPTIONAL status can no longer be set once a status listing it in `after` is."""
+    if status.type is not StatusType.OPTIONAL:
+        return None
+    later = [n for n in model.next_of(status.name) if n in is_set]
+    if not later:
+        return None
+    return Verdict(
+        Code.AT_LEAST_ONE_NEXT_STATUS_IS_SET,
+        f"Optional status {status.name!r} of instance {token} can no longer be set: "
+        f"its next status(es) {', '.join(map(repr, later))} are already set",
+    )
 
 
 def not_allowed(sender: Sender, action: str, writers: Writers | None) -> Verdict:

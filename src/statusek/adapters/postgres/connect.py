@@ -20,7 +20,10 @@ CLIENT_MARGIN = 2.0
 
 @dataclass(frozen=True, slots=True)
 class ConnectOptions:
-    """Timeouts (seconds) and TCP keepalives of every connection a worker opens (README "Settings")."""
+    """Timeouts (seconds) and TCP keepalives of every connection a worker opens.
+
+    docs/operations.md, "Settings", lists them.
+    """
 
     connect_timeout: float = 5.0
     statement_timeout: float = 10.0

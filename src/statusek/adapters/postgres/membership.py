@@ -14,6 +14,7 @@ from collections.abc import Callable
 import asyncpg
 import structlog
 
+from statusek.adapters.postgres.connect import ConnectOptions, connect
 from statusek.adapters.postgres.errors import translated
 from statusek.core.errors import StoreFailure, TransientError
 
@@ -40,6 +41,7 @@ async def hold_membership(
     *,
     every: float,
     retry_cap: float,
+    options: ConnectOptions | None = None,
 ) -> None:
     """Be a member under `key` and report the set of members every `every` seconds, forever.
 
@@ -51,7 +53,9 @@ async def hold_membership(
         conn: asyncpg.Connection | None = None
         try:
             async with translated():
-                conn = await asyncpg.connect(dsn)
+                # Bounded and kept alive like the pool: a black-holed database ends this
+                # replica's membership, so the others take its partitions.
+                conn = await connect(dsn, options or ConnectOptions())
                 await conn.execute("SELECT pg_advisory_lock($1, $2)", MEMBER_LOCK, key)
                 delay = 0.1
                 while True:

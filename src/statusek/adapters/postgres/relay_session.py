@@ -10,6 +10,7 @@ moment.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
 import asyncpg
 
@@ -47,6 +48,16 @@ class RelaySession:
             return bool(
                 await self._conn.fetchval("SELECT pg_try_advisory_lock($1, $2)", RELAY_LOCK, partition)
             )
+
+    async def acquire_free(self, partitions: Sequence[int]) -> list[int]:
+        """Take every one of `partitions` no other session holds, in one round trip; those taken."""
+        async with translated():
+            rows = await self._conn.fetch(
+                "SELECT p FROM unnest($2::int[]) AS p WHERE pg_try_advisory_lock($1, p) ORDER BY p",
+                RELAY_LOCK,
+                list(partitions),
+            )
+        return [int(r["p"]) for r in rows]
 
     async def verify(self) -> None:
         """Raise unless the session (and so every lock it holds) is still there."""

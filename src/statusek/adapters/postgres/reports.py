@@ -130,7 +130,17 @@ async def _read(
         return ReportInputs(None, [], LiveFigures(), {})
     latest = parse_model(versions[0]["definition"], source="model_versions", version=versions[0]["version"])
     every = await slas(conn, store.model_cache, {(object_name, r["version"]) for r in versions})
-    daily = [
+    daily = await _daily(conn, object_name, since, until)
+    live = await _live(conn, object_name, since, until, every, daily)
+    met = {r.key.model_version for r in daily} | live.versions
+    return ReportInputs(latest, daily, live, {(object_name, v): every.get((object_name, v)) for v in met})
+
+
+async def _daily(
+    conn: asyncpg.Connection, object_name: str, since: date | None, until: date | None
+) -> list[DailyRow]:
+    """The daily aggregates of the purged instances, days `since` to `until`."""
+    return [
         DailyRow(
             DailyKey(
                 object_name,
@@ -154,6 +164,17 @@ async def _read(
             until,
         )
     ]
+
+
+async def _live(
+    conn: asyncpg.Connection,
+    object_name: str,
+    since: date | None,
+    until: date | None,
+    every: Slas,
+    daily: list[DailyRow],
+) -> LiveFigures:
+    """The finished instances still kept, added up by Postgres, with the breaches of `every` SLA."""
     versions_known = sorted(v for (_, v) in every)
     instance_rows = await conn.fetch(
         _INSTANCE_FIGURES,
@@ -169,16 +190,9 @@ async def _read(
     instance_buckets: dict[str | None, tuple[int, ...]] = {}
     status_buckets: dict[str | None, tuple[int, ...]] = {}
     if daily:
-        instance_buckets = _histograms(
-            (None if r["every"] else r["finish_reason"], r["b"], r["n"])
-            for r in await conn.fetch(_INSTANCE_BUCKETS, object_name, since, until)
-        )
-        status_buckets = _histograms(
-            (r["status_name"], r["b"], r["n"])
-            for r in await conn.fetch(_STATUS_BUCKETS, object_name, since, until)
-        )
+        instance_buckets, status_buckets = await _live_histograms(conn, object_name, since, until)
     whole = next((r for r in instance_rows if r["every"] and r["count"]), None)
-    live = LiveFigures(
+    return LiveFigures(
         whole=_summary(whole, instance_buckets.get(None), daily) if whole else None,
         by_reason={
             FinishReason(r["finish_reason"]): _summary(r, instance_buckets.get(r["finish_reason"]), daily)
@@ -191,8 +205,21 @@ async def _read(
         sla_breaches=whole["breaches"] if whole else 0,
         versions=frozenset(whole["versions"]) if whole else frozenset(),
     )
-    met = {r.key.model_version for r in daily} | live.versions
-    return ReportInputs(latest, daily, live, {(object_name, v): every.get((object_name, v)) for v in met})
+
+
+async def _live_histograms(
+    conn: asyncpg.Connection, object_name: str, since: date | None, until: date | None
+) -> tuple[dict[str | None, tuple[int, ...]], dict[str | None, tuple[int, ...]]]:
+    """The kept instances' bucket counts: per finish reason (None: every reason), and per status."""
+    by_reason = _histograms(
+        (None if r["every"] else r["finish_reason"], r["b"], r["n"])
+        for r in await conn.fetch(_INSTANCE_BUCKETS, object_name, since, until)
+    )
+    by_status = _histograms(
+        (r["status_name"], r["b"], r["n"])
+        for r in await conn.fetch(_STATUS_BUCKETS, object_name, since, until)
+    )
+    return by_reason, by_status
 
 
 def _histograms(rows: Iterable[tuple[str | None, int, int]]) -> dict[str | None, tuple[int, ...]]:

@@ -30,7 +30,7 @@ from pamqp.common import FieldTable
 from statusek.adapters.rabbitmq.corked import CorkedConnection
 from statusek.adapters.rabbitmq.endpoints import NoBrokerReachable, connect_first, split_urls
 from statusek.adapters.tls import tls_failure
-from statusek.core.errors import BrokerUnavailable
+from statusek.core.errors import BrokerUnavailable, TooLargeForBroker
 from statusek.core.messages import COMMANDS, QUERIES, Reply
 from statusek.core.partitions import INSTANCE_TOKEN_HEADER
 from statusek.core.views import Notification
@@ -63,22 +63,43 @@ def describe(e: BaseException, url: str | None = None) -> str:
     port concerned (never the password).
     """
     where = url_location(url) if url else None
-    tls = tls_failure(e, server="RabbitMQ", parameters=("cafile", "certfile", "keyfile"))
-    if tls is not None:
-        return tls
-    if isinstance(e, aiormq.exceptions.ProbableAuthenticationError):
-        if where is not None:
-            user = urlsplit(url or "").username or "guest"
-            return f"the broker refused the login of user {user!r}: wrong user or password"
-        return (
-            "the broker closed the connection during login: wrong user or password, or no access to the vhost"
-        )
-    if isinstance(e, aiormq.exceptions.IncompatibleProtocolError) or "Connection.Close" in str(e):
-        if where is not None:
-            user = urlsplit(url or "").username or "guest"
-            vhost = where["path"] or "/"
-            return f"the broker refused vhost {vhost!r}: it does not exist, or user {user!r} may not use it"
-        return "the broker refused the connection: the vhost does not exist or the user may not use it"
+    # Each gives None (never an empty line) when `e` is not its kind: the first that knows `e` tells.
+    line = (
+        tls_failure(e, server="RabbitMQ", parameters=("cafile", "certfile", "keyfile"))
+        or _login_refused(e, url, where)
+        or _vhost_refused(e, url, where)
+        or _unreachable(e, where)
+        or _cut_off(e)
+    )
+    return line or f"{type(e).__name__}: {e}"
+
+
+def _login_refused(e: BaseException, url: str | None, where: dict[str, str] | None) -> str | None:
+    """The broker ended the connection during the login (aiormq's ProbableAuthenticationError)."""
+    if not isinstance(e, aiormq.exceptions.ProbableAuthenticationError):
+        return None
+    if where is not None:
+        return f"the broker refused the login of user {_user(url)!r}: wrong user or password"
+    return "the broker closed the connection during login: wrong user or password, or no access to the vhost"
+
+
+def _vhost_refused(e: BaseException, url: str | None, where: dict[str, str] | None) -> str | None:
+    """The broker refused the vhost: an incompatible-protocol error or a Connection.Close frame."""
+    if not (isinstance(e, aiormq.exceptions.IncompatibleProtocolError) or "Connection.Close" in str(e)):
+        return None
+    if where is not None:
+        vhost = where["path"] or "/"
+        return f"the broker refused vhost {vhost!r}: it does not exist, or user {_user(url)!r} may not use it"
+    return "the broker refused the connection: the vhost does not exist or the user may not use it"
+
+
+def _user(url: str | None) -> str:
+    """The user the URL logs in as; none is RabbitMQ's default."""
+    return urlsplit(url or "").username or "guest"
+
+
+def _unreachable(e: BaseException, where: dict[str, str] | None) -> str | None:
+    """No broker reached: no answer, nothing listening, or no such host."""
     if isinstance(e, asyncio.TimeoutError):
         return "no answer from the broker in time (a firewall, or the wrong host or port?)"
     errno = e.args[0] if isinstance(e, aiormq.exceptions.AMQPConnectionError) and e.args else None
@@ -87,11 +108,16 @@ def describe(e: BaseException, url: str | None = None) -> str:
     if errno in (-2, -3, -5):
         host = where["host"] if where is not None else "the host"
         return f"{host!r} is not a known host name"
+    return None
+
+
+def _cut_off(e: BaseException) -> str | None:
+    """A connection that was made, then ended by the other side or something in between."""
     if "connection reset" in str(e).lower():
         return "the connection was reset (the broker went away, or something in between cut the link)"
     if "unexpectedly closed" in str(e):
         return "the server closed the connection at once: is this RabbitMQ's AMQP port (5672)?"
-    return f"{type(e).__name__}: {e}"
+    return None
 
 
 class PartitionerMissing(BrokerUnavailable):
@@ -253,7 +279,7 @@ class Broker:
         commands_arguments: FieldTable = {
             "x-queue-type": "quorum",
             # One active consumer at a time keeps commands in publish order across
-            # replicas; the others stand by (README, "Ordering").
+            # replicas; the others stand by (docs/guarantees.md, "Ordering").
             "x-single-active-consumer": True,
             "x-delivery-limit": limits.delivery_limit,
             "x-dead-letter-exchange": n.dead_letter,
@@ -457,6 +483,8 @@ class Broker:
         return Consumer(channel, queue, tag)
 
     async def reply(self, reply_to: str, correlation_id: str | None, reply: Reply) -> None:
+        """Raises `TooLargeForBroker` for a reply over the broker's max_message_size."""
+        body = reply.model_dump_json().encode()
         # What aio_pika.Message would make, without its checks of every attribute set.
         properties = aiormq.spec.Basic.Properties(
             content_type="application/json",
@@ -466,7 +494,16 @@ class Broker:
             delivery_mode=TRANSIENT,
             priority=0,
         )
-        await self._publish_default(reply_to, reply.model_dump_json().encode(), properties)
+        try:
+            await self._publish_default(reply_to, body, properties)
+        except BrokerUnavailable as e:
+            if isinstance(e.__cause__, aiormq.exceptions.ChannelPreconditionFailed) and "max size" in str(
+                e.__cause__
+            ):
+                raise TooLargeForBroker(
+                    len(body), f"the broker refused a reply of {len(body)} bytes: {e}"
+                ) from e
+            raise
 
     async def park(self, queue: str, original: AbstractIncomingMessage, headers: Mapping[str, Any]) -> None:
         """Copy a delivery to a holding queue with the reason in its headers.

@@ -1,4 +1,4 @@
--- Retention and reports (README "Retention" and "Reports").
+-- Retention and reports (docs/retention.md).
 --
 -- Finished instances older than their retention are purged with their events, after their
 -- durations were folded into daily aggregates, so reports outlive the instances.

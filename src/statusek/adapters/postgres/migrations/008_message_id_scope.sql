@@ -1,5 +1,5 @@
--- Idempotency records are scoped by sender and remember what the command was (README
--- "Guarantees"): the same message_id from two users are two commands, and a message_id reused
+-- Idempotency records are scoped by sender and remember what the command was
+-- (docs/guarantees.md): the same message_id from two users are two commands, and a message_id reused
 -- for a different command is refused (MESSAGE_ID_REUSED) instead of answered with the first
 -- command's reply. Records written before this migration have sender '' and no fingerprint:
 -- a repeat of them is still answered with its stored reply.

@@ -1,0 +1,29 @@
+"""Test modules share helpers through tests/helpers.py, not by importing one another."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+TESTS = Path(__file__).resolve().parents[1]
+
+
+def imported_modules(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+    return found
+
+
+def test_no_test_module_imports_another() -> None:
+    """No file under tests/ imports a test_*.py module (helpers live in tests/helpers.py)."""
+    offenders = {
+        f"{path.relative_to(TESTS)} imports {module}"
+        for path in TESTS.rglob("*.py")
+        for module in imported_modules(path)
+        if module.startswith("tests.") and module.rsplit(".", 1)[-1].startswith("test_")
+    }
+    assert not offenders, sorted(offenders)
