@@ -66,11 +66,13 @@ class CorkedTransportFactory(aiormq.TransportFactory):
             if url.scheme == "amqps"
             else aiormq.connection.TCPTransportFactory()
         )
+        self.writer: CorkedWriter | None = None  # the last one made, for tests
 
     async def create(self, url: URL, **kwargs: Any) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         reader, writer = await self._inner.create(url, **kwargs)
+        self.writer = CorkedWriter(writer)
         # Duck-typed: aiormq only calls write, drain, close, is_closing and wait_closed.
-        return reader, CorkedWriter(writer)  # type: ignore[return-value]
+        return reader, self.writer  # type: ignore[return-value]
 
 
 class CorkedConnection(aio_pika.Connection):
@@ -78,4 +80,5 @@ class CorkedConnection(aio_pika.Connection):
 
     def __init__(self, url: URL, *args: Any, **kwargs: Any):
         super().__init__(url, *args, **kwargs)
-        self.kwargs["transport_factory"] = CorkedTransportFactory(self.url)
+        self.transport_factory = CorkedTransportFactory(self.url)
+        self.kwargs["transport_factory"] = self.transport_factory
