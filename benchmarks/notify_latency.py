@@ -5,8 +5,10 @@ commands per second for `--seconds`, to K worker processes on a fresh vhost
 and database, and reports the percentiles of FINISHED publish ->
 instance-finished received (and of FINISHED publish -> its reply), after a
 warm-up second; then the work it cost, which a busy machine distorts less
-than latency: the workers' CPU seconds and the database's transactions (and
-rows read) per 1,000 commands.
+than latency: the workers' CPU per command while the load ran (utime + stime
+from /proc/<pid>/stat, from the first publish to the last notification), their
+CPU over the whole run, and the database's transactions (and rows read) per
+1,000 commands.
 
     .venv/bin/python benchmarks/notify_latency.py --rate 300 --seconds 20
     .venv/bin/python benchmarks/notify_latency.py --rate 1500 --seconds 20
@@ -37,6 +39,20 @@ from statusek.testing import (
 AMQP = os.environ.get("STATUSEK_TEST_AMQP_URL", LOCAL_AMQP_URL)
 PG = os.environ.get("STATUSEK_TEST_DATABASE_URL", LOCAL_ADMIN_DATABASE_URL)
 TICK = 0.01
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User plus system CPU of live processes (utime + stime of /proc/<pid>/stat), in seconds."""
+    ticks = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                # The command name (field 2) may hold spaces: count fields after its closing ')'.
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5)
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 async def wait_for_worker(url: str) -> None:
@@ -162,15 +178,19 @@ async def main() -> None:
                 "STATUSEK_OPS_PORT": "0",
             }
             before = resource.getrusage(resource.RUSAGE_CHILDREN)
-            with worker_processes(env, args.workers):
+            with worker_processes(env, args.workers) as procs:
                 await wait_for_worker(amqp_url)
                 await asyncio.sleep(1)
                 xacts, fetched = await database_work(db_url)
+                pids = [p.pid for p in procs]
+                loaded = cpu_seconds(pids)
                 sent = await drive(amqp_url, args.rate, args.seconds)
+                loaded = cpu_seconds(pids) - loaded
                 xacts_after, fetched_after = await database_work(db_url)
             after = resource.getrusage(resource.RUSAGE_CHILDREN)
             cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
             per = 1000 / max(sent, 1)
+            print(f"worker CPU per command under load: {loaded * per:.3f} ms")
             print(
                 f"work per 1,000 commands: worker CPU {cpu * per:.2f} s (whole run, start and stop included),"
                 f" database transactions {(xacts_after - xacts) * per:.0f},"

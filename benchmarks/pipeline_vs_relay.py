@@ -12,7 +12,9 @@ outbox.
 For each system, after a short warm-up: commands/s at full load (first publish to last expected
 notification), then the latency from publishing FINISHED to receiving `instance-finished`
 (p50/p95/p99) at full load, at half of the commands/s that system just reached (paced publishing)
-and at a fixed 300 commands/s, and the peak RSS (VmHWM) of the worker(s) or of the relay consumer.
+and at a fixed 300 commands/s, the CPU the worker(s) or the relay consumer used per command in
+each run (utime + stime from /proc/<pid>/stat, from the run's first publish to its last
+notification), and their peak RSS (VmHWM).
 Each system gets its own vhost (and database), removed afterwards. Progress goes to stderr.
 
     .venv/bin/python benchmarks/pipeline_vs_relay.py --instances 5000 --paced-seconds 10
@@ -115,6 +117,20 @@ def peak_rss_kib(pid: int) -> int | None:
     return None
 
 
+def cpu_seconds(pids: Sequence[int]) -> float:
+    """User plus system CPU of live processes (utime + stime of /proc/<pid>/stat), in seconds."""
+    ticks = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                # The command name (field 2) may hold spaces: count fields after its closing ')'.
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5)
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def percentile_ms(ordered: Sequence[float], p: float) -> float | None:
     """Nearest-rank percentile of sorted seconds, in ms."""
     if not ordered:
@@ -183,6 +199,8 @@ class Run:
     first_publish: float = 0.0
     last_publish: float = 0.0
     last_notification: float = 0.0
+    cpu_started: float = 0.0  # CPU seconds of the measured processes when the run began
+    cpu_used: float = 0.0  # and what they used until its last notification
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -203,6 +221,8 @@ class Harness:
         self.failures: list[BaseException] = []
         self.connections: list[aio_pika.abc.AbstractConnection] = []
         self.exchange: aio_pika.abc.AbstractExchange | None = None
+        # The system's processes (workers, or the relay consumer) whose CPU each run reports.
+        self.pids: list[int] = []
 
     async def open(self, url: str, commands: str, events: str) -> None:
         publishing = await aio_pika.connect(url)
@@ -325,6 +345,7 @@ class Harness:
 
     def begin(self, name: str, tokens: list[str]) -> Run:
         run = Run(f"{self.label} {name}", set(tokens), expected=3 * len(tokens))
+        run.cpu_started = cpu_seconds(self.pids)
         self.run = run
         self.progress.start(run.label, run.expected)
         return run
@@ -353,6 +374,7 @@ class Harness:
                     f" none for {STALL_SECONDS:.0f} s;"
                     f" queues (ready, unacked): {depths}"
                 )
+        run.cpu_used = cpu_seconds(self.pids) - run.cpu_started
         self.run = None
         seconds = run.last_notification - run.first_publish
         self.progress.finish(f"{run.expected / seconds:,.0f} commands/s ({seconds:.2f} s)")
@@ -370,15 +392,24 @@ class Harness:
             "p95_ms": percentile_ms(ordered, 95),
             "p99_ms": percentile_ms(ordered, 99),
             "max_ms": percentile_ms(ordered, 100),
+            # Of the worker(s) or the relay consumer, from the run's start to its last notification.
+            "cpu_ms_per_command": round(run.cpu_used * 1000 / run.expected, 3) if self.pids else None,
             "duplicate_notifications": run.duplicates,
         }
 
 
 async def measure(
-    label: str, url: str, commands: str, events: str, args: argparse.Namespace, progress: Progress
+    label: str,
+    url: str,
+    commands: str,
+    events: str,
+    args: argparse.Namespace,
+    progress: Progress,
+    pids: Sequence[int],
 ) -> dict[str, Any]:
     """Warm-up, full load, then half of the full-load rate and FIXED_RATE, on one system."""
     harness = Harness(label, unquote(urlsplit(url).path[1:]), progress)
+    harness.pids = list(pids)
     await harness.open(url, commands, events)
     try:
         # Unmeasured: first connections, Postgres caches and plans, the queue's first segment.
@@ -451,7 +482,7 @@ async def relay_phase(args: argparse.Namespace, progress: Progress) -> dict[str,
         try:
             progress.note("relay: consumer process started")
             await wait_for_consumers(url, {RELAY_COMMANDS: 1}, [consumer])
-            runs = await measure("relay", url, RELAY_COMMANDS, RELAY_EVENTS, args, progress)
+            runs = await measure("relay", url, RELAY_COMMANDS, RELAY_EVENTS, args, progress, [consumer.pid])
             rss = peak_rss_kib(consumer.pid)
         finally:
             consumer.terminate()
@@ -481,7 +512,15 @@ async def pipeline_phase(args: argparse.Namespace, progress: Progress) -> dict[s
                 progress.note(f"pipeline: {args.workers} worker(s) started, {args.partitions} partition(s)")
                 # Every replica consumes queries: all of them are up (their outbox relays too).
                 await wait_for_consumers(url, {"statusek.queries": args.workers, PIPELINE_COMMANDS: 1}, procs)
-                runs = await measure("pipeline", url, PIPELINE_COMMANDS, PIPELINE_EVENTS, args, progress)
+                runs = await measure(
+                    "pipeline",
+                    url,
+                    PIPELINE_COMMANDS,
+                    PIPELINE_EVENTS,
+                    args,
+                    progress,
+                    [p.pid for p in procs],
+                )
                 rss = [peak_rss_kib(p.pid) for p in procs]
                 vhost = unquote(urlsplit(url).path[1:])
                 depths = RabbitAdmin().list_queues(vhost)
@@ -620,6 +659,14 @@ def table(report: dict[str, Any]) -> str:
                     num(ratio(p[f"{q}_ms"], r[f"{q}_ms"]), 2),
                 )
             )
+        rows.append(
+            (
+                "  CPU ms per command (consumer / workers)",
+                num(r["cpu_ms_per_command"], 3),
+                num(p["cpu_ms_per_command"], 3),
+                num(ratio(p["cpu_ms_per_command"], r["cpu_ms_per_command"]), 2),
+            )
+        )
     relay_rss, pipeline_rss = report["peak_rss_mib"]["relay"], report["peak_rss_mib"]["pipeline"]
     rows.append(
         (

@@ -379,8 +379,13 @@ def _token_of(envelope: Envelope) -> str | None:
 DIGEST_PERIOD = 300
 
 
+def by_digest(envelope: Envelope) -> bool:
+    """Whether a command is known by its digest (no message_id): its keys need the database clock."""
+    return envelope.message_id is None and envelope.digest is not None
+
+
 def identity(
-    delivery: AbstractIncomingMessage, envelope: Envelope, now: datetime
+    delivery: AbstractIncomingMessage, envelope: Envelope, now: datetime | None
 ) -> tuple[ReplyKey | None, tuple[ReplyKey, ...]]:
     """The key a command's reply is recorded under, and the keys that make it a repeat.
 
@@ -400,6 +405,8 @@ def identity(
         return key, (key,)
     if envelope.digest is None:
         return None, ()
+    if now is None:
+        raise ValueError("a key by digest needs the database clock (see by_digest)")
     period = int(now.timestamp() // DIGEST_PERIOD)
     key = (sender, f"digest:{envelope.digest}:{period}")
     if not _redelivered(delivery):
@@ -496,17 +503,20 @@ class _Window:
         tx = self.tx
         commands = [env.body for _, env in valid]
         tokens = [t for c in commands if (t := getattr(c, "instance_token", None)) is not None]
-        # Digest keys are per period of the fence's clock; decisions use the clock read once the
-        # window's instances are locked (`lock_window`).
-        identities = [identity(delivery, env, tx.fenced_at) for delivery, env in valid]
+        # Digest keys are per period of the database clock read under the fence, a round trip only
+        # a message without message_id costs; decisions use the clock read once the window's
+        # instances are locked (`lock_window`).
+        clock = await tx.now() if any(by_digest(env) for _, env in valid) else None
+        identities = [identity(delivery, env, clock) for delivery, env in valid]
         repeats_of = (key for _, repeats in identities for key in repeats)
-        self.states, stored, now = await tx.lock_window(tokens, repeats_of)
+        creates = (c.object_name for c in commands if isinstance(c, Create))
+        self.states, stored, versions, now = await tx.lock_window(tokens, repeats_of, creates)
         if any(isinstance(c, SetGlobalStatus) for c in commands):
             self.global_seq = await tx.lock_global_log()
-        latest = await tx.latest_models(c.object_name for c in commands if isinstance(c, Create))
-        self.models = await tx.models((s.object_name, s.model_version) for s in self.states.values())
-        for model in latest.values():
-            self.models[(model.object_name, model.version)] = model
+        self.models = await tx.models(
+            [(s.object_name, s.model_version) for s in self.states.values()] + list(versions.items())
+        )
+        latest = {name: self.models[(name, version)] for name, version in versions.items()}
 
         outcomes = []
         for (delivery, env), (mid, repeats) in zip(valid, identities, strict=True):
@@ -593,5 +603,5 @@ class _Window:
         # Only deadlines this window set or moved: sweepers already know the others.
         earliest = min(self.new_deadlines) if self.new_deadlines else None
         if earliest is not None:
-            await self.tx.announce_deadline(earliest)
+            self.tx.announce_deadline(earliest)
         return earliest, direct

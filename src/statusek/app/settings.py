@@ -262,6 +262,11 @@ class Settings(BaseSettings):
     # Test-only: honour the x-statusek-test-fault header (crash between commit and ack).
     fault_hooks: bool = False
 
+    uvloop: bool = Field(
+        default=True,
+        description="Run the worker's event loop on uvloop (a dependency); off: asyncio's own loop.",
+    )
+
     log_format: str = Field(default="auto", pattern="^(auto|json|console)$")
     log_level: str = "INFO"
 

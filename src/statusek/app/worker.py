@@ -6,11 +6,16 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import structlog
+
+try:
+    import uvloop
+except ImportError:  # a dependency, on every platform but Windows, where asyncio's loop runs
+    uvloop = None  # type: ignore[assignment]
 
 from statusek.adapters.model_files import load_groups, load_models
 from statusek.adapters.postgres.membership import hold_membership, new_member_key
@@ -490,4 +495,12 @@ def run_worker(settings: Settings) -> None:
             loop.add_signal_handler(sig, worker.request_stop)
         await worker.run()
 
-    asyncio.run(main())
+    loop_runner(settings)(main())
+
+
+def loop_runner(settings: Settings) -> Callable[[Coroutine[Any, Any, None]], None]:
+    """uvloop's `run` unless STATUSEK_UVLOOP is off (or uvloop is missing), else asyncio's."""
+    if settings.uvloop and uvloop is not None:
+        # The loop costs less per wake-up, and a window wakes it some twenty times (README "Benchmarks").
+        return uvloop.run
+    return asyncio.run

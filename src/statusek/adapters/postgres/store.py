@@ -8,9 +8,11 @@ module untranslated (see `errors.translated`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -22,6 +24,7 @@ import structlog
 from statusek.adapters.postgres.connect import ConnectOptions, connect
 from statusek.adapters.postgres.errors import translated
 from statusek.core.codes import FinishReason
+from statusek.core.errors import StoreFailure
 from statusek.core.global_status import GlobalEvent
 from statusek.core.instance import Event, EventKind, InstanceState
 from statusek.core.messages import FindInstances, Reply, decode_cursor
@@ -44,6 +47,28 @@ async def _init_connection(conn: asyncpg.Connection, options: ConnectOptions | N
     if options is not None:
         options.keep_alive(conn)
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+# True while a connection goes back to the pool from a committed `Store.transaction`: it holds no
+# session state, and skipping asyncpg's reset query saves a round trip per window. Read by `_reset`,
+# which the pool calls in the releasing task's context (or a copy of it).
+_CLEAN_RELEASE: ContextVar[bool] = ContextVar("statusek_clean_release", default=False)
+
+
+async def _reset(conn: asyncpg.Connection) -> None:
+    """The pool's reset of a released connection (after asyncpg rolled back any open transaction)."""
+    if _CLEAN_RELEASE.get():
+        return
+    query = conn.get_reset_query()
+    if query:
+        await conn.execute(query)
+
+
+def _literal(text: str) -> str:
+    """A SQL string literal, whatever standard_conforming_strings says (an escape string)."""
+    if "\x00" in text:
+        raise ValueError("a SQL literal cannot hold NUL")
+    return "E'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
 def _state(row: Mapping[str, Any]) -> InstanceState:
@@ -118,24 +143,23 @@ LOCK_OVERDUE = (
 class Transaction:
     """One unit of work; everything written through it commits or rolls back together."""
 
-    def __init__(self, conn: asyncpg.Connection, store: Store):
+    def __init__(self, conn: asyncpg.Connection, store: Store, *, fenced: bool = False):
         self._conn = conn
         self._store = store
-        self._fenced_at: datetime | None = None
+        self._fenced = fenced
+        # pg_notify calls, sent with the COMMIT (`commit_statement`): they are delivered on commit anyway.
+        self._notifications: list[tuple[str, str]] = []
 
-    async def fence(self, partition: int) -> None:
-        """Wait for any other transaction holding the partition's fence, then hold it until the end."""
-        async with translated():
-            self._fenced_at = await self._conn.fetchval(
-                "SELECT clock_timestamp() FROM pg_advisory_xact_lock($1, $2)", PARTITION_FENCE, partition
-            )
+    def notify(self, channel: str, payload: str = "") -> None:
+        """NOTIFY `channel` when this transaction commits, without a round trip of its own."""
+        self._notifications.append((channel, payload))
 
-    @property
-    def fenced_at(self) -> datetime:
-        """The database clock once the fence was held: a window's `now`, without a round trip of its own."""
-        if self._fenced_at is None:
-            raise RuntimeError(_UNFENCED)
-        return self._fenced_at
+    def commit_statement(self) -> str:
+        """The COMMIT, after this transaction's notifications: one simple query, one round trip."""
+        notifies = "".join(
+            f"SELECT pg_notify({_literal(c)}, {_literal(p)}); " for c, p in self._notifications
+        )
+        return notifies + "COMMIT"
 
     async def now(self) -> datetime:
         """The database clock, read now (not at transaction start): the one clock."""
@@ -144,30 +168,35 @@ class Transaction:
         return value
 
     async def lock_window(
-        self, tokens: Iterable[UUID], keys: Iterable[ReplyKey]
-    ) -> tuple[dict[UUID, InstanceState], dict[ReplyKey, GivenReply], datetime]:
+        self, tokens: Iterable[UUID], keys: Iterable[ReplyKey], object_names: Iterable[str] = ()
+    ) -> tuple[dict[UUID, InstanceState], dict[ReplyKey, GivenReply], dict[str, int], datetime]:
         """Load and lock a window's instances, read the replies already given, and the clock after.
 
-        One round trip. Only under the partition's fence (`Store.transaction(fence=...)`): the
+        Also the latest model version of each of `object_names` (the creates' models). One round
+        trip. Only under the partition's fence (`Store.transaction(fence=...)`): the
         replies are read in the snapshot the statement starts with, before it waits for any
         instance lock, and only the fence keeps another window of these commands from committing
         replies meanwhile. Locking in token order keeps replicas deadlock-free. The clock is read
         once every lock is held, so a reader that saw an instance unlocked (queries) read it
         before this window's clock: a deadline it saw pass has passed for this window too.
         """
-        if self._fenced_at is None:
+        if not self._fenced:
             raise RuntimeError(_UNFENCED)
         wanted, asked = sorted(set(tokens)), sorted(set(keys))
-        if not wanted and not asked:
-            return {}, {}, self._fenced_at
         async with translated():
-            rows = await self._conn.fetch(LOCK_WINDOW, wanted, [k[0] for k in asked], [k[1] for k in asked])
+            rows = await self._conn.fetch(
+                LOCK_WINDOW,
+                wanted,
+                [k[0] for k in asked],
+                [k[1] for k in asked],
+                sorted(set(object_names)),
+            )
         states = {row["token"]: _state(row) for row in rows if row["token"] is not None}
         given = {
             (sender, mid): GivenReply(fingerprint, Reply.model_validate(reply))
             for sender, mid, fingerprint, reply in rows[0]["replies"]
         }
-        return states, given, rows[0]["now"]
+        return states, given, rows[0]["latest"], rows[0]["now"]
 
     async def lock_global_log(self) -> int:
         """Lock the log of global statuses until commit; returns its last seq.
@@ -204,20 +233,6 @@ class Transaction:
             bound = await self._conn.fetchval("SELECT clock_timestamp()")
             rows = await self._conn.fetch(LOCK_OVERDUE, bound, limit)
         return {row["token"]: _state(row) for row in rows}
-
-    async def latest_models(self, names: Iterable[str]) -> dict[str, StatusModel]:
-        wanted = list(set(names))
-        if not wanted:
-            return {}
-        async with translated():
-            rows = await self._conn.fetch(
-                "SELECT DISTINCT ON (object_name) object_name, version FROM model_versions"
-                " WHERE object_name = ANY($1) ORDER BY object_name, version DESC",
-                wanted,
-            )
-        keys = {(r["object_name"], r["version"]) for r in rows}
-        models = await self.models(keys)
-        return {name: models[(name, version)] for name, version in keys}
 
     async def models(self, keys: Iterable[tuple[str, int]]) -> dict[tuple[str, int], StatusModel]:
         """Model versions by (name, version); versions never change, so they are cached."""
@@ -306,13 +321,12 @@ class Transaction:
                     OutboxRow(marked[n.message_id][0], n) for n in notifications if marked[n.message_id][1]
                 ]
                 if len(direct_rows) < len(notifications):
-                    await self._conn.execute("SELECT pg_notify($1, '')", OUTBOX_CHANNEL)
+                    self.notify(OUTBOX_CHANNEL)
         return direct_rows
 
-    async def announce_deadline(self, deadline: datetime) -> None:
-        """Wake sweepers that sleep past `deadline` (delivered on commit)."""
-        async with translated():
-            await self._conn.execute("SELECT pg_notify($1, $2)", DEADLINE_CHANNEL, deadline.isoformat())
+    def announce_deadline(self, deadline: datetime) -> None:
+        """Wake sweepers that sleep past `deadline` (sent with the commit)."""
+        self.notify(DEADLINE_CHANNEL, deadline.isoformat())
 
     async def delete_outbox(self, ids: Sequence[int]) -> None:
         async with translated():
@@ -329,8 +343,12 @@ LOCK_WINDOW = (
     "  FROM processed_messages p JOIN unnest($2::text[], $3::text[]) AS k(sender, message_id)"
     "   ON p.sender = k.sender AND p.message_id = k.message_id),"
     # Aggregating over every locked row first: the clock is read once they are all held.
-    " clock AS (SELECT clock_timestamp() AS now FROM (SELECT count(*) FROM locked) AS held)"
-    " SELECT clock.now, given.replies, locked.* FROM clock CROSS JOIN given LEFT JOIN locked ON true"
+    " clock AS (SELECT clock_timestamp() AS now FROM (SELECT count(*) FROM locked) AS held),"
+    " latest AS (SELECT coalesce(jsonb_object_agg(object_name, version), '{}'::jsonb) AS latest"
+    "  FROM (SELECT DISTINCT ON (object_name) object_name, version FROM model_versions"
+    "   WHERE object_name = ANY($4::text[]) ORDER BY object_name, version DESC) AS l)"
+    " SELECT clock.now, given.replies, latest.latest, locked.*"
+    " FROM clock CROSS JOIN given CROSS JOIN latest LEFT JOIN locked ON true"
 )
 # A window's notifications in one statement. `direct` (the pipeline publishes them itself) only for
 # an instance with no row already waiting: an earlier notification still in the outbox (its
@@ -426,7 +444,7 @@ class Store:
 
         async with translated():
             pool = await asyncpg.create_pool(
-                dsn, min_size=min_size, max_size=max_size, init=init, **options.connect_kwargs()
+                dsn, min_size=min_size, max_size=max_size, init=init, reset=_reset, **options.connect_kwargs()
             )
         return cls(pool, dsn, options)
 
@@ -441,12 +459,37 @@ class Store:
         channel closed (a hand-over that timed out, a lost connection) and the window of the
         same redelivered commands on another replica then run one after the other, and the
         second finds the first's replies, instead of both creating the same instance.
+
+        One round trip opens it (BEGIN, and the fence's lock in the same simple query) and one
+        commits it (with its notifications, `Transaction.notify`); the connection then goes back to
+        the pool without asyncpg's reset query (`_reset`), since a transaction leaves no session
+        state: only transaction-scoped locks and `SET LOCAL`s, which end with it.
         """
-        async with translated(), self._pool.acquire() as conn, conn.transaction():
-            tx = Transaction(conn, self)
-            if fence is not None:
-                await tx.fence(fence)
-            yield tx
+        begin = "BEGIN"
+        if fence is not None:
+            # Integers only: the lock's keys can be part of the simple query's text.
+            begin += f"; SELECT pg_advisory_xact_lock({int(PARTITION_FENCE)}, {int(fence)})"
+        clean = _CLEAN_RELEASE.set(False)
+        try:
+            async with translated(), self._pool.acquire() as conn:
+                tx = Transaction(conn, self, fenced=fence is not None)
+                try:
+                    await conn.execute(begin)
+                    yield tx
+                    status = await conn.execute(tx.commit_statement())
+                except BaseException:
+                    if not conn.is_closed():
+                        with contextlib.suppress(Exception):
+                            await conn.execute("ROLLBACK")
+                    raise
+                if status != "COMMIT":
+                    # Postgres answers a COMMIT of a failed transaction with ROLLBACK, and no error.
+                    raise StoreFailure(
+                        f"postgres rolled the transaction back instead of committing ({status})"
+                    )
+                _CLEAN_RELEASE.set(True)
+        finally:
+            _CLEAN_RELEASE.reset(clean)
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[asyncpg.Connection]:

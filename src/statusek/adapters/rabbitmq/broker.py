@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import aio_pika
@@ -27,6 +27,7 @@ from aio_pika.abc import (
 )
 from pamqp.common import FieldTable
 
+from statusek.adapters.rabbitmq.corked import CorkedConnection
 from statusek.adapters.rabbitmq.endpoints import NoBrokerReachable, connect_first, split_urls
 from statusek.adapters.tls import tls_failure
 from statusek.core.errors import BrokerUnavailable, TooLargeForBroker
@@ -137,6 +138,7 @@ class Limits:
 
 
 ORIGINAL_SIZE_HEADER = "x-statusek-original-size"
+TRANSIENT, PERSISTENT = int(aio_pika.DeliveryMode.NOT_PERSISTENT), int(aio_pika.DeliveryMode.PERSISTENT)
 TRUNCATED_HEADER = "x-statusek-truncated"
 
 
@@ -222,7 +224,6 @@ class Broker:
         self.connection: AbstractConnection | None = None
         self._lost = asyncio.Event()
         self._out: AbstractChannel | None = None
-        self._events: AbstractExchange | None = None
         # Called with the queue name when a reply is refused (settle.answer): the worker counts it.
         self.on_reply_refused: Callable[[str], None] = lambda _queue: None
 
@@ -243,6 +244,7 @@ class Broker:
                     self.urls,
                     timeout=self._connect_timeout,
                     client_properties={"connection_name": self._name},
+                    connection_class=CorkedConnection,
                 )
             except NoBrokerReachable as e:  # several addresses: it names each (passwords masked)
                 raise BrokerUnavailable(f"rabbitmq unavailable: {e}") from e
@@ -252,7 +254,6 @@ class Broker:
         connection.close_callbacks.add(lambda *_: lost.set())
         self.connection, self._lost = connection, lost
         self._out = None
-        self._events = None
 
     @property
     def is_open(self) -> bool:
@@ -466,7 +467,6 @@ class Broker:
         if self._out is None or self._out.is_closed:
             async with translated():
                 self._out = await self._require().channel(publisher_confirms=True)
-                self._events = await self._out.get_exchange(self.names.events, ensure=False)
         return self._out
 
     async def consume(
@@ -485,13 +485,17 @@ class Broker:
     async def reply(self, reply_to: str, correlation_id: str | None, reply: Reply) -> None:
         """Raises `TooLargeForBroker` for a reply over the broker's max_message_size."""
         body = reply.model_dump_json().encode()
+        # What aio_pika.Message would make, without its checks of every attribute set.
+        properties = aiormq.spec.Basic.Properties(
+            content_type="application/json",
+            correlation_id=correlation_id,
+            message_type="reply",
+            headers={},
+            delivery_mode=TRANSIENT,
+            priority=0,
+        )
         try:
-            await self._publish_default(
-                reply_to,
-                aio_pika.Message(
-                    body, content_type="application/json", correlation_id=correlation_id, type="reply"
-                ),
-            )
+            await self._publish_default(reply_to, body, properties)
         except BrokerUnavailable as e:
             if isinstance(e.__cause__, aiormq.exceptions.ChannelPreconditionFailed) and "max size" in str(
                 e.__cause__
@@ -513,23 +517,21 @@ class Broker:
         if cut:
             marks[TRUNCATED_HEADER] = True
             body = body[: self.limits.dead_letter_body_bytes]
-        await self._publish_default(
-            queue,
-            aio_pika.Message(
-                body,
-                # The caller's headers last: it may know the size of a body cut on arrival.
-                headers={**(original.headers or {}), **marks, **headers},
-                timestamp=datetime.now(UTC),
-                content_type=original.content_type,
-                correlation_id=original.correlation_id,
-                message_id=original.message_id,
-                reply_to=original.reply_to,
-                # A replay ("Move messages", a shovel) arrives with another routing key;
-                # the type still names the command.
-                type=original.type or original.routing_key,
-                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            ),
+        copy = aio_pika.Message(
+            body,
+            # The caller's headers last: it may know the size of a body cut on arrival.
+            headers={**(original.headers or {}), **marks, **headers},
+            timestamp=datetime.now(UTC),
+            content_type=original.content_type,
+            correlation_id=original.correlation_id,
+            message_id=original.message_id,
+            reply_to=original.reply_to,
+            # A replay ("Move messages", a shovel) arrives with another routing key;
+            # the type still names the command.
+            type=original.type or original.routing_key,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         )
+        await self._publish_default(queue, copy.body, copy.properties)
 
     async def publish_notifications(self, notifications: Sequence[Notification]) -> None:
         """Publish and wait for every confirm; raises `Unconfirmed` naming what was not confirmed.
@@ -567,13 +569,16 @@ class Broker:
             if not wave:
                 continue
             try:
-                exchange = await self._events_exchange()
+                channel = await self.output()
                 # Asked last, right before the frames go: the answer is only good for a while.
                 if may_continue is not None and not await may_continue():
                     raise BrokerUnavailable("publishing stopped: this relay no longer holds the partition")
                 async with translated():
                     results = await asyncio.wait_for(
-                        asyncio.gather(*(_publish_event(exchange, n) for n in wave), return_exceptions=True),
+                        asyncio.gather(
+                            *(_publish_event(channel, self.names.events, n) for n in wave),
+                            return_exceptions=True,
+                        ),
                         timeout,
                     )
             except BrokerUnavailable as e:
@@ -596,15 +601,12 @@ class Broker:
             message = f"the broker refused {len(nacked)} notification(s)"
             raise Unconfirmed(message, confirmed, nacked, unconfirmed(), answered=True)
 
-    async def _events_exchange(self) -> AbstractExchange:
-        await self.output()
-        assert self._events is not None
-        return self._events
-
-    async def _publish_default(self, routing_key: str, message: aio_pika.Message) -> None:
+    async def _publish_default(
+        self, routing_key: str, body: bytes, properties: aiormq.spec.Basic.Properties
+    ) -> None:
         channel = await self.output()
         async with translated():
-            await channel.default_exchange.publish(message, routing_key=routing_key)
+            await _publish(channel, "", routing_key, body, properties)
 
 
 class Unconfirmed(BrokerUnavailable):
@@ -649,15 +651,40 @@ def notification_waves(notifications: Sequence[Notification]) -> list[list[Notif
     return waves
 
 
-async def _publish_event(exchange: AbstractExchange, n: Notification) -> None:
-    await exchange.publish(
-        aio_pika.Message(
-            json.dumps(n.body).encode(),
-            content_type="application/json",
-            type=n.type,
-            message_id=n.message_id,
-            headers=dict(n.headers),
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        ),
-        routing_key="",
+async def _publish(
+    channel: AbstractChannel,
+    exchange: str,
+    routing_key: str,
+    body: bytes,
+    properties: aiormq.spec.Basic.Properties,
+) -> None:
+    """Publish as aio-pika's `Exchange.publish` does (mandatory, confirmed), without waiting for the write.
+
+    aio-pika holds the channel until the writer task has written each message's frames, one
+    socket write per message. Not waiting, the messages a window publishes together (replies,
+    notifications) are all queued at once, and the connection's `CorkedWriter` sends them in
+    one write.
+    """
+    if channel.is_closed:
+        raise aiormq.exceptions.ChannelInvalidStateError(f"{channel!r} closed")
+    underlay = cast(aiormq.Channel, await channel.get_underlay_channel())
+    await underlay.basic_publish(
+        body,
+        exchange=exchange,
+        routing_key=routing_key,
+        properties=properties,
+        mandatory=True,
+        wait=False,
     )
+
+
+async def _publish_event(channel: AbstractChannel, exchange: str, n: Notification) -> None:
+    properties = aiormq.spec.Basic.Properties(
+        content_type="application/json",
+        message_type=n.type,
+        message_id=n.message_id,
+        headers=dict(n.headers),
+        delivery_mode=PERSISTENT,
+        priority=0,
+    )
+    await _publish(channel, exchange, "", json.dumps(n.body).encode(), properties)

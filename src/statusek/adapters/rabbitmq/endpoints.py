@@ -74,6 +74,7 @@ async def connect_first(
     timeout: float,
     client_properties: dict[str, Any],
     start: int | None = None,
+    connection_class: type[aio_pika.Connection] = aio_pika.Connection,
 ) -> tuple[AbstractConnection, str]:
     """The first connection that opens, trying `urls` in turn, and the URL it was made to.
 
@@ -89,7 +90,8 @@ async def connect_first(
     for url in order:
         try:
             connection = await asyncio.wait_for(
-                aio_pika.connect(url, client_properties=client_properties), timeout
+                aio_pika.connect(url, client_properties=client_properties, connection_class=connection_class),
+                timeout,
             )
         except Exception as e:  # any failure of this address: try the next one
             attempts.append((url, e))

@@ -1,0 +1,179 @@
+"""What one command window costs the worker: commands sent one at a time, each in a window of its own.
+
+Publishes an instance's create, STARTED and FINISHED of `2-POINT LINE TASK` (with the
+`instance_token` header and a `reply_to`), each only once the reply to the previous command has
+arrived, so every window holds one command, whatever else runs on the machine; a subscriber
+takes the notifications. Prints the latency from publish to reply (p50/p95/p99) and the worker's
+CPU per command (utime + stime from /proc/<pid>/stat over the measured commands). A busy machine stretches
+the latency, but the CPU a window costs much less: this is the figure to compare two commits or
+settings by, on a machine shared with other work.
+
+    .venv/bin/python benchmarks/window_cost.py --commands 1500
+    STATUSEK_UVLOOP=false .venv/bin/python benchmarks/window_cost.py --commands 1500
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import math
+import os
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+
+import aio_pika
+import aio_pika.abc
+import structlog
+
+from statusek.testing import (
+    LOCAL_ADMIN_DATABASE_URL,
+    LOCAL_AMQP_URL,
+    fresh_database,
+    fresh_vhost,
+    worker_processes,
+)
+
+AMQP = os.environ.get("STATUSEK_TEST_AMQP_URL", LOCAL_AMQP_URL)
+PG = os.environ.get("STATUSEK_TEST_DATABASE_URL", LOCAL_ADMIN_DATABASE_URL)
+WARM_UP = 150  # commands before the measured ones: connections, plans, caches
+TIMEOUT = 30.0  # seconds a command's reply may take before the run fails
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU of a live process (utime + stime of /proc/<pid>/stat), in seconds."""
+    with open(f"/proc/{pid}/stat") as stat:
+        # The command name (field 2) may hold spaces: count fields after its closing ')'.
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # fields 14 and 15 of proc(5)
+
+
+def percentile_ms(ordered: Sequence[float], p: float) -> float:
+    """Nearest-rank percentile of sorted seconds, in ms."""
+    return round(ordered[max(1, math.ceil(p / 100 * len(ordered))) - 1] * 1000, 2)
+
+
+async def wait_for_worker(url: str) -> None:
+    connection = await aio_pika.connect(url)
+    try:
+        for _ in range(600):
+            channel = await connection.channel()
+            try:
+                queue = await channel.declare_queue("statusek.commands", passive=True)
+                await channel.declare_exchange("statusek.events", passive=True)
+                if queue.declaration_result.consumer_count:
+                    return
+            except aio_pika.exceptions.ChannelClosed:
+                pass
+            else:
+                await channel.close()
+            await asyncio.sleep(0.1)
+        raise TimeoutError("the worker did not consume statusek.commands within 60 s")
+    finally:
+        await connection.close()
+
+
+async def drive(url: str, commands: int, pid: int) -> dict[str, float]:
+    connection = await aio_pika.connect(url)
+    try:
+        channel = await connection.channel(publisher_confirms=False)
+        events = await channel.declare_queue(exclusive=True)
+        await events.bind("statusek.events")
+        replies = await channel.declare_queue(exclusive=True)
+        arrived: asyncio.Queue[str] = asyncio.Queue()
+
+        async def on_reply(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+            arrived.put_nowait(message.correlation_id or "")
+
+        async def on_event(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+            pass
+
+        await replies.consume(on_reply, no_ack=True)
+        await events.consume(on_event, no_ack=True)
+        exchange = await channel.get_exchange("statusek.commands")
+        latencies: list[float] = []
+        cpu_at = started = 0.0
+        for k in range(WARM_UP + commands):
+            if k == WARM_UP:
+                cpu_at, started = cpu_seconds(pid), time.perf_counter()
+            step = k % 3
+            if step == 0:
+                token = str(uuid.uuid4())
+            key, body = (
+                ("create", {"object_name": "2-POINT LINE TASK", "instance_token": token})
+                if step == 0
+                else (
+                    "set-status",
+                    {"instance_token": token, "status_name": ("STARTED", "FINISHED")[step - 1]},
+                )
+            )
+            sent = time.perf_counter()
+            message_id = uuid.uuid4().hex
+            await exchange.publish(
+                aio_pika.Message(
+                    json.dumps(body).encode(),
+                    content_type="application/json",
+                    message_id=message_id,
+                    correlation_id=message_id,
+                    headers={"instance_token": token},
+                    reply_to=replies.name,
+                ),
+                routing_key=key,
+            )
+            if await asyncio.wait_for(arrived.get(), TIMEOUT) != message_id:
+                raise RuntimeError("a reply to another command than the one sent last")
+            if k >= WARM_UP:
+                latencies.append(time.perf_counter() - sent)
+        seconds = time.perf_counter() - started
+        cpu = cpu_seconds(pid) - cpu_at
+    finally:
+        await connection.close()
+    ordered = sorted(latencies)
+    return {
+        "commands": commands,
+        "commands_per_s": round(commands / seconds, 1),
+        "cpu_ms_per_command": round(cpu * 1000 / commands, 3),
+        "p50_ms": percentile_ms(ordered, 50),
+        "p95_ms": percentile_ms(ordered, 95),
+        "p99_ms": percentile_ms(ordered, 99),
+    }
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--commands", type=int, default=1500, help="measured commands (after a warm-up)")
+    parser.add_argument("--json", action="store_true", help="one JSON object instead of the lines")
+    args = parser.parse_args()
+    # The migrations of fresh_database log to stdout, which the figures own; only warnings matter here.
+    structlog.configure(
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+    )
+    with fresh_vhost(AMQP, prefix="statusek-bench-window") as amqp_url:
+        async with fresh_database(PG, prefix="statusek_bench_window") as db_url:
+            env = {
+                **os.environ,
+                "STATUSEK_DATABASE_URL": db_url,
+                "STATUSEK_AMQP_URL": amqp_url,
+                "STATUSEK_LOG_LEVEL": "WARNING",
+                "STATUSEK_OPS_PORT": "0",
+            }
+            with worker_processes(env, 1) as (worker,):
+                await wait_for_worker(amqp_url)
+                figures = await drive(amqp_url, args.commands, worker.pid)
+    if args.json:
+        print(json.dumps(figures))
+        return
+    print(
+        f"{figures['commands']:,} commands one at a time:"
+        f" {figures['commands_per_s']:,.0f} commands/s, worker CPU {figures['cpu_ms_per_command']:.3f} ms"
+        f" per command; publish -> reply p50 {figures['p50_ms']:.2f} ms,"
+        f" p95 {figures['p95_ms']:.2f} ms, p99 {figures['p99_ms']:.2f} ms"
+    )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
