@@ -37,7 +37,8 @@ from urllib.parse import unquote, urlsplit
 
 import aio_pika
 import aiormq
-from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange, AbstractIncomingMessage
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
+from pamqp.common import FieldTable
 
 from statusek.adapters.rabbitmq.broker import describe
 from statusek.adapters.rabbitmq.endpoints import NoBrokerReachable, connect_first, split_urls
@@ -85,6 +86,7 @@ __all__ = [
 ]
 
 REPLY_TO = "amq.rabbitmq.reply-to"
+PERSISTENT = int(aio_pika.DeliveryMode.PERSISTENT)
 DEFAULT_URL = "amqp://guest:guest@localhost:5672/"
 # The message of a create answered for a token that exists with the same arguments.
 ALREADY_EXISTS = "Instance already exists"
@@ -161,22 +163,38 @@ class Created(NamedTuple):
     created: bool  # False: the token existed with the same arguments; nothing changed
 
 
+_LOST = object()  # an answer awaited on a link that went down; a notification stream interrupted
+_CLOSED = object()
+
+
 @dataclass(eq=False)
 class _Link:
     """One connection to the broker with the client's channels on it."""
 
     connection: AbstractConnection
     channel: AbstractChannel
-    lost: asyncio.Event
-    exchanges: dict[str, AbstractExchange] = field(default_factory=dict)
+    # The same channel as aiormq's: requests are published and their replies consumed on it
+    # directly, without aio-pika's message objects and the tasks its consumer adds per delivery.
+    underlay: aiormq.Channel
+    lost: asyncio.Event = field(default_factory=asyncio.Event)
     events: AbstractChannel | None = None
+    # Answers awaited on this link. When it goes they are given _LOST, so that a request waits
+    # for its answer alone (one future, one timeout) and still hears of the loss at once.
+    waiting: set[asyncio.Future[Any]] = field(default_factory=set)
 
     @property
     def up(self) -> bool:
         return not self.lost.is_set()
 
-    async def close(self) -> None:
+    def mark_lost(self) -> None:
         self.lost.set()
+        waiting, self.waiting = self.waiting, set()
+        for future in waiting:
+            if not future.done():
+                future.set_result(_LOST)
+
+    async def close(self) -> None:
+        self.mark_lost()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.connection.close(), 2)
 
@@ -193,10 +211,6 @@ class _Subscription:
     on_lost: Callable[[], None] = _nothing
     on_restored: Callable[[], None] = _nothing
     on_closed: Callable[[], None] = _nothing
-
-
-_LOST = object()
-_CLOSED = object()
 
 
 class Client:
@@ -645,8 +659,12 @@ class Client:
         *,
         timeout: float = 10,
         message_id: str | None = None,
+        user_id: str | None = None,
     ) -> dict[str, Any]:
         """Publish a request with confirms and return the whole reply (status, code, message, data).
+
+        `user_id` publishes it as another user than the client's (RabbitMQ allows
+        that only to a user with the `impersonator` tag; `statusek gateway` uses it).
 
         Waits at most `timeout` seconds. The request carries a deadline a little
         before that (`expiration_for`): as its expiration, so the broker drops it
@@ -665,8 +683,7 @@ class Client:
         correlation_id = uuid.uuid4().hex
         message_id = message_id or uuid.uuid4().hex
         payload = json.dumps(body).encode()
-        answer: asyncio.Future[dict[str, Any]] = loop.create_future()
-        self._pending[correlation_id] = answer
+        headers: FieldTable = {**routing_headers(body), DEADLINE_HEADER: expires_at}
         sent = False
         try:
             while True:
@@ -674,41 +691,54 @@ class Client:
                 left = deadline - loop.time()
                 if left <= 0:
                     raise NoAnswerError(routing_key, timeout, self.vhost)
-                message = aio_pika.Message(
-                    payload,
-                    headers={**routing_headers(body), DEADLINE_HEADER: expires_at},
+                # A future per attempt: the one of a lost link is given _LOST (`_Link.mark_lost`).
+                answer: asyncio.Future[Any] = loop.create_future()
+                self._pending[correlation_id] = answer
+                link.waiting.add(answer)
+                properties = aiormq.spec.Basic.Properties(
                     content_type="application/json",
+                    headers=headers,
+                    delivery_mode=PERSISTENT,
                     correlation_id=correlation_id,
                     message_id=message_id,
                     reply_to=REPLY_TO,
-                    user_id=self.user,
-                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                    expiration=expiration_for(left),
+                    user_id=user_id or self.user,
+                    expiration=str(max(1, int(expiration_for(left) * 1000))),  # milliseconds
                 )
                 try:
-                    target = await self._exchange(link, exchange)
-                    await asyncio.wait_for(target.publish(message, routing_key=routing_key), left)
-                    sent = True
+                    async with asyncio.timeout_at(deadline):
+                        try:
+                            # wait=False: no turn through aiormq's writer before the next publish may go,
+                            # so the requests of one loop iteration leave together; the confirm is awaited.
+                            await link.underlay.basic_publish(
+                                payload,
+                                exchange=exchange,
+                                routing_key=routing_key,
+                                properties=properties,
+                                mandatory=True,
+                                wait=False,
+                            )
+                        except aiormq.exceptions.ChannelNotFoundEntity as e:
+                            raise TopologyNotFound(self.vhost, self.location, exchange) from e
+                        except aiormq.exceptions.ChannelAccessRefused as e:
+                            raise self._refused("publish to", exchange) from e
+                        except _LINK_ERRORS:
+                            link.mark_lost()  # the supervisor makes a new link; publish again there
+                            continue
+                        sent = True
+                        reply = await answer
                 except TimeoutError:
                     if link.up:
                         raise NoAnswerError(routing_key, timeout, self.vhost) from None
-                    continue
-                except aio_pika.exceptions.ChannelNotFoundEntity as e:
-                    raise TopologyNotFound(self.vhost, self.location, exchange) from e
-                except aiormq.exceptions.ChannelAccessRefused as e:
-                    raise self._refused("publish to", exchange) from e
-                except _LINK_ERRORS:
-                    link.lost.set()  # the supervisor makes a new link; publish again there
-                    continue
-                if await _first(answer, link.lost, deadline - loop.time()) is answer:
-                    reply = answer.result()
-                    if reply.get("code") == "EXPIRED":
-                        # Refused unapplied: the same outcome as no answer in time.
-                        raise NoAnswerError(routing_key, timeout, self.vhost)
-                    return reply
-                if link.up:
+                    continue  # lost at the end: the next turn says so, naming the link
+                finally:
+                    link.waiting.discard(answer)
+                if reply is _LOST:
+                    continue  # the link went down before the answer came: publish again on the next one
+                if reply.get("code") == "EXPIRED":
+                    # Refused unapplied: the same outcome as no answer in time.
                     raise NoAnswerError(routing_key, timeout, self.vhost)
-                # The link went down before the answer came: publish again on the next one.
+                return cast(dict[str, Any], reply)
         finally:
             self._pending.pop(correlation_id, None)
 
@@ -745,12 +775,6 @@ class Client:
             except TimeoutError:
                 raise self._lost_for(bound, doing, sent=sent) from None
 
-    async def _exchange(self, link: _Link, name: str) -> AbstractExchange:
-        exchange = link.exchanges.get(name)
-        if exchange is None:
-            exchange = link.exchanges[name] = await link.channel.get_exchange(name, ensure=False)
-        return exchange
-
     async def _start(self, timeout: float) -> None:
         link = await self._open(timeout)
         try:
@@ -780,13 +804,15 @@ class Client:
                 )
                 self.url = url
                 try:
-                    lost = asyncio.Event()
-                    connection.close_callbacks.add(lambda *_: lost.set())
                     channel = await connection.channel(publisher_confirms=True)
-                    channel.close_callbacks.add(lambda *_: lost.set())
-                    replies = await channel.get_queue(REPLY_TO, ensure=False)
-                    await replies.consume(self._on_reply, no_ack=True)
-                    link = _Link(connection, channel, lost)
+                    link = _Link(
+                        connection, channel, cast(aiormq.Channel, await channel.get_underlay_channel())
+                    )
+                    connection.close_callbacks.add(lambda *_: link.mark_lost())
+                    channel.close_callbacks.add(lambda *_: link.mark_lost())
+                    if connection.is_closed or channel.is_closed:  # closed before the callbacks were in
+                        raise aiormq.exceptions.ChannelInvalidStateError("the link closed while it was made")
+                    await link.underlay.basic_consume(REPLY_TO, self._on_reply, no_ack=True)
                     if self._events_wanted:
                         await self._bind_events(link)
                 except BaseException:
@@ -860,18 +886,18 @@ class Client:
                     except aiormq.exceptions.ChannelAccessRefused as e:
                         raise self._refused("read notifications from", self._events) from e
                     except _LINK_ERRORS:
-                        link.lost.set()
+                        link.mark_lost()
 
     async def _bind_events(self, link: _Link) -> None:
         channel = await link.connection.channel(publisher_confirms=False)
-        channel.close_callbacks.add(lambda *_: link.lost.set())
+        channel.close_callbacks.add(lambda *_: link.mark_lost())
         queue = await channel.declare_queue(exclusive=True, auto_delete=True)
         await queue.bind(self._events, routing_key="")
         await queue.consume(self._on_event, no_ack=True)
         link.events = channel
 
-    async def _on_reply(self, message: AbstractIncomingMessage) -> None:
-        future = self._pending.get(message.correlation_id or "")
+    async def _on_reply(self, message: aiormq.abc.DeliveredMessage) -> None:
+        future = self._pending.get(message.header.properties.correlation_id or "")
         if future is not None and not future.done():
             with contextlib.suppress(ValueError):
                 future.set_result(json.loads(message.body))

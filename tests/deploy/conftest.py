@@ -36,6 +36,8 @@ IMAGES = {
 POSTGRES_PASSWORD = password("compose-test")
 ADMIN = ("statusek-admin", password("admin-secret"))  # deploy/rabbitmq/definitions.json
 password("worker-secret")  # the workers' and migrate's, in deploy/compose.yaml
+password("gateway-secret")  # the gateway's AMQP user, in deploy/compose.yaml
+GATEWAY_CALLER = ("statusek-caller", password("caller-secret"))  # deploy/gateway/users
 
 REPORT_LINES: list[str] = []
 
@@ -82,7 +84,7 @@ class Stack:
 
     def __init__(self, logs: Path):
         self.project = f"statusek-test-{uuid.uuid4().hex[:8]}"
-        self.amqp_port, self.management_port, self.postgres_port = free_ports(3)
+        self.amqp_port, self.management_port, self.postgres_port, self.gateway_port = free_ports(4)
         self.logs = logs
         self.compose = [*(compose_command() or []), "-f", str(COMPOSE_FILE), "-p", self.project]
         self.env = {
@@ -92,6 +94,7 @@ class Stack:
             "RABBITMQ_PORT": str(self.amqp_port),
             "RABBITMQ_MANAGEMENT_PORT": str(self.management_port),
             "POSTGRES_PORT": str(self.postgres_port),
+            "STATUSEK_GATEWAY_PORT": str(self.gateway_port),
         }
 
     def run(self, *args: str, timeout: float = 120) -> str:
@@ -161,6 +164,10 @@ class Stack:
         )
         with urllib.request.urlopen(request, timeout=10) as response:
             return json.load(response)
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://127.0.0.1:{self.gateway_port}"
 
     def ip(self, container: str) -> set[str]:
         networks = self.inspect(container, "NetworkSettings")["Networks"].values()

@@ -1,7 +1,8 @@
-"""deploy/compose.yaml end to end: two worker replicas, one SIGKILLed under load.
+"""deploy/compose.yaml end to end: the gateway over HTTP, and two worker replicas, one SIGKILLed under load.
 
-The test talks to the stack only from outside, as a client would: AMQP as the users of
-definitions.json through the published broker port, and SQL through the published Postgres port.
+The tests talk to the stack only from outside, as a client would: HTTP as the gateway's caller of
+deploy/gateway/users through the published gateway port, AMQP as the users of definitions.json
+through the published broker port, and SQL through the published Postgres port.
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ import uuid
 from collections import Counter
 from typing import Any
 
+import aiohttp
 import asyncpg
 import pytest
 
-from tests.deploy.conftest import REPORT_LINES, Stack
+from tests.deploy.conftest import GATEWAY_CALLER, REPORT_LINES, Stack
 from tests.integration.wire import Wire
 from tests.log_secrets import password
 
@@ -35,6 +37,58 @@ def commands(token: str) -> list[tuple[str, dict[str, Any]]]:
         ("set-status", {"instance_token": token, "status_name": "STARTED"}),
         ("set-status", {"instance_token": token, "status_name": "FINISHED"}),
     ]
+
+
+@pytest.fixture(scope="session")
+def gateway(stack: Stack) -> str:
+    """The gateway's published URL, once its container is healthy (its /readyz, asked by the image's
+    HEALTHCHECK on the ops port)."""
+    stack.wait_healthy("gateway", 1)
+    return stack.gateway_url
+
+
+async def post(http: aiohttp.ClientSession, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    async with http.post(path, json=body) as response:
+        return response.status, await response.json(content_type=None)
+
+
+def as_caller() -> aiohttp.ClientSession:
+    credentials = {"Authorization": aiohttp.BasicAuth(*GATEWAY_CALLER).encode()}
+    return aiohttp.ClientSession(headers=credentials, timeout=aiohttp.ClientTimeout(30))
+
+
+async def test_the_gateway_creates_and_finishes_an_instance_over_http(gateway: str) -> None:
+    """create, STARTED, FINISHED, then checkIsFinished answers finished, through the published port."""
+    async with as_caller() as http:
+        code, created = await post(http, f"{gateway}/instance/create", {"object_name": "2-POINT LINE TASK"})
+        assert (code, created["status"]) == (200, True), created
+        token = created["data"]["instance_token"]
+        for status in ("STARTED", "FINISHED"):
+            body = {"instance_token": token, "status_name": status}
+            code, answer = await post(http, f"{gateway}/status/setStatus", body)
+            assert (code, answer["status"]) == (200, True), answer
+        code, finished = await post(http, f"{gateway}/instance/checkIsFinished", {"instance_token": token})
+    assert code == 200 and finished["data"]["instance_is_finished"] is True, finished
+
+
+async def test_the_gateway_records_its_http_caller_as_the_actor(stack: Stack, gateway: str) -> None:
+    """Events of a create through the gateway name its caller (users file), not the gateway's AMQP user."""
+    async with as_caller() as http:
+        _, created = await post(http, f"{gateway}/instance/create", {"object_name": "2-POINT LINE TASK"})
+    token = uuid.UUID(created["data"]["instance_token"])
+    db = await asyncpg.connect(stack.database_url)
+    try:
+        actors = await db.fetch("SELECT DISTINCT actor FROM events WHERE instance_token = $1", token)
+    finally:
+        await db.close()
+    assert [r["actor"] for r in actors] == [GATEWAY_CALLER[0]]
+
+
+async def test_the_gateway_refuses_a_caller_without_credentials(gateway: str) -> None:
+    """A request with no Authorization header is answered 401: the stack runs with Basic authentication."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(30)) as http:
+        code, _ = await post(http, f"{gateway}/instance/create", {"object_name": "2-POINT LINE TASK"})
+    assert code == 401
 
 
 def active_worker(stack: Stack, workers: list[str]) -> str:

@@ -13,6 +13,7 @@ pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 CLIENT = ("statusek-client", password("client-secret"))
 SUBSCRIBER = ("statusek-subscriber", password("subscriber-secret"))
+GATEWAY = ("statusek-gateway", password("gateway-secret"))
 
 
 async def _ignore(message: aio_pika.abc.AbstractIncomingMessage) -> None:
@@ -33,12 +34,17 @@ async def refused(url: str, action: str) -> bool:
         elif action == "publish-commands":
             exchange = await channel.get_exchange("statusek.commands", ensure=False)
             await exchange.publish(aio_pika.Message(b'{"object_name": "X"}'), routing_key="create")
+        elif action == "publish-commands-as-another-user":
+            exchange = await channel.get_exchange("statusek.commands", ensure=False)
+            message = aio_pika.Message(b'{"object_name": "X"}', user_id="someone-else")
+            await exchange.publish(message, routing_key="create")
         elif action == "bind-own-queue":
             queue = await channel.declare_queue(exclusive=True)
             await queue.bind("statusek.events")
         await channel.close()
         return False
-    except aiormq.exceptions.ChannelAccessRefused:
+    except (aiormq.exceptions.ChannelAccessRefused, aiormq.exceptions.ChannelPreconditionFailed):
+        # PRECONDITION_FAILED: a user_id that is not the connection's user, without the impersonator tag.
         return True
     finally:
         await connection.close()
@@ -64,6 +70,22 @@ async def test_a_subscriber_may_only_listen(stack: Stack) -> None:
     """statusek-subscriber binds its own queue to statusek.events and may not publish commands."""
     assert not await refused(stack.amqp_url(*SUBSCRIBER), "bind-own-queue")
     assert await refused(stack.amqp_url(*SUBSCRIBER), "publish-commands")
+
+
+async def test_the_gateway_may_publish_commands_as_its_callers(stack: Stack) -> None:
+    """statusek-gateway (tag impersonator) publishes a command whose user_id names another user."""
+    assert not await refused(stack.amqp_url(*GATEWAY), "publish-commands-as-another-user")
+
+
+async def test_a_client_may_not_publish_as_another_user(stack: Stack) -> None:
+    """statusek-client, without the impersonator tag, may not publish a command as someone else."""
+    assert await refused(stack.amqp_url(*CLIENT), "publish-commands-as-another-user")
+
+
+async def test_the_gateway_may_not_publish_notifications_or_take_commands(stack: Stack) -> None:
+    """statusek-gateway may neither publish to statusek.events nor consume statusek.commands."""
+    assert await refused(stack.amqp_url(*GATEWAY), "publish-events")
+    assert await refused(stack.amqp_url(*GATEWAY), "consume-commands")
 
 
 def test_the_queue_limit_policies_apply(stack: Stack) -> None:

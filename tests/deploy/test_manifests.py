@@ -30,6 +30,10 @@ SECRET_EXAMPLE = KUBE / "secret.example.yaml"
 KUBERNETES_VERSIONS = sorted({"1.30", ".".join(latest_version().split(".")[:2])})
 
 OPS_PORT = 9464
+HTTP_PORT = 8080
+# gateway.py: on SIGTERM the gateway stops accepting, then gives the requests under way
+# STATUSEK_SHUTDOWN_TIMEOUT plus the time a request waits for its answer.
+GATEWAY_ANSWER_WITHIN = 10.0
 # worker.py: on SIGTERM the worker drains its window within STATUSEK_SHUTDOWN_TIMEOUT, closes the
 # commands consumer (up to 2 s), then flushes the outbox for up to max(1, timeout / 2).
 CONSUMER_CLOSE_SECONDS = 2.0
@@ -65,6 +69,18 @@ def worker() -> dict[str, Any]:
         "containers"
     ]
     return next(c for c in containers if c["name"] == "worker")
+
+
+def gateway() -> dict[str, Any]:
+    containers: list[dict[str, Any]] = the("Deployment", "statusek-gateway")["spec"]["template"]["spec"][
+        "containers"
+    ]
+    return next(c for c in containers if c["name"] == "gateway")
+
+
+def example_secret(name: str) -> dict[str, Any]:
+    (secret,) = [d for d in documents(SECRET_EXAMPLE) if d["metadata"]["name"] == name]
+    return secret
 
 
 def env(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -145,11 +161,12 @@ def test_no_secret_is_applied() -> None:
 
 
 def test_secret_example_is_marked_as_an_example() -> None:
-    """secret.example.yaml says it is an example and holds only placeholder passwords."""
+    """secret.example.yaml says it is an example and its Secrets hold only placeholders."""
     text = SECRET_EXAMPLE.read_text(encoding="utf-8")
     assert text.startswith("# EXAMPLE ONLY")
-    (secret,) = documents(SECRET_EXAMPLE)
-    assert all("CHANGE-ME" in value for value in secret["stringData"].values())
+    secrets = documents(SECRET_EXAMPLE)
+    assert [s["kind"] for s in secrets] == ["Secret", "Secret"]
+    assert all("CHANGE-ME" in value for secret in secrets for value in secret["stringData"].values())
 
 
 def test_every_resource_is_in_the_statusek_namespace() -> None:
@@ -217,7 +234,7 @@ def test_grace_period_exceeds_the_drain() -> None:
 
 def test_urls_come_from_the_statusek_urls_secret() -> None:
     """Every container's connection URLs are secretKeyRefs to keys the Secret example defines."""
-    (example,) = documents(SECRET_EXAMPLE)
+    example = example_secret("statusek-urls")
     for where, container in containers():
         for name, var in env(container).items():
             if name.endswith("_URL"):
@@ -311,7 +328,7 @@ def migrate_job() -> dict[str, Any]:
 
 def test_migrate_job_migrates_as_the_owner_and_grants_the_worker_role() -> None:
     """The Job connects with the owner's URL and grants statusek_worker, the role of the worker's URL."""
-    (example,) = documents(SECRET_EXAMPLE)
+    example = example_secret("statusek-urls")
     assert migrate_job()["args"] == ["migrate", "--grant", "statusek_worker"]
     owner_key = env(migrate_job())["STATUSEK_DATABASE_URL"]["valueFrom"]["secretKeyRef"]["key"]
     worker_key = env(worker())["STATUSEK_DATABASE_URL"]["valueFrom"]["secretKeyRef"]["key"]
@@ -323,3 +340,81 @@ def test_migrate_job_migrates_as_the_owner_and_grants_the_worker_role() -> None:
 def test_worker_does_not_migrate_at_start() -> None:
     """The worker runs with STATUSEK_MIGRATE_ON_START=false: its role has no DDL rights."""
     assert env(worker())["STATUSEK_MIGRATE_ON_START"]["value"] == "false"
+
+
+def test_gateway_runs_the_gateway_command() -> None:
+    """The gateway Deployment's container runs `statusek gateway`."""
+    assert gateway()["args"] == ["gateway"]
+
+
+def test_gateway_probes_get_livez_and_readyz_on_its_ops_port() -> None:
+    """The gateway's startup and liveness probes get /livez, its readiness probe /readyz, on port ops."""
+    ports = {p["name"]: p["containerPort"] for p in gateway()["ports"]}
+    assert ports["ops"] == int(env(gateway())["STATUSEK_OPS_PORT"]["value"]) == OPS_PORT
+    assert gateway()["startupProbe"]["httpGet"] == {"path": "/livez", "port": "ops"}
+    assert gateway()["livenessProbe"]["httpGet"] == {"path": "/livez", "port": "ops"}
+    assert gateway()["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "ops"}
+
+
+def test_gateway_metrics_are_scraped_on_its_ops_port() -> None:
+    """The gateway pods' scrape annotations point at /metrics on the ops port."""
+    annotations = the("Deployment", "statusek-gateway")["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/port"] == str(OPS_PORT)
+    assert annotations["prometheus.io/path"] == "/metrics"
+
+
+def test_gateway_service_sends_http_to_the_gateway_pods() -> None:
+    """Service statusek-gateway selects the gateway's pods and sends port 80 to STATUSEK_HTTP_PORT."""
+    service = the("Service", "statusek-gateway")["spec"]
+    labels = the("Deployment", "statusek-gateway")["spec"]["template"]["metadata"]["labels"]
+    ports = {p["name"]: p["containerPort"] for p in gateway()["ports"]}
+    assert service["selector"].items() <= labels.items()
+    assert not service["selector"].items() <= worker_labels().items()
+    assert ports["http"] == int(env(gateway())["STATUSEK_HTTP_PORT"]["value"]) == HTTP_PORT
+    http = next(p for p in service["ports"] if p["name"] == "http")
+    assert (http["port"], http["targetPort"]) == (80, "http")
+
+
+def worker_labels() -> dict[str, str]:
+    labels: dict[str, str] = the("Deployment", "statusek-worker")["spec"]["template"]["metadata"]["labels"]
+    return labels
+
+
+def test_gateway_authenticates_callers_against_the_mounted_users_file() -> None:
+    """Auth is basic, and STATUSEK_GATEWAY_USERS_FILE is a key of the users Secret, mounted."""
+    variables = env(gateway())
+    assert variables["STATUSEK_GATEWAY_AUTH"]["value"] == "basic"
+    path = Path(variables["STATUSEK_GATEWAY_USERS_FILE"]["value"])
+    mount = next(m for m in gateway()["volumeMounts"] if Path(m["mountPath"]) == path.parent)
+    volumes = {
+        v["name"]: v for v in the("Deployment", "statusek-gateway")["spec"]["template"]["spec"]["volumes"]
+    }
+    secret = volumes[mount["name"]]["secret"]
+    example = example_secret(secret["secretName"])
+    (item,) = [i for i in secret["items"] if i["path"] == path.name]
+    assert item["key"] in example["stringData"]
+
+
+def test_gateway_publishes_as_its_own_rabbitmq_user() -> None:
+    """The gateway's AMQP URL is a Secret key of its own (a user with the impersonator tag)."""
+    gateway_key = env(gateway())["STATUSEK_AMQP_URL"]["valueFrom"]["secretKeyRef"]["key"]
+    worker_key = env(worker())["STATUSEK_AMQP_URL"]["valueFrom"]["secretKeyRef"]["key"]
+    assert gateway_key != worker_key
+    assert example_secret("statusek-urls")["stringData"][gateway_key].startswith("amqp://statusek-gateway:")
+
+
+def test_gateway_grace_period_exceeds_its_drain() -> None:
+    """terminationGracePeriodSeconds covers preStop, the shutdown timeout and a request's answer wait."""
+    pre_stop = float(gateway()["lifecycle"]["preStop"]["exec"]["command"][-1])
+    drain = pre_stop + float(env(gateway())["STATUSEK_SHUTDOWN_TIMEOUT"]["value"]) + GATEWAY_ANSWER_WITHIN
+    grace = the("Deployment", "statusek-gateway")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert grace > drain
+
+
+def test_disruption_budget_covers_the_gateway_pods() -> None:
+    """A PodDisruptionBudget keeps one of the gateway's replicas, selected like its pods."""
+    deployment = the("Deployment", "statusek-gateway")["spec"]
+    budget = the("PodDisruptionBudget", "statusek-gateway")["spec"]
+    assert budget["minAvailable"] == 1 < deployment["replicas"]
+    assert budget["selector"] == deployment["selector"]

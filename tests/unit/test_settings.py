@@ -53,7 +53,8 @@ def test_a_url_comes_from_its_file_without_the_trailing_newline(
 def sample(field: str, monkeypatch: pytest.MonkeyPatch) -> tuple[str, object]:
     """A value of STATUSEK_<FIELD> that `field` accepts and that is not its default, and the setting."""
     default = Settings.model_fields[field].default
-    for candidate in ("7", "0.5", "true", "false", "json", "/tmp/statusek-sample", '["ops"]', '{"a": 1}'):
+    candidates = ("7", "0.5", "true", "false", "json", "none", "readme", "/tmp/statusek-sample", '["ops"]')
+    for candidate in (*candidates, '{"a": 1}'):
         monkeypatch.setenv(variable(field), candidate)
         try:
             value = getattr(Settings(), field)

@@ -96,7 +96,8 @@ def cmd_worker(settings: Settings, _args: argparse.Namespace) -> int:
 
 
 def cmd_gateway(settings: Settings, _args: argparse.Namespace) -> int:
-    from statusek.app.gateway import run_gateway
+    from statusek.app.gateway import GatewayConfigError, run_gateway
+    from statusek.app.ops import CannotListen
     from statusek.exceptions import InvalidURL
 
     try:
@@ -104,10 +105,42 @@ def cmd_gateway(settings: Settings, _args: argparse.Namespace) -> int:
     except InvalidURL as e:
         print(f"statusek gateway: {e}: fix STATUSEK_AMQP_URL", file=sys.stderr)
         return EXIT_USAGE
+    except GatewayConfigError as e:
+        print(f"statusek gateway: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except CannotListen as e:
+        fix = "a worker on this host? give the gateway its own STATUSEK_OPS_PORT, or 0 to run it without"
+        print(
+            f"statusek gateway: the ops server cannot listen on {e.host}:{e.port} (STATUSEK_OPS_PORT):"
+            f" {e.reason}: {fix if e.in_use else 'fix STATUSEK_OPS_HOST or STATUSEK_OPS_PORT'}",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
     except OSError as e:  # the port is taken, or not ours to bind
         where = f"{settings.http_host}:{settings.http_port}"
         print(f"statusek gateway: cannot listen on {where}: {e.strerror or e}", file=sys.stderr)
         return EXIT_FAILURE
+    return EXIT_OK
+
+
+def cmd_gateway_user(_settings: Settings, args: argparse.Namespace) -> int:
+    """Print a users-file line for NAME: with a new password (shown on stderr), or one read from stdin."""
+    from statusek.app.gateway_users import check_name, hash_password, new_password, users_line
+
+    try:
+        check_name(args.name)
+    except ValueError as e:
+        print(f"statusek gateway-user: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+        if not password:
+            print("statusek gateway-user: no password on stdin", file=sys.stderr)
+            return EXIT_USAGE
+    else:
+        password = new_password()
+        print(f"password of {args.name}: {password}", file=sys.stderr)
+    print(users_line(args.name, hash_password(password)))
     return EXIT_OK
 
 
@@ -201,6 +234,16 @@ def build_parser() -> argparse.ArgumentParser:
         "gateway",
         help="serve the original Statusek's REST API on STATUSEK_HTTP_PORT until SIGTERM/SIGINT",
     ).set_defaults(func=cmd_gateway)
+    gateway_user = sub.add_parser(
+        "gateway-user",
+        help="print a line of STATUSEK_GATEWAY_USERS_FILE for a user of the gateway (a new password"
+        " on stderr, or --password-stdin)",
+    )
+    gateway_user.add_argument("name", help="the user: the sender writer lists name and events record")
+    gateway_user.add_argument(
+        "--password-stdin", action="store_true", help="read the password from the first line of stdin"
+    )
+    gateway_user.set_defaults(func=cmd_gateway_user)
     health = sub.add_parser("health", help="exit 0 if the worker at STATUSEK_OPS_PORT is ready, else 1")
     health.add_argument("--host", default="127.0.0.1", help="where the worker's ops server listens")
     health.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for an answer")

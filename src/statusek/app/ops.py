@@ -17,12 +17,13 @@ import errno
 import json
 import os
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import structlog
 from aiohttp import web
+from prometheus_client import Gauge
 
-from statusek.app.metrics import CONTENT_TYPE, Metrics
+from statusek.app.metrics import CONTENT_TYPE
 
 log = structlog.get_logger(__name__)
 
@@ -34,6 +35,15 @@ _KEEPALIVE_TIMEOUT = 5.0
 # Requests under way at close (a /readyz waits at most its check timeout) get this long.
 _SHUTDOWN_TIMEOUT = 2.0
 T = TypeVar("T")
+
+
+class Scraped(Protocol):
+    """What the ops server serves: a worker's `Metrics` or a gateway's `GatewayMetrics`."""
+
+    @property
+    def ready(self) -> Gauge: ...
+
+    def render(self) -> bytes: ...
 
 
 class CannotListen(Exception):
@@ -54,7 +64,7 @@ class OpsServer:
         self,
         host: str,
         port: int,
-        metrics: Metrics,
+        metrics: Scraped,
         checks: dict[str, Check],
         *,
         before_scrape: Callable[[], Awaitable[None]] | None = None,

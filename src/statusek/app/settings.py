@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BeforeValidator, Field
 from pydantic.fields import FieldInfo
@@ -18,6 +18,7 @@ from pydantic_settings import (
 
 from statusek.adapters.postgres.connect import ConnectOptions
 from statusek.adapters.rabbitmq.endpoints import split_urls
+from statusek.app.gateway_wire import Wire
 from statusek.core.model import optional_duration
 
 BUILTIN_MODELS = Path(__file__).resolve().parent.parent / "models"
@@ -239,8 +240,23 @@ class Settings(BaseSettings):
     ops_host: str = "0.0.0.0"
 
     # `statusek gateway`: the original Statusek's REST API (0 lets the system pick a free port).
+    # Its ops server (/livez, /readyz, /metrics) is STATUSEK_OPS_PORT's, as a worker's.
     http_port: int = Field(default=8080, ge=0, le=65535)
     http_host: str = "0.0.0.0"
+    gateway_wire: Wire = Field(
+        default=Wire.V2_7_2,
+        description="The responses' shape: v2.7.2 (Go Statusek v2.7.2's, byte for byte) or readme"
+        " (the first README's: the answer in `status`, data keys also at the top level).",
+    )
+    gateway_auth: Literal["basic", "none"] = Field(
+        default="basic",
+        description="basic: callers send HTTP Basic credentials of STATUSEK_GATEWAY_USERS_FILE, and each"
+        " request is published as its caller; none: nobody is asked, everything is published as the"
+        " gateway's own AMQP user (a trusted network only).",
+    )
+    gateway_users_file: str | None = Field(
+        default=None, description="The gateway's users, `name:hash` a line (`statusek gateway-user NAME`)."
+    )
 
     housekeeping_every: float = Field(default=600, gt=0, description="Seconds between expiry passes.")
     # Test-only: honour the x-statusek-test-fault header (crash between commit and ack).

@@ -325,6 +325,9 @@ class EventsData(WireMessage):
     next_after_seq: int | None = Field(
         default=None, description="Pass as after_seq for the next page; null after the last event."
     )
+    # What the events' statuses are: a reader need not ask get-instance as well.
+    model_version: int = Field(description="The version of the instance's model.")
+    model: dict[str, Any] = Field(description="The definition of the instance's model version.")
 
 
 class PingSummary(WireMessage):

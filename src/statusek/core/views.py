@@ -97,7 +97,15 @@ def answer(
         views, more = cut_page([event_view(e, model) for e in wanted], paging.limit)
         after = views[-1].seq if more else None
         text = f"{len(views)} event(s) of instance {token}" + (f"; more after seq {after}" if more else "")
-        return Reply.ok(text, EventsData(events=views, next_after_seq=after))
+        return Reply.ok(
+            text,
+            EventsData(
+                events=views,
+                next_after_seq=after,
+                model_version=state.model_version,
+                model=model.definition(),
+            ),
+        )
     if kind == "get-instance":
         return Reply.ok(f"Instance {token}", instance_view(state, model, pings))
     raise ValueError(f"unknown query {kind!r}")
