@@ -1,4 +1,4 @@
-"""The worker's event loop: uvloop by default, asyncio's own with STATUSEK_UVLOOP=false."""
+"""The worker's event loop: asyncio's own by default, uvloop with STATUSEK_UVLOOP=true."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from statusek.app.settings import Settings
 from statusek.app.worker import loop_runner
 
 
-def test_the_worker_runs_on_uvloop_by_default() -> None:
-    """Without the setting, the worker's coroutine runs on uvloop."""
-    assert loop_runner(Settings()) is uvloop.run
+def test_the_worker_runs_on_asyncios_loop_by_default() -> None:
+    """Without the setting, the worker's coroutine runs on asyncio's own loop."""
+    assert loop_runner(Settings()) is asyncio.run
 
 
-def test_the_setting_turns_uvloop_off() -> None:
-    """STATUSEK_UVLOOP=false runs the worker on asyncio's own loop."""
-    assert loop_runner(Settings(uvloop=False)) is asyncio.run
+def test_the_setting_runs_the_worker_on_uvloop() -> None:
+    """STATUSEK_UVLOOP=true runs the worker on uvloop."""
+    assert loop_runner(Settings(uvloop=True)) is uvloop.run

@@ -263,8 +263,8 @@ class Settings(BaseSettings):
     fault_hooks: bool = False
 
     uvloop: bool = Field(
-        default=True,
-        description="Run the worker's event loop on uvloop (a dependency); off: asyncio's own loop.",
+        default=False,
+        description="Run the worker's event loop on uvloop (a dependency) instead of asyncio's own.",
     )
 
     log_format: str = Field(default="auto", pattern="^(auto|json|console)$")
