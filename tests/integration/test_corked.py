@@ -27,7 +27,9 @@ async def broker(amqp_url: str) -> AsyncIterator[Broker]:
 
 def notification(k: int) -> Notification:
     token = str(uuid.uuid4())
-    return Notification("status-changed", f"{token}:{k}", token, {"seq": k}, {"instance_token": token})
+    # With its instance_token, as a worker sends it: the session's wire files it under that instance.
+    body = {"instance_token": token, "seq": k}
+    return Notification("status-changed", f"{token}:{k}", token, body, {"instance_token": token})
 
 
 async def test_notifications_published_together_leave_in_one_socket_write(broker: Broker) -> None:
