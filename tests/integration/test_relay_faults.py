@@ -89,6 +89,17 @@ async def consume(channel: aio_pika.abc.AbstractChannel, queue: str, subscriber:
     await declared.consume(subscriber.on_message)
 
 
+async def run_a_line(cluster: Cluster, token: str) -> None:
+    """Create `token` as a 2-POINT LINE TASK, then STARTED and FINISHED, each answered SUCCESS."""
+    for routing_key, body in (
+        ("create", {"object_name": "2-POINT LINE TASK"}),
+        ("set-status", {"status_name": "STARTED"}),
+        ("set-status", {"status_name": "FINISHED"}),
+    ):
+        reply = await cluster.wire.request(routing_key, {"instance_token": token, **body})
+        assert reply["code"] == "SUCCESS", reply
+
+
 class HookedBroker(Broker):
     """A real broker with a hook run before each wave's fence check (as a slow link would delay it)."""
 
@@ -209,13 +220,7 @@ async def test_through_a_worker_a_full_subscriber_queue_costs_the_healthy_ones_a
     ):
         await full_channel.default_exchange.publish(aio_pika.Message(b"{}"), routing_key=full)
         await consume(channel, queue, healthy)
-        for routing_key, body in (
-            ("create", {"object_name": "2-POINT LINE TASK"}),
-            ("set-status", {"status_name": "STARTED"}),
-            ("set-status", {"status_name": "FINISHED"}),
-        ):
-            reply = await cluster.wire.request(routing_key, {"instance_token": token, **body})
-            assert reply["code"] == "SUCCESS", reply
+        await run_a_line(cluster, token)
         await asyncio.sleep(10)
     copies = healthy.copies()
     # Refused when published directly (0 s), by the relay after its grace (2 s), again at 6 s.
@@ -238,13 +243,7 @@ async def test_through_a_worker_a_confirmed_notification_is_not_sent_again_besid
         subscribed(cluster, **{"x-max-length": 2, "x-overflow": "reject-publish"}),
     ):
         await consume(channel, queue, healthy)
-        for routing_key, body in (
-            ("create", {"object_name": "2-POINT LINE TASK"}),
-            ("set-status", {"status_name": "STARTED"}),
-            ("set-status", {"status_name": "FINISHED"}),
-        ):
-            reply = await cluster.wire.request(routing_key, {"instance_token": token, **body})
-            assert reply["code"] == "SUCCESS", reply
+        await run_a_line(cluster, token)
         await asyncio.sleep(4)
     copies = healthy.copies()
     assert copies[(token, 3)] == 1, healthy.seen
