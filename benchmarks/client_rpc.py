@@ -17,14 +17,13 @@ import os
 import resource
 import time
 
-import aio_pika
-
 from statusek import Client
 from statusek.testing import (
     LOCAL_ADMIN_DATABASE_URL,
     LOCAL_AMQP_URL,
     fresh_database,
     fresh_vhost,
+    wait_for_worker,
     worker_processes,
 )
 
@@ -36,22 +35,6 @@ TASK = "2-POINT LINE TASK"
 def cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
-
-
-async def wait_for_worker(url: str) -> None:
-    connection = await aio_pika.connect(url)
-    try:
-        for _ in range(300):
-            try:
-                channel = await connection.channel()
-                await channel.declare_queue("statusek.commands", passive=True)
-                await channel.declare_exchange("statusek.events", passive=True)
-                return
-            except aio_pika.exceptions.ChannelClosed:
-                await asyncio.sleep(0.1)
-        raise TimeoutError("no worker declared statusek.commands within 30 s")
-    finally:
-        await connection.close()
 
 
 async def lifecycles(client: Client, until: int, done: list[int]) -> None:

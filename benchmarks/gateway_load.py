@@ -38,7 +38,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import aio_pika
 import aiohttp
 
 try:
@@ -51,6 +50,7 @@ from statusek.testing import (
     LOCAL_AMQP_URL,
     fresh_database,
     fresh_vhost,
+    wait_for_worker,
     worker_processes,
 )
 
@@ -239,22 +239,6 @@ async def measure(
 
 
 # --- starting a worker and a gateway -----------------------------------------------------------------
-
-
-async def wait_for_worker(url: str) -> None:
-    connection = await aio_pika.connect(url)
-    try:
-        for _ in range(300):
-            try:
-                channel = await connection.channel()
-                await channel.declare_queue("statusek.commands", passive=True)
-                await channel.declare_exchange("statusek.events", passive=True)
-                return
-            except aio_pika.exceptions.ChannelClosed:
-                await asyncio.sleep(0.1)
-        raise TimeoutError("no worker declared statusek.commands within 30 s")
-    finally:
-        await connection.close()
 
 
 def free_port() -> int:

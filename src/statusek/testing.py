@@ -32,6 +32,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import quote, urlsplit, urlunsplit
 
+import aio_pika
 import asyncpg
 
 from statusek.adapters.postgres.migrate import migrate
@@ -344,3 +345,20 @@ async def running_worker(settings: Settings, *, start_timeout: float = 60) -> As
     finally:
         worker.request_stop()
         await asyncio.wait_for(task, 30)
+
+
+async def wait_for_worker(url: str) -> None:
+    """Until a worker has declared its queue and exchange on the broker of `url` (at most 30 s)."""
+    connection = await aio_pika.connect(url)
+    try:
+        for _ in range(300):
+            try:
+                channel = await connection.channel()
+                await channel.declare_queue("statusek.commands", passive=True)
+                await channel.declare_exchange("statusek.events", passive=True)
+                return
+            except aio_pika.exceptions.ChannelClosed:
+                await asyncio.sleep(0.1)
+        raise TimeoutError("no worker declared statusek.commands within 30 s")
+    finally:
+        await connection.close()
