@@ -12,8 +12,8 @@ from collections.abc import AsyncIterator
 import aio_pika
 import pytest
 
+from statusek.adapters.rabbitmq import settle
 from statusek.adapters.rabbitmq.broker import Broker, Limits, Names
-from statusek.app import settle
 from statusek.app.worker import Worker
 from statusek.core.messages import Reply
 from tests.helpers import TASK, command_partitions

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
+from statusek.adapters.rabbitmq.settle import reply_queue_allowed
 from statusek.app.settings import Settings
-from statusek.app.settle import reply_queue_allowed
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ import aiormq
 import pytest
 
 from statusek.adapters.postgres.errors import translated
-from statusek.adapters.rabbitmq.broker import describe
+from statusek.adapters.rabbitmq.errors import describe
 from statusek.core.errors import StoreUnavailable
 
 

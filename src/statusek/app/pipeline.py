@@ -29,9 +29,9 @@ import structlog
 from aio_pika.abc import AbstractIncomingMessage
 
 from statusek.adapters.postgres.store import GivenReply, OutboxRow, ReplyKey, Store, Transaction
+from statusek.adapters.rabbitmq import settle
 from statusek.adapters.rabbitmq.broker import Broker, Unconfirmed
 from statusek.adapters.rabbitmq.parser import Envelope, parse_delivery
-from statusek.app import settle
 from statusek.app.backoff import Backoff
 from statusek.app.metrics import Metrics
 from statusek.core.access import Groups, Sender

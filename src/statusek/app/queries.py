@@ -11,9 +11,9 @@ from aio_pika.abc import AbstractIncomingMessage
 
 from statusek.adapters.postgres.reports import ReportTooSlow, ping_summary, report_inputs
 from statusek.adapters.postgres.store import Store
+from statusek.adapters.rabbitmq import settle
 from statusek.adapters.rabbitmq.broker import Broker
 from statusek.adapters.rabbitmq.parser import parse_delivery
-from statusek.app import settle
 from statusek.app.metrics import Metrics
 from statusek.core.access import Groups, Sender
 from statusek.core.codes import Code

@@ -18,6 +18,7 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractConnection
 
+from statusek.adapters.rabbitmq.errors import describe
 from statusek.redact import mask_url
 
 VARIABLE = "STATUSEK_AMQP_URL"
@@ -51,9 +52,6 @@ class NoBrokerReachable(ConnectionError):
     """
 
     def __init__(self, attempts: Sequence[tuple[str, BaseException]]):
-        # Imported here: broker.py imports this module.
-        from statusek.adapters.rabbitmq.broker import describe
-
         self.attempts = list(attempts)
         self.urls = [url for url, _ in self.attempts]
         tried = "; ".join(f"{mask_url(url)}: {describe(e, url)}" for url, e in self.attempts)

@@ -17,8 +17,8 @@ import aio_pika
 import aiormq
 from aio_pika.abc import AbstractConnection
 
-from statusek.adapters.rabbitmq.broker import describe
 from statusek.adapters.rabbitmq.endpoints import connect_first, split_urls
+from statusek.adapters.rabbitmq.errors import describe
 
 # No queue has this name: a probe published there is dropped unrouted once its user_id is checked.
 PROBE_ROUTING_KEY = "statusek.impersonation-check"

@@ -1,0 +1,101 @@
+"""What went wrong with the broker: aio-pika and aiormq errors described for a person, and
+translated to `BrokerUnavailable`.
+
+The broker, the endpoints that dial it, impersonation and the client all say their failures
+the same way, from here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from urllib.parse import urlsplit
+
+import aio_pika
+import aiormq
+
+from statusek.adapters.tls import tls_failure
+from statusek.core.errors import BrokerUnavailable
+from statusek.redact import mask_secrets, url_location
+
+_BROKER_ERRORS: tuple[type[BaseException], ...] = (
+    aiormq.exceptions.AMQPError,
+    aio_pika.exceptions.AMQPException,
+    ConnectionError,
+    OSError,
+    asyncio.TimeoutError,
+    RuntimeError,  # aio-pika raises it for "channel closed" in a few places
+)
+
+
+@asynccontextmanager
+async def translated() -> AsyncIterator[None]:
+    try:
+        yield
+    except _BROKER_ERRORS as e:
+        raise BrokerUnavailable(mask_secrets(f"rabbitmq unavailable: {describe(e)}")) from e
+
+
+def describe(e: BaseException, url: str | None = None) -> str:
+    """One line for an aiormq error; its repr of a Connection.Close frame says nothing to a person.
+
+    Given the URL that was dialled, the line names the user, vhost, host and
+    port concerned (never the password).
+    """
+    where = url_location(url) if url else None
+    # Each gives None (never an empty line) when `e` is not its kind: the first that knows `e` tells.
+    line = (
+        tls_failure(e, server="RabbitMQ", parameters=("cafile", "certfile", "keyfile"))
+        or _login_refused(e, url, where)
+        or _vhost_refused(e, url, where)
+        or _unreachable(e, where)
+        or _cut_off(e)
+    )
+    return line or f"{type(e).__name__}: {e}"
+
+
+def _login_refused(e: BaseException, url: str | None, where: dict[str, str] | None) -> str | None:
+    """The broker ended the connection during the login (aiormq's ProbableAuthenticationError)."""
+    if not isinstance(e, aiormq.exceptions.ProbableAuthenticationError):
+        return None
+    if where is not None:
+        return f"the broker refused the login of user {_user(url)!r}: wrong user or password"
+    return "the broker closed the connection during login: wrong user or password, or no access to the vhost"
+
+
+def _vhost_refused(e: BaseException, url: str | None, where: dict[str, str] | None) -> str | None:
+    """The broker refused the vhost: an incompatible-protocol error or a Connection.Close frame."""
+    if not (isinstance(e, aiormq.exceptions.IncompatibleProtocolError) or "Connection.Close" in str(e)):
+        return None
+    if where is not None:
+        vhost = where["path"] or "/"
+        return f"the broker refused vhost {vhost!r}: it does not exist, or user {_user(url)!r} may not use it"
+    return "the broker refused the connection: the vhost does not exist or the user may not use it"
+
+
+def _user(url: str | None) -> str:
+    """The user the URL logs in as; none is RabbitMQ's default."""
+    return urlsplit(url or "").username or "guest"
+
+
+def _unreachable(e: BaseException, where: dict[str, str] | None) -> str | None:
+    """No broker reached: no answer, nothing listening, or no such host."""
+    if isinstance(e, asyncio.TimeoutError):
+        return "no answer from the broker in time (a firewall, or the wrong host or port?)"
+    errno = e.args[0] if isinstance(e, aiormq.exceptions.AMQPConnectionError) and e.args else None
+    if errno == 111 or isinstance(e, ConnectionRefusedError):
+        return "connection refused: nothing listens there (is RabbitMQ running, and is the port right?)"
+    if errno in (-2, -3, -5):
+        host = where["host"] if where is not None else "the host"
+        return f"{host!r} is not a known host name"
+    return None
+
+
+def _cut_off(e: BaseException) -> str | None:
+    """A connection that was made, then ended by the other side or something in between."""
+    if "connection reset" in str(e).lower():
+        return "the connection was reset (the broker went away, or something in between cut the link)"
+    if "unexpectedly closed" in str(e):
+        return "the server closed the connection at once: is this RabbitMQ's AMQP port (5672)?"
+    return None
