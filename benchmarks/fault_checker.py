@@ -39,7 +39,7 @@ from tests.integration.conftest import Cluster  # noqa: E402
 from tests.integration.wire import Wire  # noqa: E402
 
 from statusek.adapters.rabbitmq.broker import Broker, Names  # noqa: E402
-from statusek.app.logging import configure as configure_logging  # noqa: E402
+from statusek.logs import configure as configure_logging  # noqa: E402
 from statusek.testing import (  # noqa: E402
     LOCAL_ADMIN_DATABASE_URL,
     LOCAL_AMQP_URL,

@@ -60,7 +60,7 @@ from urllib.parse import unquote, urlsplit
 import aio_pika
 import aio_pika.abc
 
-from statusek.app.logging import configure as configure_logging
+from statusek.logs import configure as configure_logging
 from statusek.testing import (
     LOCAL_ADMIN_DATABASE_URL,
     LOCAL_AMQP_URL,

@@ -38,8 +38,8 @@ import asyncpg
 from statusek.adapters.postgres.migrate import migrate
 
 if TYPE_CHECKING:
-    from statusek.app.settings import Settings
     from statusek.app.worker import Worker
+    from statusek.settings import Settings
 
 LOCAL_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 LOCAL_ADMIN_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"

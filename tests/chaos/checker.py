@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from statusek.app.relay import nack_delay
-from statusek.app.settings import Settings
+from statusek.settings import Settings
 from tests.chaos.history import EventRow, History, Note, Sent
 from tests.chaos.schedule import FAULTS, PATIENT
 

@@ -15,8 +15,8 @@ import pytest
 
 from statusek.adapters.postgres.grants import grant_worker
 from statusek.adapters.rabbitmq.broker import Broker, Names
-from statusek.app.settings import Settings
 from statusek.app.worker import Worker
+from statusek.settings import Settings
 from statusek.testing import RabbitAdmin, Services, fresh_database, fresh_vhost, running_worker
 from tests.helpers import command_partitions
 from tests.integration.wire import Wire

@@ -23,9 +23,9 @@ import pytest
 
 from statusek.adapters.model_files import load_models
 from statusek.adapters.postgres.store import Store
-from statusek.app.settings import Settings
 from statusek.client import Client
 from statusek.core.messages import FindInstances, decode_cursor
+from statusek.settings import Settings
 from statusek.testing import Services, fresh_database, fresh_vhost, running_worker
 from tests.helpers import statusek
 

@@ -13,8 +13,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from statusek.app.gateway import serve
 from statusek.app.metrics import GATEWAY_METRIC_NAMES
-from statusek.app.settings import Settings
 from statusek.app.worker import Worker
+from statusek.settings import Settings
 from tests.helpers import free_port
 from tests.integration.gateways import ask
 

@@ -13,8 +13,8 @@ from urllib.parse import unquote, urlsplit
 import aio_pika
 import pytest
 
-from statusek.app.settings import Settings
 from statusek.client import Client, InstanceNotFound, NotAllowed
+from statusek.settings import Settings
 from statusek.testing import Services, fresh_database, fresh_vhost, running_worker
 from tests.helpers import statusek
 from tests.integration.wire import Wire

@@ -15,7 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from statusek.adapters.rabbitmq.broker import ORIGINAL_SIZE_HEADER, TRUNCATED_HEADER, Names
-from statusek.app.identity import version
+from statusek.identity import version
 from tests.helpers import command_partitions, free_port, ops_get, wait_status
 from tests.integration.conftest import Cluster
 from tests.integration.faults import proxied

@@ -17,7 +17,7 @@ import aio_pika
 import aiormq
 import pytest
 
-from statusek.app.settings import Settings
+from statusek.settings import Settings
 from statusek.testing import Services
 from tests.helpers import broker_max_message_size, eventually
 from tests.integration.conftest import Cluster

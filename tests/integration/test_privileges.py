@@ -18,8 +18,8 @@ import pytest
 
 from statusek.adapters.postgres.grants import grant_worker
 from statusek.adapters.postgres.migrate import SchemaNotReady, ensure_current, migrations
-from statusek.app.settings import Settings
 from statusek.client import Client
+from statusek.settings import Settings
 from statusek.testing import Services, fresh_vhost, running_worker
 from tests.helpers import statusek
 from tests.integration.conftest import Database

@@ -6,7 +6,7 @@ import uuid
 
 import asyncpg
 
-from statusek.app.settings import Settings
+from statusek.settings import Settings
 from statusek.testing import Services, fresh_database, fresh_vhost, running_worker
 from tests.helpers import create
 from tests.integration.wire import Wire

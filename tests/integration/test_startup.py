@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from statusek.app.settings import Settings
 from statusek.app.worker import Worker
+from statusek.settings import Settings
 
 pytestmark = pytest.mark.integration
 

@@ -23,8 +23,8 @@ import asyncpg
 import pytest
 
 from statusek import BrokerUnreachable, Client
-from statusek.app.settings import BUILTIN_MODELS, Settings
 from statusek.app.worker import Worker
+from statusek.settings import BUILTIN_MODELS, Settings
 from statusek.testing import running_worker
 from tests.helpers import TASK, free_port, statusek
 from tests.integration.tls import (

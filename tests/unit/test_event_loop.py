@@ -6,8 +6,8 @@ import asyncio
 
 import uvloop
 
-from statusek.app.settings import Settings
 from statusek.app.worker import loop_runner
+from statusek.settings import Settings
 
 
 def test_the_worker_runs_on_asyncios_loop_by_default() -> None:

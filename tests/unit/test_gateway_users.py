@@ -23,7 +23,7 @@ from statusek.app.gateway_users import (
     parse_users,
     users_line,
 )
-from statusek.app.settings import Settings
+from statusek.settings import Settings
 
 
 def cheap(password: str) -> PasswordHash:

@@ -12,7 +12,6 @@ from statusek.app.gateway_wire import (
     Answer,
     Params,
     ParamsError,
-    Wire,
     decode_params,
     field_for,
     go_clean,
@@ -20,6 +19,7 @@ from statusek.app.gateway_wire import (
     mux_clean,
     route_for,
 )
+from statusek.settings import Wire
 
 # Decoding, as json.NewDecoder(r.Body).Decode(&params)
 

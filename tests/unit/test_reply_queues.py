@@ -6,7 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from statusek.adapters.rabbitmq.settle import reply_queue_allowed
-from statusek.app.settings import Settings
+from statusek.settings import Settings
 
 
 @pytest.mark.parametrize(

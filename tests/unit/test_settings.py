@@ -10,7 +10,7 @@ from pydantic import Field, ValidationError
 from pydantic_settings import SettingsError
 
 from statusek.app.cli import _settings
-from statusek.app.settings import Settings, SettingsFileError
+from statusek.settings import Settings, SettingsFileError
 
 URL = "amqp://statusek-worker:s3cret-from-a-file@rabbitmq:5672/statusek"
 

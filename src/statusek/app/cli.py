@@ -19,12 +19,12 @@ from statusek.adapters.postgres.grants import GrantRefused, grant_worker
 from statusek.adapters.postgres.migrate import migrate
 from statusek.adapters.rabbitmq.endpoints import split_urls
 from statusek.app import remote
-from statusek.app.identity import Identity, version
-from statusek.app.logging import configure
-from statusek.app.settings import Settings
 from statusek.core.errors import StatusekError
 from statusek.core.model import ModelError
+from statusek.identity import Identity, version
+from statusek.logs import configure
 from statusek.redact import mask_secrets, url_location
+from statusek.settings import Settings
 
 # One table of exit codes for every subcommand (documented in statusek.app.remote).
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_UNAVAILABLE = (
@@ -71,8 +71,8 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_worker(settings: Settings, _args: argparse.Namespace) -> int:
-    from statusek.app.ops import CannotListen
     from statusek.app.worker import run_worker
+    from statusek.ops import CannotListen
 
     try:
         run_worker(settings)
@@ -97,8 +97,8 @@ def cmd_worker(settings: Settings, _args: argparse.Namespace) -> int:
 
 def cmd_gateway(settings: Settings, _args: argparse.Namespace) -> int:
     from statusek.app.gateway import GatewayConfigError, run_gateway
-    from statusek.app.ops import CannotListen
     from statusek.exceptions import InvalidURL
+    from statusek.ops import CannotListen
 
     try:
         run_gateway(settings)

@@ -54,14 +54,10 @@ from statusek.app.gateway_wire import (
     Answer,
     Params,
     ParamsError,
-    Wire,
     decode_params,
     route_for,
 )
-from statusek.app.identity import version
 from statusek.app.metrics import GatewayMetrics
-from statusek.app.ops import OpsServer
-from statusek.app.settings import Settings
 from statusek.client import Client
 from statusek.core.codes import Code
 from statusek.core.messages import MAX_EVENTS_PAGE
@@ -73,7 +69,10 @@ from statusek.exceptions import (
     StatusekRejected,
     rejection,
 )
+from statusek.identity import version
+from statusek.ops import OpsServer
 from statusek.redact import mask_secrets
+from statusek.settings import Settings, Wire
 
 log = structlog.get_logger(__name__)
 

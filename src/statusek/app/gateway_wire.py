@@ -14,23 +14,12 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
 from statusek.core.codes import Code
-
-
-class Wire(StrEnum):
-    """The response shape (STATUSEK_GATEWAY_WIRE)."""
-
-    # What Go Statusek v2.7.2 sends: {"status", "message", "data"}, message "" on success, the
-    # answer of checkIsFinished / checkStatusIsSet in `data` with status true.
-    V2_7_2 = "v2.7.2"
-    # The first README's: the answer in `status`, "Success" and the README's messages, `data`'s
-    # keys also at the top level.
-    README = "readme"
+from statusek.settings import Wire
 
 
 class ParamsError(ValueError):

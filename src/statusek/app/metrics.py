@@ -8,12 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from statusek.app.identity import version
+from statusek.identity import version
 
-__all__ = ["CONTENT_TYPE", "GATEWAY_METRIC_NAMES", "METRIC_NAMES", "GatewayMetrics", "Metrics"]
+__all__ = ["GATEWAY_METRIC_NAMES", "METRIC_NAMES", "GatewayMetrics", "Metrics"]
 
 DEAD_LETTER_REASONS = (
     "invalid-json",

@@ -32,7 +32,6 @@ from typing import Any, NoReturn
 from statusek import graph
 from statusek.adapters.model_files import load_models
 from statusek.app import plot
-from statusek.app.settings import Settings
 from statusek.client import Client
 from statusek.core.codes import Code, FinishReason
 from statusek.core.messages import (
@@ -55,6 +54,7 @@ from statusek.exceptions import (
     TopologyNotFound,
     WaitTimeoutError,
 )
+from statusek.settings import Settings
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_NO_ANSWER, EXIT_NOT_COMPLETED, EXIT_NOT_IN_TIME = 0, 1, 2, 3, 4, 5
 EXIT_UNAVAILABLE = 69

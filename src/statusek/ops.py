@@ -21,9 +21,8 @@ from typing import Protocol, TypeVar
 
 import structlog
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE
 from prometheus_client import Gauge
-
-from statusek.app.metrics import CONTENT_TYPE
 
 log = structlog.get_logger(__name__)
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import AfterValidator, BeforeValidator, Field
 from pydantic.fields import FieldInfo
@@ -16,12 +17,24 @@ from pydantic_settings import (
     SettingsError,
 )
 
-from statusek.adapters.postgres.connect import ConnectOptions
 from statusek.adapters.rabbitmq.endpoints import split_urls
-from statusek.app.gateway_wire import Wire
 from statusek.core.model import optional_duration
 
-BUILTIN_MODELS = Path(__file__).resolve().parent.parent / "models"
+if TYPE_CHECKING:
+    from statusek.adapters.postgres.connect import ConnectOptions
+
+BUILTIN_MODELS = Path(__file__).resolve().parent / "models"
+
+
+class Wire(StrEnum):
+    """The gateway's response shape (STATUSEK_GATEWAY_WIRE); gateway/wire.py writes both."""
+
+    # What Go Statusek v2.7.2 sends: {"status", "message", "data"}, message "" on success, the
+    # answer of checkIsFinished / checkStatusIsSet in `data` with status true.
+    V2_7_2 = "v2.7.2"
+    # The first README's: the answer in `status`, "Success" and the README's messages, `data`'s
+    # keys also at the top level.
+    README = "readme"
 
 
 class SettingsFileError(SettingsError):
@@ -272,6 +285,9 @@ class Settings(BaseSettings):
 
     def database_options(self) -> ConnectOptions:
         """The time bounds and keepalives of every Postgres connection a worker opens."""
+        # Imported here: the gateway and the CLI's remote commands read settings without asyncpg.
+        from statusek.adapters.postgres.connect import ConnectOptions
+
         return ConnectOptions(
             connect_timeout=self.database_connect_timeout,
             statement_timeout=self.database_statement_timeout,
