@@ -29,7 +29,7 @@ lint: install
 # No function or method over cyclomatic complexity 20 (radon's rank C). store.py
 # (Transaction.save) and pipeline.py (_Window.apply) are excluded only until the lead
 # splits those two; the lead removes the --exclude then.
-	$(BIN)/xenon --max-absolute C --exclude src/statusek/adapters/postgres/store.py,src/statusek/app/pipeline.py src
+	$(BIN)/xenon --max-absolute C --exclude src/statusek/adapters/postgres/store.py,src/statusek/worker/pipeline.py src
 
 ## Start RabbitMQ and Postgres when they are down (this machine's packages).
 services:

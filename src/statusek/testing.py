@@ -38,8 +38,8 @@ import asyncpg
 from statusek.adapters.postgres.migrate import migrate
 
 if TYPE_CHECKING:
-    from statusek.app.worker import Worker
     from statusek.settings import Settings
+    from statusek.worker.worker import Worker
 
 LOCAL_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 LOCAL_ADMIN_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -329,7 +329,7 @@ def postgres_answers(port: int) -> bool:
 @asynccontextmanager
 async def running_worker(settings: Settings, *, start_timeout: float = 60) -> AsyncIterator[Worker]:
     """A `Worker` in this event loop, consuming once entered, stopped gracefully on exit."""
-    from statusek.app.worker import Worker
+    from statusek.worker.worker import Worker
 
     worker = Worker(settings)
     task = asyncio.create_task(worker.run())

@@ -29,9 +29,9 @@ import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 from playwright.async_api import Error as PlaywrightError
 
-from statusek.app.worker import Worker
 from statusek.settings import Settings
 from statusek.testing import Services, fresh_database, fresh_vhost, running_worker
+from statusek.worker.worker import Worker
 from tests.helpers import ROOT, SHIPPED_MODELS
 
 CHROMIUM = os.environ.get("STATUSEK_CHROMIUM", "/usr/bin/chromium")

@@ -14,8 +14,8 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from statusek.app.relay import nack_delay
 from statusek.settings import Settings
+from statusek.worker.relay import nack_delay
 from tests.chaos.history import EventRow, History, Note, Sent
 from tests.chaos.schedule import FAULTS, PATIENT
 

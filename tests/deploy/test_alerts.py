@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from statusek.app.metrics import METRIC_NAMES
+from statusek.worker.metrics import METRIC_NAMES
 
 ROOT = Path(__file__).resolve().parents[2]
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yaml"

@@ -15,9 +15,9 @@ import pytest
 
 from statusek.adapters.postgres.grants import grant_worker
 from statusek.adapters.rabbitmq.broker import Broker, Names
-from statusek.app.worker import Worker
 from statusek.settings import Settings
 from statusek.testing import RabbitAdmin, Services, fresh_database, fresh_vhost, running_worker
+from statusek.worker.worker import Worker
 from tests.helpers import command_partitions
 from tests.integration.wire import Wire
 from tests.log_secrets import new_password, with_credentials

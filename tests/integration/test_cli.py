@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from statusek.app.worker import Worker
+from statusek.worker.worker import Worker
 from tests.helpers import statusek
 
 

@@ -26,8 +26,8 @@ from urllib.parse import urlsplit, urlunsplit
 import pika  # type: ignore[import-untyped]
 import pytest
 
-from statusek.app.pipeline import FAULT_HEADER
 from statusek.testing import fresh_vhost
+from statusek.worker.faults import FAULT_HEADER
 from tests.helpers import TASK, eventually, statusek
 from tests.integration.conftest import Cluster
 from tests.integration.faults import TcpProxy, proxied

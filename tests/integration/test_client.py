@@ -22,8 +22,8 @@ from statusek import (
     TokenConflict,
     TopologyNotFound,
 )
-from statusek.app.worker import Worker
 from statusek.testing import Services, fresh_vhost
+from statusek.worker.worker import Worker
 from tests.helpers import TASK
 from tests.integration.conftest import Cluster
 from tests.log_secrets import password as registered_password

@@ -16,7 +16,7 @@ import asyncpg
 import pytest
 
 from statusek import BrokerUnreachable, Client, InstanceFinishedError, NotificationsInterrupted
-from statusek.app.worker import Worker
+from statusek.worker.worker import Worker
 from tests.helpers import TASK, eventually
 from tests.integration.conftest import Cluster
 from tests.integration.faults import TcpProxy, proxied

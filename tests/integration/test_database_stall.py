@@ -21,8 +21,8 @@ import pytest
 
 from statusek.adapters.postgres.connect import ConnectOptions
 from statusek.adapters.postgres.store import Store
-from statusek.app.pipeline import FAULT_HEADER
 from statusek.core.partitions import routing_headers
+from statusek.worker.faults import FAULT_HEADER
 from tests.helpers import eventually, free_port, ops_get, wait_status
 from tests.integration.conftest import Cluster
 from tests.integration.faults import TcpProxy, proxied

@@ -18,11 +18,12 @@ import pytest
 from statusek.adapters.model_files import load_models
 from statusek.adapters.postgres.store import Store
 from statusek.adapters.rabbitmq.broker import Broker, Names
-from statusek.app.metrics import Metrics
-from statusek.app.pipeline import FAULT_HEADER, CommandPipeline
-from statusek.app.relay import OutboxRelay
 from statusek.core.decide import Policy
 from statusek.core.errors import BrokerUnavailable
+from statusek.worker.faults import FAULT_HEADER
+from statusek.worker.metrics import Metrics
+from statusek.worker.pipeline import CommandPipeline
+from statusek.worker.relay import OutboxRelay
 from tests.helpers import command_partitions, eventually
 from tests.integration.conftest import Cluster
 

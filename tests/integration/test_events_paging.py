@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from statusek.app.worker import Worker
 from statusek.client import Client
+from statusek.worker.worker import Worker
 from tests.helpers import create, statusek
 from tests.integration.wire import Wire
 

@@ -18,7 +18,7 @@ from datetime import datetime
 import asyncpg
 import pytest
 
-from statusek.app.pipeline import FAULT_HEADER
+from statusek.worker.faults import FAULT_HEADER
 from tests.helpers import command_partitions, eventually
 from tests.integration.conftest import Cluster
 from tests.integration.faults import Ledger, Report, proxied

@@ -36,10 +36,10 @@ from statusek import Client
 from statusek.adapters.rabbitmq.broker import Broker, Names
 from statusek.app.gateway import GatewayServer
 from statusek.app.gateway_wire import GO_SNIFFED_TEXT
-from statusek.app.worker import Worker
 from statusek.identity import version
 from statusek.settings import Wire
 from statusek.testing import Services, fresh_vhost
+from statusek.worker.worker import Worker
 from tests.helpers import TASK, free_port
 
 pytestmark = pytest.mark.integration

@@ -22,10 +22,10 @@ import pytest
 from statusek.adapters.rabbitmq.impersonation import impersonation_problem
 from statusek.app.gateway_users import Authenticator, Users, hash_password, users_line
 from statusek.app.remote import EXIT_USAGE
-from statusek.app.worker import Worker
 from statusek.client import Client
 from statusek.settings import Settings
 from statusek.testing import Services, fresh_database, fresh_vhost, running_worker
+from statusek.worker.worker import Worker
 from tests.integration.gateways import Reply, ask, basic, running_gateway
 from tests.log_secrets import new_password, with_credentials
 

@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
-from statusek.app.worker import Worker
 from statusek.client import Client
+from statusek.worker.worker import Worker
 from tests.integration.gateways import Reply, ask, running_gateway
 
 pytestmark = pytest.mark.integration

@@ -12,9 +12,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from statusek.app.gateway import serve
-from statusek.app.metrics import GATEWAY_METRIC_NAMES
-from statusek.app.worker import Worker
 from statusek.settings import Settings
+from statusek.worker.metrics import GATEWAY_METRIC_NAMES
+from statusek.worker.worker import Worker
 from tests.helpers import free_port
 from tests.integration.gateways import ask
 

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
-from statusek.app.worker import Worker
+from statusek.worker.worker import Worker
 from tests.integration.gateways import ask, ask_raw, running_gateway
 
 pytestmark = pytest.mark.integration

@@ -11,8 +11,8 @@ import asyncpg
 import pytest
 from aio_pika.abc import AbstractIncomingMessage
 
-from statusek.app.worker import Worker
 from statusek.client import Client, InvalidRequest
+from statusek.worker.worker import Worker
 from tests.helpers import statusek
 from tests.integration.wire import Wire
 

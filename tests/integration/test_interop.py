@@ -12,7 +12,7 @@ import jsonschema
 import pika
 import yaml
 
-from statusek.app.worker import Worker
+from statusek.worker.worker import Worker
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 DOC = yaml.safe_load((SCHEMAS / "asyncapi.yaml").read_text())

@@ -25,8 +25,9 @@ import pytest
 from statusek.adapters.model_files import load_models
 from statusek.adapters.postgres.store import Store
 from statusek.adapters.rabbitmq.broker import Broker, Consumer, Names
-from statusek.app.pipeline import FAULT_HEADER, STALL_SECONDS, CommandPipeline
 from statusek.core.decide import Policy
+from statusek.worker.faults import FAULT_HEADER, STALL_SECONDS
+from statusek.worker.pipeline import CommandPipeline
 from tests.helpers import command_partitions, eventually
 
 pytestmark = pytest.mark.integration

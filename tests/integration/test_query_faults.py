@@ -18,11 +18,11 @@ import pytest
 
 from statusek.adapters.postgres import reports
 from statusek.adapters.postgres.retention import TIMELINE_COLUMNS, add_daily, timelines
-from statusek.app import queries
 from statusek.core.codes import FinishReason
 from statusek.core.messages import MAX_REPORT_DAYS, MAX_TEXT
 from statusek.core.report import Timeline, build_report, fold
 from statusek.testing import Services
+from statusek.worker import queries
 from tests.helpers import TASK, broker_max_message_size, create
 from tests.integration.conftest import Cluster
 from tests.integration.wire import Wire

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from statusek.app.worker import Worker
+from statusek.worker.worker import Worker
 from tests.helpers import run
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -21,9 +21,9 @@ from aio_pika.abc import AbstractIncomingMessage
 
 from statusek.adapters.postgres.store import Store, outbox_partition
 from statusek.adapters.rabbitmq.broker import Broker, Names
-from statusek.app.metrics import Metrics
-from statusek.app.relay import OutboxRelay
 from statusek.core.views import Notification
+from statusek.worker.metrics import Metrics
+from statusek.worker.relay import OutboxRelay
 from tests.helpers import command_partitions
 from tests.integration.conftest import Cluster
 

@@ -14,8 +14,8 @@ import pytest
 
 from statusek.adapters.rabbitmq import settle
 from statusek.adapters.rabbitmq.broker import Broker, Limits, Names
-from statusek.app.worker import Worker
 from statusek.core.messages import Reply
+from statusek.worker.worker import Worker
 from tests.helpers import TASK, command_partitions
 from tests.integration.wire import Wire
 

@@ -25,12 +25,12 @@ import pytest
 
 from statusek.adapters.postgres.retention import PURGE_LOCK, purge_batch
 from statusek.adapters.postgres.store import Store, outbox_partition
-from statusek.app.purger import Purger
 from statusek.client import Client
 from statusek.core.report import RELATIVE_ERROR
 from statusek.exceptions import InstanceNotFound
 from statusek.settings import Settings
 from statusek.testing import Services, fresh_database, fresh_vhost, running_worker
+from statusek.worker.purger import Purger
 from tests import helpers
 from tests.integration.conftest import Database
 from tests.integration.wire import Wire

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from statusek.app.worker import Worker
 from statusek.settings import Settings
+from statusek.worker.worker import Worker
 
 pytestmark = pytest.mark.integration
 

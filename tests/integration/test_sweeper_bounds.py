@@ -20,8 +20,8 @@ import pytest
 
 from statusek.adapters.model_files import load_models
 from statusek.adapters.postgres.store import EXPIRY_LOCK, LOCK_OVERDUE, Store
-from statusek.app.sweeper import Sweeper
 from statusek.testing import fresh_database
+from statusek.worker.sweeper import Sweeper
 
 pytestmark = pytest.mark.integration
 

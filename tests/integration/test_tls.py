@@ -23,9 +23,9 @@ import asyncpg
 import pytest
 
 from statusek import BrokerUnreachable, Client
-from statusek.app.worker import Worker
 from statusek.settings import BUILTIN_MODELS, Settings
 from statusek.testing import running_worker
+from statusek.worker.worker import Worker
 from tests.helpers import TASK, free_port, statusek
 from tests.integration.tls import (
     PG_PASSWORD,

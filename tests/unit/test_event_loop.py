@@ -6,8 +6,8 @@ import asyncio
 
 import uvloop
 
-from statusek.app.worker import loop_runner
 from statusek.settings import Settings
+from statusek.worker.worker import loop_runner
 
 
 def test_the_worker_runs_on_asyncios_loop_by_default() -> None:

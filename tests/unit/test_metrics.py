@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from statusek.app.metrics import METRIC_NAMES, Metrics
+from statusek.worker.metrics import METRIC_NAMES, Metrics
 
 
 def test_metric_names_match_the_registry() -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from statusek.adapters.postgres.store import OutboxRow
 from statusek.adapters.rabbitmq.broker import notification_waves
-from statusek.app.relay import NACK_CAP, nack_delay, sendable
 from statusek.core.views import Notification
+from statusek.worker.relay import NACK_CAP, nack_delay, sendable
 
 
 def row(id: int, token: str | None, *, in_flight: bool = False) -> OutboxRow:

@@ -71,8 +71,8 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_worker(settings: Settings, _args: argparse.Namespace) -> int:
-    from statusek.app.worker import run_worker
     from statusek.ops import CannotListen
+    from statusek.worker.worker import run_worker
 
     try:
         run_worker(settings)

@@ -57,7 +57,6 @@ from statusek.app.gateway_wire import (
     decode_params,
     route_for,
 )
-from statusek.app.metrics import GatewayMetrics
 from statusek.client import Client
 from statusek.core.codes import Code
 from statusek.core.messages import MAX_EVENTS_PAGE
@@ -73,6 +72,7 @@ from statusek.identity import version
 from statusek.ops import OpsServer
 from statusek.redact import mask_secrets
 from statusek.settings import Settings, Wire
+from statusek.worker.metrics import GatewayMetrics
 
 log = structlog.get_logger(__name__)
 

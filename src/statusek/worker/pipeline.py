@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -32,8 +31,6 @@ from statusek.adapters.postgres.store import GivenReply, OutboxRow, ReplyKey, St
 from statusek.adapters.rabbitmq import settle
 from statusek.adapters.rabbitmq.broker import Broker, Unconfirmed
 from statusek.adapters.rabbitmq.parser import Envelope, parse_delivery
-from statusek.app.backoff import Backoff
-from statusek.app.metrics import Metrics
 from statusek.core.access import Groups, Sender
 from statusek.core.codes import Code
 from statusek.core.decide import Policy, decide
@@ -52,6 +49,9 @@ from statusek.core.messages import (
 )
 from statusek.core.model import StatusModel
 from statusek.core.views import Notification, notification_for
+from statusek.worker import faults
+from statusek.worker.backoff import Backoff
+from statusek.worker.metrics import Metrics
 
 log = structlog.get_logger(__name__)
 
@@ -187,7 +187,7 @@ class CommandPipeline:
             except InvalidMessage as e:
                 invalid.append((d, e))
         if self._fault_hooks:
-            _fail_if_asked(deliveries)
+            faults.fail_if_asked(deliveries)
         self._direct = []
         outcomes, failed = await self._apply_with_retry(valid)
         direct, self._direct = self._direct, []
@@ -356,9 +356,9 @@ class CommandPipeline:
             deleting = list(self._published)
             earliest, direct = await window.save(deleting)
             if self._fault_hooks:
-                await _stall_if_asked(valid)
+                await faults.stall_if_asked(valid)
         if self._fault_hooks:
-            _crash_if_asked(valid)
+            faults.crash_if_asked(valid)
         self._direct.extend(direct)
         del self._published[: len(deleting)]
         self.applied += sum(1 for o in outcomes if not o.duplicate)
@@ -442,39 +442,6 @@ def _redelivered(delivery: AbstractIncomingMessage) -> bool:
 # Seconds an idle pipeline waits for a window to delete its published outbox rows before it
 # deletes them alone: far below the relay's grace, which would send them again.
 DELETE_WHEN_IDLE = 0.05
-
-FAULT_HEADER = "x-statusek-test-fault"
-
-
-def _fail_if_asked(deliveries: Sequence[AbstractIncomingMessage]) -> None:
-    """Test-only: a poison command, failing its whole window every time it is delivered."""
-    for delivery in deliveries:
-        if (delivery.headers or {}).get(FAULT_HEADER) == "fail-window":
-            raise RuntimeError(f"fault hook: window with {delivery.message_id} fails")
-
-
-STALL_SECONDS = 1.5
-
-
-async def _stall_if_asked(valid: list[tuple[AbstractIncomingMessage, Envelope]]) -> None:
-    """Test-only: hold the window's transaction open, as a starved replica would, on first delivery."""
-    for delivery, _ in valid:
-        if (delivery.headers or {}).get(FAULT_HEADER) == "stall-before-commit" and not delivery.redelivered:
-            log.warning("fault hook: stalling before commit", message_id=delivery.message_id)
-            await asyncio.sleep(STALL_SECONDS)
-            return
-
-
-def _crash_if_asked(valid: list[tuple[AbstractIncomingMessage, Envelope]]) -> None:
-    """Test-only: die after commit, before publishing, answering and acking, as a power cut would.
-
-    On first delivery only. `crash-before-publish` is the same point, named for the notifications.
-    """
-    for delivery, _ in valid:
-        fault = (delivery.headers or {}).get(FAULT_HEADER)
-        if fault in ("crash-after-commit", "crash-before-publish") and not delivery.redelivered:
-            log.warning("fault hook: exiting between commit and ack", message_id=delivery.message_id)
-            os._exit(70)
 
 
 class _Window:

@@ -18,11 +18,11 @@ from datetime import datetime, timedelta
 import structlog
 
 from statusek.adapters.postgres.store import Store
-from statusek.app.backoff import Backoff
 from statusek.core.decide import sweep
 from statusek.core.errors import StoreFailure, TransientError
 from statusek.core.instance import Event, InstanceState
 from statusek.core.views import Notification, notification_for
+from statusek.worker.backoff import Backoff
 
 log = structlog.get_logger(__name__)
 

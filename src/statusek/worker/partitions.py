@@ -20,9 +20,9 @@ import structlog
 from aio_pika.abc import AbstractIncomingMessage
 
 from statusek.adapters.rabbitmq.broker import Broker, Consumer
-from statusek.app.metrics import Metrics
-from statusek.app.pipeline import CommandPipeline
 from statusek.core.partitions import share
+from statusek.worker.metrics import Metrics
+from statusek.worker.pipeline import CommandPipeline
 
 log = structlog.get_logger(__name__)
 

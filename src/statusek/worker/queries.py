@@ -14,7 +14,6 @@ from statusek.adapters.postgres.store import Store
 from statusek.adapters.rabbitmq import settle
 from statusek.adapters.rabbitmq.broker import Broker
 from statusek.adapters.rabbitmq.parser import parse_delivery
-from statusek.app.metrics import Metrics
 from statusek.core.access import Groups, Sender
 from statusek.core.codes import Code
 from statusek.core.errors import InvalidMessage, StoreFailure, TooLargeForBroker, TransientError
@@ -31,6 +30,7 @@ from statusek.core.messages import (
 )
 from statusek.core.report import report_reply
 from statusek.core.views import answer, found_instances
+from statusek.worker.metrics import Metrics
 
 log = structlog.get_logger(__name__)
 

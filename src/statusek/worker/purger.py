@@ -15,8 +15,8 @@ import structlog
 
 from statusek.adapters.postgres.retention import purge_batch, retention_by_object
 from statusek.adapters.postgres.store import Store
-from statusek.app.backoff import Backoff
 from statusek.core.errors import StoreFailure, TransientError
+from statusek.worker.backoff import Backoff
 
 log = structlog.get_logger(__name__)
 

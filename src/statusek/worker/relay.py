@@ -55,9 +55,9 @@ import structlog
 from statusek.adapters.postgres.relay_session import RelaySession
 from statusek.adapters.postgres.store import OUTBOX_PARTITIONS, OutboxRow, Store
 from statusek.adapters.rabbitmq.broker import Broker, Unconfirmed
-from statusek.app.backoff import Backoff
-from statusek.app.metrics import Metrics
 from statusek.core.errors import StoreFailure, TransientError
+from statusek.worker.backoff import Backoff
+from statusek.worker.metrics import Metrics
 
 log = structlog.get_logger(__name__)
 

@@ -17,20 +17,20 @@ from statusek.adapters.postgres.membership import hold_membership, new_member_ke
 from statusek.adapters.postgres.migrate import ensure_current
 from statusek.adapters.postgres.store import DEADLINE_CHANNEL, OUTBOX_CHANNEL, Store
 from statusek.adapters.rabbitmq.broker import Broker, Consumer, Limits, Names
-from statusek.app.backoff import Backoff
-from statusek.app.metrics import Metrics
-from statusek.app.partitions import Partitions
-from statusek.app.pipeline import CommandPipeline
-from statusek.app.purger import Purger
-from statusek.app.queries import QueryHandler
-from statusek.app.relay import OutboxRelay
-from statusek.app.sweeper import Sweeper
 from statusek.core.access import Writers
 from statusek.core.decide import Policy
 from statusek.core.errors import TransientError
 from statusek.identity import Identity
 from statusek.ops import OpsServer
 from statusek.settings import Settings
+from statusek.worker.backoff import Backoff
+from statusek.worker.metrics import Metrics
+from statusek.worker.partitions import Partitions
+from statusek.worker.pipeline import CommandPipeline
+from statusek.worker.purger import Purger
+from statusek.worker.queries import QueryHandler
+from statusek.worker.relay import OutboxRelay
+from statusek.worker.sweeper import Sweeper
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")

@@ -1,0 +1,1 @@
+"""The worker: consumes commands and queries, applies them in Postgres, publishes notifications."""
