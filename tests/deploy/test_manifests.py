@@ -31,10 +31,10 @@ KUBERNETES_VERSIONS = sorted({"1.30", ".".join(latest_version().split(".")[:2])}
 
 OPS_PORT = 9464
 HTTP_PORT = 8080
-# gateway.py: on SIGTERM the gateway stops accepting, then gives the requests under way
+# gateway/server.py: on SIGTERM the gateway stops accepting, then gives the requests under way
 # STATUSEK_SHUTDOWN_TIMEOUT plus the time a request waits for its answer.
 GATEWAY_ANSWER_WITHIN = 10.0
-# worker.py: on SIGTERM the worker drains its window within STATUSEK_SHUTDOWN_TIMEOUT, closes the
+# worker/worker.py: on SIGTERM the worker drains its window within STATUSEK_SHUTDOWN_TIMEOUT, closes the
 # commands consumer (up to 2 s), then flushes the outbox for up to max(1, timeout / 2).
 CONSUMER_CLOSE_SECONDS = 2.0
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import aiohttp
 
-from statusek.app.gateway import GatewayServer
 from statusek.client import Client
+from statusek.gateway.server import GatewayServer
 
 
 @asynccontextmanager

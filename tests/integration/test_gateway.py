@@ -34,8 +34,8 @@ import pytest
 
 from statusek import Client
 from statusek.adapters.rabbitmq.broker import Broker, Names
-from statusek.app.gateway import GatewayServer
-from statusek.app.gateway_wire import GO_SNIFFED_TEXT
+from statusek.gateway.server import GatewayServer
+from statusek.gateway.wire import GO_SNIFFED_TEXT
 from statusek.identity import version
 from statusek.settings import Wire
 from statusek.testing import Services, fresh_vhost

@@ -20,9 +20,9 @@ import aiohttp
 import pytest
 
 from statusek.adapters.rabbitmq.impersonation import impersonation_problem
-from statusek.app.gateway_users import Authenticator, Users, hash_password, users_line
 from statusek.app.remote import EXIT_USAGE
 from statusek.client import Client
+from statusek.gateway.users import Authenticator, Users, hash_password, users_line
 from statusek.settings import Settings
 from statusek.testing import Services, fresh_database, fresh_vhost, running_worker
 from statusek.worker.worker import Worker

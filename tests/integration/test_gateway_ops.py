@@ -11,9 +11,9 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from statusek.app.gateway import serve
+from statusek.gateway.metrics import GATEWAY_METRIC_NAMES
+from statusek.gateway.server import serve
 from statusek.settings import Settings
-from statusek.worker.metrics import GATEWAY_METRIC_NAMES
 from statusek.worker.worker import Worker
 from tests.helpers import free_port
 from tests.integration.gateways import ask

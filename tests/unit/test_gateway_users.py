@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from statusek.app.cli import cmd_gateway_user
-from statusek.app.gateway import GatewayConfigError, authenticator_for
-from statusek.app.gateway_users import (
+from statusek.gateway.server import GatewayConfigError, authenticator_for
+from statusek.gateway.users import (
     Authenticator,
     PasswordHash,
     Unauthenticated,

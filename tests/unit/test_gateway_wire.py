@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from statusek.app.gateway_wire import (
+from statusek.gateway.wire import (
     GO_SNIFFED_TEXT,
     Answer,
     Params,

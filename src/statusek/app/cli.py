@@ -96,8 +96,8 @@ def cmd_worker(settings: Settings, _args: argparse.Namespace) -> int:
 
 
 def cmd_gateway(settings: Settings, _args: argparse.Namespace) -> int:
-    from statusek.app.gateway import GatewayConfigError, run_gateway
     from statusek.exceptions import InvalidURL
+    from statusek.gateway.server import GatewayConfigError, run_gateway
     from statusek.ops import CannotListen
 
     try:
@@ -125,7 +125,7 @@ def cmd_gateway(settings: Settings, _args: argparse.Namespace) -> int:
 
 def cmd_gateway_user(_settings: Settings, args: argparse.Namespace) -> int:
     """Print a users-file line for NAME: with a new password (shown on stderr), or one read from stdin."""
-    from statusek.app.gateway_users import check_name, hash_password, new_password, users_line
+    from statusek.gateway.users import check_name, hash_password, new_password, users_line
 
     try:
         check_name(args.name)

@@ -3,7 +3,7 @@
 Existing Statusek clients keep working against it: the same routes (any
 method, as Go's router), the same request fields read as Go reads them, and
 by default the responses of Go Statusek v2.7.2 byte for byte
-(STATUSEK_GATEWAY_WIRE; `gateway_wire` says how each is shaped).
+(STATUSEK_GATEWAY_WIRE; `gateway.wire` says how each is shaped).
 
     /instance/create                  -> create
     /status/setStatus                 -> set-status
@@ -21,7 +21,7 @@ never applied later). docs/migrating.md says what differs from
 the original.
 
 Callers authenticate with HTTP Basic against a users file
-(STATUSEK_GATEWAY_AUTH=basic, `gateway_users`), and each request is
+(STATUSEK_GATEWAY_AUTH=basic, `gateway.users`), and each request is
 published with the caller as its AMQP user_id: writer lists judge the
 caller, and events record the caller as their actor. RabbitMQ allows that
 to a gateway user with the `impersonator` tag, checked at start.
@@ -48,15 +48,6 @@ import structlog
 from aiohttp import web
 
 from statusek.adapters.rabbitmq.impersonation import impersonation_problem
-from statusek.app.gateway_users import Authenticator, Unauthenticated, Users, UsersFileError
-from statusek.app.gateway_wire import (
-    GO_SNIFFED_TEXT,
-    Answer,
-    Params,
-    ParamsError,
-    decode_params,
-    route_for,
-)
 from statusek.client import Client
 from statusek.core.codes import Code
 from statusek.core.messages import MAX_EVENTS_PAGE
@@ -68,11 +59,20 @@ from statusek.exceptions import (
     StatusekRejected,
     rejection,
 )
+from statusek.gateway.metrics import GatewayMetrics
+from statusek.gateway.users import Authenticator, Unauthenticated, Users, UsersFileError
+from statusek.gateway.wire import (
+    GO_SNIFFED_TEXT,
+    Answer,
+    Params,
+    ParamsError,
+    decode_params,
+    route_for,
+)
 from statusek.identity import version
 from statusek.ops import OpsServer
 from statusek.redact import mask_secrets
 from statusek.settings import Settings, Wire
-from statusek.worker.metrics import GatewayMetrics
 
 log = structlog.get_logger(__name__)
 
