@@ -1,5 +1,5 @@
 import sys
 
-from statusek.app.cli import main
+from statusek.cli.main import main
 
 sys.exit(main())

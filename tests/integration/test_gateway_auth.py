@@ -20,7 +20,7 @@ import aiohttp
 import pytest
 
 from statusek.adapters.rabbitmq.impersonation import impersonation_problem
-from statusek.app.remote import EXIT_USAGE
+from statusek.cli.remote import EXIT_USAGE
 from statusek.client import Client
 from statusek.gateway.users import Authenticator, Users, hash_password, users_line
 from statusek.settings import Settings

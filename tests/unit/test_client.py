@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from statusek.app.cli import build_parser
+from statusek.cli.main import build_parser
 from statusek.client import _url_from_environment, check_url, expiration_for
 from statusek.exceptions import InvalidURL, NoAnswerError, StatusekClientError
 

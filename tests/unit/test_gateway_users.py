@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from statusek.app.cli import cmd_gateway_user
+from statusek.cli.main import cmd_gateway_user
 from statusek.gateway.server import GatewayConfigError, authenticator_for
 from statusek.gateway.users import (
     Authenticator,

@@ -11,7 +11,7 @@ import pytest
 
 from statusek.adapters.postgres.store import find_instances_sql
 from statusek.adapters.rabbitmq.parser import parse
-from statusek.app.remote import cursor, instant, page_size
+from statusek.cli.remote import cursor, instant, page_size
 from statusek.core.decide import decide
 from statusek.core.errors import InvalidMessage
 from statusek.core.instance import Event, EventKind, InstanceState

@@ -9,7 +9,7 @@ import pytest
 from pydantic import Field, ValidationError
 from pydantic_settings import SettingsError
 
-from statusek.app.cli import _settings
+from statusek.cli.main import _settings
 from statusek.settings import Settings, SettingsFileError
 
 URL = "amqp://statusek-worker:s3cret-from-a-file@rabbitmq:5672/statusek"

@@ -15,10 +15,8 @@ from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
 from statusek.adapters.model_files import GroupsError, load_models, model_files
-from statusek.adapters.postgres.grants import GrantRefused, grant_worker
-from statusek.adapters.postgres.migrate import migrate
 from statusek.adapters.rabbitmq.endpoints import split_urls
-from statusek.app import remote
+from statusek.cli import remote
 from statusek.core.errors import StatusekError
 from statusek.core.model import ModelError
 from statusek.identity import Identity, version
@@ -26,7 +24,7 @@ from statusek.logs import configure
 from statusek.redact import mask_secrets, url_location
 from statusek.settings import Settings
 
-# One table of exit codes for every subcommand (documented in statusek.app.remote).
+# One table of exit codes for every subcommand (documented in statusek.cli.remote).
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_UNAVAILABLE = (
     remote.EXIT_OK,
     remote.EXIT_REFUSED,
@@ -48,6 +46,10 @@ def _settings() -> Settings:
 
 
 def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
+    # Imported here, as the worker is: the remote commands and the gateway run without asyncpg.
+    from statusek.adapters.postgres.grants import GrantRefused, grant_worker
+    from statusek.adapters.postgres.migrate import migrate
+
     roles = list(dict.fromkeys(r.strip() for value in args.grant for r in value.split(",") if r.strip()))
 
     async def run() -> int:

@@ -31,7 +31,7 @@ from typing import Any, NoReturn
 
 from statusek import graph
 from statusek.adapters.model_files import load_models
-from statusek.app import plot
+from statusek.cli import plot
 from statusek.client import Client
 from statusek.core.codes import Code, FinishReason
 from statusek.core.messages import (
