@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from statusek.cli.main import build_parser
-from statusek.client import _url_from_environment, check_url, expiration_for
+from statusek.client import check_url, expiration_for
+from statusek.client._urls import _url_from_environment
 from statusek.exceptions import InvalidURL, NoAnswerError, StatusekClientError
 
 

@@ -53,3 +53,9 @@ def test_the_core_loads_no_broker_or_database_library() -> None:
         "    importlib.import_module(f'statusek.core.{m.name}')\n"
     )
     assert within(loaded(code), BROKER_AND_DATABASE_LIBRARIES) == []
+
+
+def test_the_client_loads_neither_the_worker_nor_the_workers_broker_adapter() -> None:
+    """The client library stands on the broker's endpoints and errors, not the worker's broker.py."""
+    modules = loaded("import statusek.client")
+    assert within(modules, (*WORKER_AND_POSTGRES, "statusek.adapters.rabbitmq.broker")) == []

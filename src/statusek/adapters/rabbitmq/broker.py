@@ -27,8 +27,7 @@ from pamqp.common import FieldTable
 
 from statusek.adapters.rabbitmq.corked import CorkedConnection
 from statusek.adapters.rabbitmq.endpoints import NoBrokerReachable, connect_first, split_urls
-from statusek.adapters.rabbitmq.errors import describe as describe  # client.py's, until it imports errors
-from statusek.adapters.rabbitmq.errors import translated
+from statusek.adapters.rabbitmq.errors import describe, translated
 from statusek.core.errors import BrokerUnavailable, TooLargeForBroker
 from statusek.core.messages import COMMANDS, QUERIES, Reply
 from statusek.core.partitions import INSTANCE_TOKEN_HEADER
