@@ -357,7 +357,7 @@ async def test_stopping_the_command_queue_leader_loses_and_repeats_nothing(deplo
     try:
         async with asyncio.timeout(900):
             loading = asyncio.create_task(load())
-            await asyncio.sleep(10)  # steady load first
+            await asyncio.sleep(5)  # steady load first
             applied = await d.db.fetchval("SELECT count(*) FROM events")
             assert applied > 0, f"no command applied before the stop\n{diagnostics(d)}"
             leaders = await asyncio.to_thread(d.cluster.leaders, d.vhost, COMMANDS_PREFIX)
@@ -371,9 +371,9 @@ async def test_stopping_the_command_queue_leader_loses_and_repeats_nothing(deplo
             except AssertionError as e:
                 raise AssertionError(f"{e}\n{diagnostics(d)}") from None
             flowed_after = (resumed - down).total_seconds()
-            await asyncio.sleep(10)  # on two nodes for a while
+            await asyncio.sleep(5)  # on two nodes for a while
             await asyncio.to_thread(d.cluster.start, victim)
-            await asyncio.sleep(10)  # on three again
+            await asyncio.sleep(5)  # on three again
             stop_load.set()
             await loading
             while not set(tokens) <= subscriber.finished():  # notifications may trail the commands
