@@ -205,7 +205,9 @@ class Worker:
                 await backoff.wait(interrupt=self._stop)
 
     async def _serve(self, store: Store, broker: Broker) -> None:
+        """Run the components until a stop is requested or one of them crashes, then drain."""
         parts = self._build(store, broker)
+        # Kept apart: a stopping sweeper finishes its sweep, where the other tasks are cancelled.
         sweeping = asyncio.create_task(parts.sweeper.run(), name="sweeper")
         tasks = [sweeping, *self._start_background(store, broker, parts)]
         consuming = asyncio.create_task(
