@@ -175,17 +175,7 @@ class CommandPipeline:
         # already; applying them now would only apply them twice.
         cut_from = {id(d): size for d in deliveries if (size := self._cut_from.pop(id(d), None))}
         deliveries = [d for d in deliveries if settle.is_live(d)]
-        valid: list[tuple[AbstractIncomingMessage, Envelope]] = []
-        invalid: list[tuple[AbstractIncomingMessage, InvalidMessage]] = []
-        for d in deliveries:
-            if (size := cut_from.get(id(d))) is not None:
-                detail = f"body is {size} bytes, the limit is {self._max_body}"
-                invalid.append((d, InvalidMessage("too-large", detail)))
-                continue
-            try:
-                valid.append((d, parse_delivery(d, COMMANDS, self._max_body)))
-            except InvalidMessage as e:
-                invalid.append((d, e))
+        valid, invalid = self._parse(deliveries, cut_from)
         if self._fault_hooks:
             faults.fail_if_asked(deliveries)
         self._direct = []
@@ -212,7 +202,35 @@ class CommandPipeline:
             log.warning("could not answer or ack after commit", error=str(e))
         finally:
             await publishing  # never raises
-        elapsed = time.perf_counter() - started
+        self._log_window(deliveries, outcomes, invalid, time.perf_counter() - started)
+
+    def _parse(
+        self, deliveries: Sequence[AbstractIncomingMessage], cut_from: dict[int, int]
+    ) -> tuple[
+        list[tuple[AbstractIncomingMessage, Envelope]], list[tuple[AbstractIncomingMessage, InvalidMessage]]
+    ]:
+        """The window's commands, parsed, and the deliveries that are none (cut or malformed), with why."""
+        valid: list[tuple[AbstractIncomingMessage, Envelope]] = []
+        invalid: list[tuple[AbstractIncomingMessage, InvalidMessage]] = []
+        for d in deliveries:
+            if (size := cut_from.get(id(d))) is not None:
+                detail = f"body is {size} bytes, the limit is {self._max_body}"
+                invalid.append((d, InvalidMessage("too-large", detail)))
+                continue
+            try:
+                valid.append((d, parse_delivery(d, COMMANDS, self._max_body)))
+            except InvalidMessage as e:
+                invalid.append((d, e))
+        return valid, invalid
+
+    def _log_window(
+        self,
+        deliveries: Sequence[AbstractIncomingMessage],
+        outcomes: Sequence[Outcome],
+        invalid: Sequence[tuple[AbstractIncomingMessage, InvalidMessage]],
+        elapsed: float,
+    ) -> None:
+        """Metrics and a log line per command of a window answered in `elapsed` seconds."""
         elapsed_ms = round(elapsed * 1000, 2)
         self._metrics.window_size.observe(len(deliveries))
         for o in outcomes:
@@ -467,90 +485,154 @@ class _Window:
         self.global_events: list[GlobalEvent] = []
 
     async def apply(self, valid: list[tuple[AbstractIncomingMessage, Envelope]]) -> list[Outcome]:
-        tx = self.tx
-        commands = [env.body for _, env in valid]
-        tokens = [t for c in commands if (t := getattr(c, "instance_token", None)) is not None]
+        """Decide the window's commands in order, against its locked states; nothing is written yet."""
+        identities = await self._identities(valid)
+        stored, latest, now = await self._lock(valid, identities)
+        return [
+            self._outcome(delivery, env, mid, repeats, stored, latest, now)
+            for (delivery, env), (mid, repeats) in zip(valid, identities, strict=True)
+        ]
+
+    async def _identities(
+        self, valid: list[tuple[AbstractIncomingMessage, Envelope]]
+    ) -> list[tuple[ReplyKey | None, tuple[ReplyKey, ...]]]:
+        """Each command's reply key and repeat keys (`identity`)."""
         # Digest keys are per period of the database clock read under the fence, a round trip only
         # a message without message_id costs; decisions use the clock read once the window's
         # instances are locked (`lock_window`).
-        clock = await tx.now() if any(by_digest(env) for _, env in valid) else None
-        identities = [identity(delivery, env, clock) for delivery, env in valid]
+        clock = await self.tx.now() if any(by_digest(env) for _, env in valid) else None
+        return [identity(delivery, env, clock) for delivery, env in valid]
+
+    async def _lock(
+        self,
+        valid: list[tuple[AbstractIncomingMessage, Envelope]],
+        identities: list[tuple[ReplyKey | None, tuple[ReplyKey, ...]]],
+    ) -> tuple[dict[ReplyKey, GivenReply], dict[str, StatusModel], datetime]:
+        """Lock the window's instances (and the global log, if needed) and load their models.
+
+        Returns the replies already given for the repeat keys, the latest model of each object
+        the window creates an instance of, and the clock read once its instances are locked.
+        """
+        tx = self.tx
+        commands = [env.body for _, env in valid]
+        tokens = [t for c in commands if (t := getattr(c, "instance_token", None)) is not None]
         repeats_of = (key for _, repeats in identities for key in repeats)
         creates = (c.object_name for c in commands if isinstance(c, Create))
         self.states, stored, versions, now = await tx.lock_window(tokens, repeats_of, creates)
         if any(isinstance(c, SetGlobalStatus) for c in commands):
             self.global_seq = await tx.lock_global_log()
-        self.models = await tx.models(
+        return stored, await self._load_models(versions), now
+
+    async def _load_models(self, versions: dict[str, int]) -> dict[str, StatusModel]:
+        """Load the locked instances' models and the `versions`; returns the latter by object name."""
+        self.models = await self.tx.models(
             [(s.object_name, s.model_version) for s in self.states.values()] + list(versions.items())
         )
-        latest = {name: self.models[(name, version)] for name, version in versions.items()}
+        return {name: self.models[(name, version)] for name, version in versions.items()}
 
-        outcomes = []
-        for (delivery, env), (mid, repeats) in zip(valid, identities, strict=True):
-            seen = next((key for key in repeats if key in stored or key in self.replies), None)
-            if seen is not None:
-                given = stored.get(seen) or self.replies[seen]
-                if given.fingerprint in (None, env.fingerprint):
-                    outcomes.append(Outcome(delivery, env, given.reply, duplicate=True))
-                else:
-                    # Not recorded: the message_id keeps answering the command it was first used for.
-                    outcomes.append(Outcome(delivery, env, reused(seen, env)))
-                continue
-            if env.deadline is not None and now > env.deadline:
-                # Not recorded either: a retry with the same message_id and a new deadline applies.
-                outcomes.append(Outcome(delivery, env, expired(env, now)))
-                continue
-            command = env.body
-            if isinstance(command, SetGlobalStatus):
-                reply, set_global = decide_global(
-                    command,
-                    self.global_seq,
-                    now,
-                    Sender(env.user_id, self.groups),
-                    self.policy.global_writers,
-                )
-                if set_global is not None:
-                    self.global_seq = set_global.seq
-                    self.global_events.append(set_global)
-                    self.notifications.append(global_notification(set_global))
-                if mid is not None:
-                    self.replies[mid] = GivenReply(env.fingerprint, reply)
-                outcomes.append(Outcome(delivery, env, reply))
-                continue
+    def _outcome(
+        self,
+        delivery: AbstractIncomingMessage,
+        env: Envelope,
+        mid: ReplyKey | None,
+        repeats: tuple[ReplyKey, ...],
+        stored: dict[ReplyKey, GivenReply],
+        latest: dict[str, StatusModel],
+        now: datetime,
+    ) -> Outcome:
+        """One command's outcome; its effects join the window's, its reply is recorded under `mid`."""
+        if (repeat := self._repeat(delivery, env, repeats, stored)) is not None:
+            return repeat
+        if env.deadline is not None and now > env.deadline:
+            # Not recorded either: a retry with the same message_id and a new deadline applies.
+            return Outcome(delivery, env, expired(env, now))
+        command = env.body
+        if isinstance(command, SetGlobalStatus):
+            reply = self._set_global(command, env, now)
+        else:
             assert isinstance(command, Create | SetStatus | Ping | Cancel)  # parse() used COMMANDS
-            token = command.instance_token
-            state = self.states.get(token) if token else None
-            if isinstance(command, Create):
-                models = latest
-            elif state is not None:
-                key = (state.object_name, state.model_version)
-                models = {state.object_name: self.models[key]}
-            else:
-                models = {}
-            decision = decide(
-                command,
-                state,
-                models,
-                now,
-                new_token=uuid.uuid4(),
-                policy=self.policy,
-                sender=Sender(env.user_id, self.groups),
-            )
-            if decision.events and decision.state is not None:
-                new = decision.state
-                moved = state is None or state.next_deadline != new.next_deadline
-                if new.next_deadline is not None and moved:
-                    self.new_deadlines.append(new.next_deadline)
-                self.states[new.token] = new
-                self.changed[new.token] = new
-                self.events.extend(decision.events)
-                for event in decision.events:
-                    if (n := notification_for(event, new)) is not None:
-                        self.notifications.append(n)
-            if mid is not None:
-                self.replies[mid] = GivenReply(env.fingerprint, decision.reply)
-            outcomes.append(Outcome(delivery, env, decision.reply))
-        return outcomes
+            reply = self._decide(command, env, latest, now)
+        if mid is not None:
+            self.replies[mid] = GivenReply(env.fingerprint, reply)
+        return Outcome(delivery, env, reply)
+
+    def _repeat(
+        self,
+        delivery: AbstractIncomingMessage,
+        env: Envelope,
+        repeats: tuple[ReplyKey, ...],
+        stored: dict[ReplyKey, GivenReply],
+    ) -> Outcome | None:
+        """The outcome of a command answered before (stored, or earlier in this window), else None."""
+        seen = next((key for key in repeats if key in stored or key in self.replies), None)
+        if seen is None:
+            return None
+        given = stored.get(seen) or self.replies[seen]
+        if given.fingerprint in (None, env.fingerprint):
+            return Outcome(delivery, env, given.reply, duplicate=True)
+        # Not recorded: the message_id keeps answering the command it was first used for.
+        return Outcome(delivery, env, reused(seen, env))
+
+    def _set_global(self, command: SetGlobalStatus, env: Envelope, now: datetime) -> Reply:
+        reply, set_global = decide_global(
+            command,
+            self.global_seq,
+            now,
+            Sender(env.user_id, self.groups),
+            self.policy.global_writers,
+        )
+        if set_global is not None:
+            self.global_seq = set_global.seq
+            self.global_events.append(set_global)
+            self.notifications.append(global_notification(set_global))
+        return reply
+
+    def _decide(
+        self,
+        command: Create | SetStatus | Ping | Cancel,
+        env: Envelope,
+        latest: dict[str, StatusModel],
+        now: datetime,
+    ) -> Reply:
+        token = command.instance_token
+        state = self.states.get(token) if token else None
+        decision = decide(
+            command,
+            state,
+            self._models_for(command, state, latest),
+            now,
+            new_token=uuid.uuid4(),
+            policy=self.policy,
+            sender=Sender(env.user_id, self.groups),
+        )
+        if decision.events and decision.state is not None:
+            self._record(state, decision.state, decision.events)
+        return decision.reply
+
+    def _models_for(
+        self,
+        command: Create | SetStatus | Ping | Cancel,
+        state: InstanceState | None,
+        latest: dict[str, StatusModel],
+    ) -> dict[str, StatusModel]:
+        """The models `decide` may need: the latest ones for a create, else the instance's own version."""
+        if isinstance(command, Create):
+            return latest
+        if state is not None:
+            return {state.object_name: self.models[(state.object_name, state.model_version)]}
+        return {}
+
+    def _record(self, old: InstanceState | None, new: InstanceState, events: list[Event]) -> None:
+        """A decision's new state and events, and the notifications they make."""
+        moved = old is None or old.next_deadline != new.next_deadline
+        if new.next_deadline is not None and moved:
+            self.new_deadlines.append(new.next_deadline)
+        self.states[new.token] = new
+        self.changed[new.token] = new
+        self.events.extend(events)
+        for event in events:
+            if (n := notification_for(event, new)) is not None:
+                self.notifications.append(n)
 
     async def save(self, published: Sequence[int]) -> tuple[datetime | None, list[OutboxRow]]:
         """Write the window and delete the `published` outbox rows.

@@ -7,6 +7,7 @@ import contextlib
 import signal
 import time
 from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -54,6 +55,18 @@ async def _ping(store: Store) -> str | None:
 
 class StoppedWhileWaiting(Exception):
     """A stop was requested while the worker still waited for a dependency at start."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Components:
+    """What a connected worker runs beside its consumers (`Worker._build`)."""
+
+    relay: OutboxRelay
+    sweeper: Sweeper
+    partitions: Partitions
+    queries: QueryHandler
+    purger: Purger
+    member_key: int
 
 
 class Worker:
@@ -192,6 +205,23 @@ class Worker:
                 await backoff.wait(interrupt=self._stop)
 
     async def _serve(self, store: Store, broker: Broker) -> None:
+        """Run the components until a stop is requested or one of them crashes, then drain."""
+        parts = self._build(store, broker)
+        # Kept apart: a stopping sweeper finishes its sweep, where the other tasks are cancelled.
+        sweeping = asyncio.create_task(parts.sweeper.run(), name="sweeper")
+        tasks = [sweeping, *self._start_background(store, broker, parts)]
+        consuming = asyncio.create_task(
+            self._consume(broker, parts.partitions, parts.queries), name="consumer"
+        )
+        await self._until_stop_or_crash(consuming, tasks)
+        log.info("stopping: finishing in-flight work")
+        # arq-style drain: take nothing new, finish what is in progress, then close.
+        await self._stop_consuming(consuming)
+        await self._finish_in_flight(parts, sweeping)
+        await self._close(parts, tasks)
+
+    def _build(self, store: Store, broker: Broker) -> _Components:
+        """The relay, sweeper, command partitions, query handler and purger, wired to one another."""
         s = self.settings
         relay = OutboxRelay(
             store,
@@ -208,6 +238,10 @@ class Worker:
             max_sleep=s.sweep_max_sleep,
             retry_cap=s.retry_backoff_max,
             on_committed=relay.wake,
+        )
+        policy = Policy(
+            default_instance_timeout=s.default_instance_timeout,
+            global_writers=Writers(tuple(s.global_status_writers)) if s.global_status_writers else None,
         )
 
         def make_pipeline(partition: int, queue: str) -> CommandPipeline:
@@ -228,10 +262,6 @@ class Worker:
                 queue=queue,
             )
 
-        policy = Policy(
-            default_instance_timeout=s.default_instance_timeout,
-            global_writers=Writers(tuple(s.global_status_writers)) if s.global_status_writers else None,
-        )
         member_key = new_member_key()
         partitions = Partitions(
             self.names.command_queues,
@@ -248,6 +278,56 @@ class Worker:
         queries = QueryHandler(
             store, broker, max_body_bytes=s.max_body_bytes, metrics=self.metrics, groups=self.groups
         )
+        purger = Purger(
+            store,
+            default_retention=s.default_retention,
+            batch=s.purge_batch,
+            pause=s.purge_pause,
+            every=s.purge_every,
+            retry_cap=s.retry_backoff_max,
+        )
+        return _Components(relay, sweeper, partitions, queries, purger, member_key)
+
+    def _start_background(self, store: Store, broker: Broker, parts: _Components) -> list[asyncio.Task[Any]]:
+        """Start what runs beside the consumers (the sweeper aside): cancelled last, at `_close`."""
+        s = self.settings
+        on_notify, on_listening = self._notification_handlers(parts)
+        tasks: list[asyncio.Task[Any]] = [
+            asyncio.create_task(parts.relay.run(), name="relay"),
+            asyncio.create_task(
+                store.listen_forever(
+                    (OUTBOX_CHANNEL, DEADLINE_CHANNEL), on_notify, on_listening, retry_cap=s.retry_backoff_max
+                ),
+                name="listener",
+            ),
+            asyncio.create_task(self._housekeeping(store), name="housekeeping"),
+            asyncio.create_task(
+                self._watch_database(store, broker, parts.partitions, parts.queries), name="database watch"
+            ),
+            asyncio.create_task(parts.purger.run(), name="purger"),
+        ]
+        if len(parts.partitions.slots) > 1:
+            # One partition needs no balance: every replica stands in the same line.
+            tasks.append(
+                asyncio.create_task(
+                    hold_membership(
+                        s.database_url,
+                        parts.member_key,
+                        parts.partitions.members_changed,
+                        every=s.rebalance_every,
+                        retry_cap=s.retry_backoff_max,
+                        options=s.database_options(),
+                    ),
+                    name="membership",
+                )
+            )
+        return tasks
+
+    def _notification_handlers(
+        self, parts: _Components
+    ) -> tuple[Callable[[str, str], None], Callable[[], None]]:
+        """The listener's callbacks: a notification, and each (re)connection of its own."""
+        relay, sweeper = parts.relay, parts.sweeper
 
         def on_notify(channel: str, payload: str) -> None:
             if channel == OUTBOX_CHANNEL:
@@ -266,86 +346,57 @@ class Worker:
             relay.wake()
             sweeper.wake()
 
-        sweeper_task = asyncio.create_task(sweeper.run(), name="sweeper")
-        tasks = [
-            sweeper_task,
-            asyncio.create_task(relay.run(), name="relay"),
-            asyncio.create_task(
-                store.listen_forever(
-                    (OUTBOX_CHANNEL, DEADLINE_CHANNEL), on_notify, on_listening, retry_cap=s.retry_backoff_max
-                ),
-                name="listener",
-            ),
-            asyncio.create_task(self._housekeeping(store), name="housekeeping"),
-            asyncio.create_task(
-                self._watch_database(store, broker, partitions, queries), name="database watch"
-            ),
-            asyncio.create_task(
-                Purger(
-                    store,
-                    default_retention=s.default_retention,
-                    batch=s.purge_batch,
-                    pause=s.purge_pause,
-                    every=s.purge_every,
-                    retry_cap=s.retry_backoff_max,
-                ).run(),
-                name="purger",
-            ),
-        ]
-        if len(partitions.slots) > 1:
-            # One partition needs no balance: every replica stands in the same line.
-            tasks.append(
-                asyncio.create_task(
-                    hold_membership(
-                        s.database_url,
-                        member_key,
-                        partitions.members_changed,
-                        every=s.rebalance_every,
-                        retry_cap=s.retry_backoff_max,
-                        options=s.database_options(),
-                    ),
-                    name="membership",
-                )
-            )
-        consuming = asyncio.create_task(self._consume(broker, partitions, queries), name="consumer")
+        return on_notify, on_listening
+
+    async def _until_stop_or_crash(
+        self, consuming: asyncio.Task[None], tasks: list[asyncio.Task[Any]]
+    ) -> None:
+        """Wait for a stop request, or for any component to end (a crash, logged)."""
         stop_wait = asyncio.create_task(self._stop.wait())
         done, _ = await asyncio.wait([stop_wait, consuming, *tasks], return_when=asyncio.FIRST_COMPLETED)
         for task in done:
             if task is not stop_wait and task.exception():
                 log.error("component crashed", component=task.get_name(), exc_info=task.exception())
-        log.info("stopping: finishing in-flight work")
+
+    async def _stop_consuming(self, consuming: asyncio.Task[None]) -> None:
+        """Take nothing new: no more (re)connecting, and the queries' consumer cancelled."""
         self._consuming = False
-        # arq-style drain: take nothing new, finish what is in progress, then close.
         consuming.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await consuming
         if self._queries_consumer is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._queries_consumer.cancel(), 2)
-        partitions.stop()
-        sweeper.stop()
+
+    async def _finish_in_flight(self, parts: _Components, sweeping: asyncio.Task[None]) -> None:
+        """Let the windows, the sweep and the queries in progress end, within the shutdown timeout."""
+        parts.partitions.stop()
+        parts.sweeper.stop()
         try:
             # Each partition finishes its window, then its held but unprocessed commands
             # return to the head of its queue, in order, for the next consumer in line.
             await asyncio.wait_for(
-                asyncio.gather(partitions.release_all(), sweeper_task, queries.drain()),
-                timeout=s.shutdown_timeout + 3,
+                asyncio.gather(parts.partitions.release_all(), sweeping, parts.queries.drain()),
+                timeout=self.settings.shutdown_timeout + 3,
             )
         except TimeoutError:
             log.warning("shutdown timeout: unfinished deliveries go back to the queue")
         self.metrics.not_consuming(self.names.command_queues)
-        relay.stop()
+
+    async def _close(self, parts: _Components, tasks: list[asyncio.Task[Any]]) -> None:
+        """Flush the outbox relay (briefly), then cancel what runs in the background."""
+        parts.relay.stop()
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(relay.flush(), timeout=max(1.0, s.shutdown_timeout / 2))
+            await asyncio.wait_for(parts.relay.flush(), timeout=max(1.0, self.settings.shutdown_timeout / 2))
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         log.info(
             "worker stopped",
-            applied=partitions.applied,
-            swept=sweeper.finished,
-            published=relay.published,
-            handovers=partitions.handovers,
+            applied=parts.partitions.applied,
+            swept=parts.sweeper.finished,
+            published=parts.relay.published,
+            handovers=parts.partitions.handovers,
         )
 
     async def _consume(self, broker: Broker, partitions: Partitions, queries: QueryHandler) -> None:

@@ -272,56 +272,17 @@ class Transaction:
         confirmed by the caller) are deleted by the same statement, and do not hold an
         instance's new rows back.
         """
-        direct_rows: list[OutboxRow] = []
+        if not (states or events or notifications or replies or published):
+            return []
         async with translated():
-            if states or events or notifications or replies or published:
-                # One round trip for the whole window.
-                inserted = await self._conn.fetch(
-                    WINDOW_INSERT,
-                    [n.type for n in notifications],
-                    [n.instance_token for n in notifications],
-                    [json.dumps(n.body) for n in notifications],
-                    [json.dumps(n.headers) for n in notifications],
-                    [outbox_partition(n.instance_token) for n in notifications],
-                    direct,
-                    [n.message_id for n in notifications],
-                    [e.instance_token for e in events],
-                    [e.seq for e in events],
-                    [e.kind.value for e in events],
-                    [e.occurred_at for e in events],
-                    [e.status_name for e in events],
-                    [e.status_type.value if e.status_type else None for e in events],
-                    [e.message for e in events],
-                    [e.code for e in events],
-                    [e.reason.value if e.reason else None for e in events],
-                    [e.actor for e in events],
-                    [mid for _, mid in replies],
-                    [r.reply.model_dump_json() for r in replies.values()],
-                    list(published),
-                    [s.token for s in states],
-                    [s.object_name for s in states],
-                    [s.model_version for s in states],
-                    [json.dumps(s.labels) for s in states],
-                    [json.dumps(s.create_args) for s in states],
-                    [s.created_at for s in states],
-                    [s.instance_deadline for s in states],
-                    [s.heartbeat_timeout for s in states],
-                    [s.heartbeat_deadline for s in states],
-                    [s.next_deadline for s in states],
-                    [json.dumps(list(s.statuses)) for s in states],
-                    [s.last_seq for s in states],
-                    [s.finished_at for s in states],
-                    [s.finish_reason.value if s.finish_reason else None for s in states],
-                    [sender for sender, _ in replies],
-                    [r.fingerprint for r in replies.values()],
-                )
-                # Ids follow the window's order (ORDER BY ord); RETURNING's order is not relied on.
-                marked = {r["message_id"]: (r["id"], r["direct"]) for r in inserted}
-                direct_rows = [
-                    OutboxRow(marked[n.message_id][0], n) for n in notifications if marked[n.message_id][1]
-                ]
-                if len(direct_rows) < len(notifications):
-                    self.notify(OUTBOX_CHANNEL)
+            # One round trip for the whole window.
+            inserted = await self._conn.fetch(
+                WINDOW_INSERT,
+                *_window_arguments(states, events, notifications, replies, direct, published),
+            )
+            direct_rows = _direct_rows(notifications, inserted)
+            if len(direct_rows) < len(notifications):
+                self.notify(OUTBOX_CHANNEL)
         return direct_rows
 
     def announce_deadline(self, deadline: datetime) -> None:
@@ -331,6 +292,94 @@ class Transaction:
     async def delete_outbox(self, ids: Sequence[int]) -> None:
         async with translated():
             await self._conn.execute(OUTBOX_DELETE, list(ids))
+
+
+def _window_arguments(
+    states: Sequence[InstanceState],
+    events: Sequence[Event],
+    notifications: Sequence[Notification],
+    replies: Mapping[ReplyKey, GivenReply],
+    direct: bool,
+    published: Sequence[int],
+) -> list[object]:
+    """WINDOW_INSERT's parameters, $1 to $36: a column (a list, for unnest) per field of each row kind."""
+    types, tokens, bodies, headers, parts, message_ids = _columns(map(_outbox_row, notifications), 6)
+    senders, reply_ids, fingerprints, reply_bodies = _columns(map(_reply_row, replies.items()), 4)
+    return [
+        *(types, tokens, bodies, headers, parts, direct, message_ids),  # $1-$7
+        *_columns(map(_event_row, events), 10),  # $8-$17
+        *(reply_ids, reply_bodies, list(published)),  # $18-$20
+        *_columns(map(_state_row, states), 14),  # $21-$34
+        *(senders, fingerprints),  # $35-$36
+    ]
+
+
+def _columns(rows: Iterable[tuple[Any, ...]], width: int) -> list[list[Any]]:
+    """Rows turned into their `width` columns, each a list (empty when there are no rows)."""
+    columns = [list(column) for column in zip(*rows, strict=True)]
+    return columns or [[] for _ in range(width)]
+
+
+def _outbox_row(n: Notification) -> tuple[Any, ...]:
+    """OUTBOX_INSERT's fields of a notification: type, token, body, headers, partition, message_id."""
+    return (
+        n.type,
+        n.instance_token,
+        json.dumps(n.body),
+        json.dumps(n.headers),
+        outbox_partition(n.instance_token),
+        n.message_id,
+    )
+
+
+def _event_row(e: Event) -> tuple[Any, ...]:
+    """The events table's columns of an event, in WINDOW_INSERT's order."""
+    return (
+        e.instance_token,
+        e.seq,
+        e.kind.value,
+        e.occurred_at,
+        e.status_name,
+        e.status_type.value if e.status_type else None,
+        e.message,
+        e.code,
+        e.reason.value if e.reason else None,
+        e.actor,
+    )
+
+
+def _reply_row(item: tuple[ReplyKey, GivenReply]) -> tuple[Any, ...]:
+    """A recorded reply's fields: sender, message_id, fingerprint, reply."""
+    (sender, message_id), given = item
+    return sender, message_id, given.fingerprint, given.reply.model_dump_json()
+
+
+def _state_row(s: InstanceState) -> tuple[Any, ...]:
+    """The instances table's columns of a state, in WINDOW_INSERT's order."""
+    return (
+        s.token,
+        s.object_name,
+        s.model_version,
+        json.dumps(s.labels),
+        json.dumps(s.create_args),
+        s.created_at,
+        s.instance_deadline,
+        s.heartbeat_timeout,
+        s.heartbeat_deadline,
+        s.next_deadline,
+        json.dumps(list(s.statuses)),
+        s.last_seq,
+        s.finished_at,
+        s.finish_reason.value if s.finish_reason else None,
+    )
+
+
+def _direct_rows(
+    notifications: Sequence[Notification], inserted: Sequence[Mapping[str, Any]]
+) -> list[OutboxRow]:
+    """The outbox rows marked `direct`, in the window's order (RETURNING's order is not relied on)."""
+    marked = {r["message_id"]: (r["id"], r["direct"]) for r in inserted}
+    return [OutboxRow(marked[n.message_id][0], n) for n in notifications if marked[n.message_id][1]]
 
 
 # A window's instances, locked, beside the replies of its message ids (always one row, with
