@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BeforeValidator, Field
 from pydantic.fields import FieldInfo
@@ -19,9 +19,6 @@ from pydantic_settings import (
 
 from statusek.adapters.rabbitmq.endpoints import split_urls
 from statusek.core.model import optional_duration
-
-if TYPE_CHECKING:
-    from statusek.adapters.postgres.connect import ConnectOptions
 
 BUILTIN_MODELS = Path(__file__).resolve().parent / "models"
 
@@ -282,21 +279,6 @@ class Settings(BaseSettings):
 
     log_format: str = Field(default="auto", pattern="^(auto|json|console)$")
     log_level: str = "INFO"
-
-    def database_options(self) -> ConnectOptions:
-        """The time bounds and keepalives of every Postgres connection a worker opens."""
-        # Imported here: the gateway and the CLI's remote commands read settings without asyncpg.
-        from statusek.adapters.postgres.connect import ConnectOptions
-
-        return ConnectOptions(
-            connect_timeout=self.database_connect_timeout,
-            statement_timeout=self.database_statement_timeout,
-            lock_timeout=self.database_lock_timeout,
-            idle_in_transaction_timeout=self.database_idle_in_transaction_timeout,
-            keepalives_idle=self.database_keepalives_idle,
-            keepalives_interval=self.database_keepalives_interval,
-            keepalives_count=self.database_keepalives_count,
-        )
 
     def model_paths(self) -> list[Path]:
         return [Path(p) for p in self.models_path.split(":") if p]

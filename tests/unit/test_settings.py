@@ -11,6 +11,7 @@ from pydantic_settings import SettingsError
 
 from statusek.cli.main import _settings
 from statusek.settings import Settings, SettingsFileError
+from statusek.worker.worker import database_options
 
 URL = "amqp://statusek-worker:s3cret-from-a-file@rabbitmq:5672/statusek"
 
@@ -231,7 +232,7 @@ def test_database_timeouts_reach_every_connection_as_server_settings(monkeypatch
     monkeypatch.setenv("STATUSEK_DATABASE_IDLE_IN_TRANSACTION_TIMEOUT", "12")
     monkeypatch.setenv("STATUSEK_DATABASE_KEEPALIVES_IDLE", "20")
     monkeypatch.setenv("STATUSEK_DATABASE_CONNECT_TIMEOUT", "4")
-    kwargs = Settings().database_options().connect_kwargs()
+    kwargs = database_options(Settings()).connect_kwargs()
     assert kwargs["timeout"] == 4
     # The client waits a little longer than the server, whose error is the one worth reading.
     assert kwargs["command_timeout"] == 9.5

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import structlog
 
 from statusek.adapters.model_files import load_groups, load_models
+from statusek.adapters.postgres.connect import ConnectOptions
 from statusek.adapters.postgres.membership import hold_membership, new_member_key
 from statusek.adapters.postgres.migrate import ensure_current
 from statusek.adapters.postgres.store import DEADLINE_CHANNEL, OUTBOX_CHANNEL, Store
@@ -51,6 +52,19 @@ async def _ping(store: Store) -> str | None:
     except Exception as e:
         return f"{type(e).__name__}: {e}"
     return None
+
+
+def database_options(s: Settings) -> ConnectOptions:
+    """The time bounds and keepalives of every Postgres connection a worker opens."""
+    return ConnectOptions(
+        connect_timeout=s.database_connect_timeout,
+        statement_timeout=s.database_statement_timeout,
+        lock_timeout=s.database_lock_timeout,
+        idle_in_transaction_timeout=s.database_idle_in_transaction_timeout,
+        keepalives_idle=s.database_keepalives_idle,
+        keepalives_interval=s.database_keepalives_interval,
+        keepalives_count=s.database_keepalives_count,
+    )
 
 
 class StoppedWhileWaiting(Exception):
@@ -120,7 +134,7 @@ class Worker:
             )
             store = await self._until_available(
                 "postgres",
-                lambda: Store.open(s.database_url, max_size=s.db_pool_size, options=s.database_options()),
+                lambda: Store.open(s.database_url, max_size=s.db_pool_size, options=database_options(s)),
             )
             try:
                 versions = await store.sync_models(models)
@@ -316,7 +330,7 @@ class Worker:
                         parts.partitions.members_changed,
                         every=s.rebalance_every,
                         retry_cap=s.retry_backoff_max,
-                        options=s.database_options(),
+                        options=database_options(s),
                     ),
                     name="membership",
                 )
