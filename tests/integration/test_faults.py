@@ -276,7 +276,8 @@ async def test_postgres_outages_under_load(cluster: Cluster, cluster_db: asyncpg
     )
     await cluster.wait_for_consumers(1)
     ledger = Ledger(cluster.wire, Report("postgres down 8 s x3, bounds 3 s"))
-    loading = asyncio.create_task(ledger.run(450, per_second=25))
+    # 50 commands/s for 36 s: the load lasts through all three outages (about 34 s) and no longer.
+    loading = asyncio.create_task(ledger.run(450, per_second=50))
     recoveries = []
     try:
         for _ in range(3):
