@@ -274,7 +274,9 @@ class Settings(BaseSettings):
 
     uvloop: bool = Field(
         default=False,
-        description="Run the worker's event loop on uvloop (a dependency) instead of asyncio's own.",
+        description=(
+            "Run the worker's and the gateway's event loop on uvloop (a dependency) instead of asyncio's own."
+        ),
     )
 
     log_format: str = Field(default="auto", pattern="^(auto|json|console)$")

@@ -1,4 +1,4 @@
-"""The worker's event loop: asyncio's own by default, uvloop with STATUSEK_UVLOOP=true."""
+"""The worker's and the gateway's event loop: asyncio's own by default, uvloop with STATUSEK_UVLOOP=true."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import asyncio
 
 import uvloop
 
+from statusek.event_loop import loop_runner
 from statusek.settings import Settings
-from statusek.worker.worker import loop_runner
 
 
 def test_the_worker_runs_on_asyncios_loop_by_default() -> None:

@@ -51,6 +51,7 @@ from statusek.adapters.rabbitmq.impersonation import impersonation_problem
 from statusek.client import Client
 from statusek.core.codes import Code
 from statusek.core.messages import MAX_EVENTS_PAGE
+from statusek.event_loop import loop_runner
 from statusek.exceptions import (
     BrokerUnreachable,
     InvalidURL,
@@ -721,4 +722,4 @@ def run_gateway(settings: Settings) -> None:
             loop.add_signal_handler(sig, stop.set)
         await serve(settings, stop)
 
-    asyncio.run(main())
+    loop_runner(settings)(main())

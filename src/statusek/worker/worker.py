@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
@@ -22,6 +22,7 @@ from statusek.adapters.rabbitmq.broker import Broker, Consumer, Limits, Names
 from statusek.core.access import Writers
 from statusek.core.decide import Policy
 from statusek.core.errors import TransientError
+from statusek.event_loop import loop_runner
 from statusek.identity import Identity
 from statusek.ops import OpsServer
 from statusek.settings import Settings
@@ -557,18 +558,3 @@ def run_worker(settings: Settings) -> None:
 
     loop_runner(settings)(main())
 
-
-def loop_runner(settings: Settings) -> Callable[[Coroutine[Any, Any, None]], None]:
-    """asyncio's `run`, or uvloop's with STATUSEK_UVLOOP=true.
-
-    Off by default: on the development machine uvloop saved no measurable CPU per window and
-    cost 1.2 MiB of peak RSS (docs/development.md, "Benchmarks"). Imported only when asked for.
-    """
-    if not settings.uvloop:
-        return asyncio.run
-    try:
-        import uvloop
-    except ImportError:  # a dependency, on every platform but Windows
-        log.warning("STATUSEK_UVLOOP is set but uvloop is not installed: running on asyncio's loop")
-        return asyncio.run
-    return uvloop.run
