@@ -557,4 +557,3 @@ def run_worker(settings: Settings) -> None:
         await worker.run()
 
     loop_runner(settings)(main())
-
