@@ -104,8 +104,6 @@ class CommandPipeline:
         self._direct: list[OutboxRow] = []
         # Outbox rows published and confirmed, for the next window's transaction to delete.
         self._published: list[int] = []
-        # The last window's answers, notifications and acks, going on beside the next window.
-        self._settling: asyncio.Task[None] | None = None
         # Bodies over the limit, cut on arrival: their original size, by id() of the delivery.
         self._cut_from: dict[int, int] = {}
         self.applied = 0
@@ -123,10 +121,6 @@ class CommandPipeline:
     async def run(self) -> None:
         """Process windows until stopped; a window in progress is always finished."""
         while not self._stopping:
-            if self._inbox.empty():
-                # Nothing to overlap its settling with; and its confirmed rows are known before
-                # the idle wait below decides whether there are rows to delete.
-                await self._settled()
             # At once when idle; the window is whatever queued up meanwhile, so it grows only under load.
             if self._published and self._inbox.empty():
                 try:
@@ -149,7 +143,6 @@ class CommandPipeline:
                 log.exception("window failed; its deliveries go back to the queue", size=len(window))
                 with contextlib.suppress(Exception):
                     await self._requeue(window)
-        await self._settled()
         await self._delete_published()
 
     async def _delete_published(self) -> None:
@@ -177,13 +170,6 @@ class CommandPipeline:
         self._metrics.active_consumer.labels(queue=self._queue).set(0)
 
     async def process(self, deliveries: Sequence[AbstractIncomingMessage]) -> None:
-        """Apply a window, then settle it (answer, publish, ack) beside the next window.
-
-        The next window opens its transaction, locks and decides while this one's replies and
-        notifications wait for their confirms; it writes only once they are settled (`_settled`),
-        so replies, notifications and acks still leave in window order, and its statement deletes
-        this window's confirmed outbox rows as before.
-        """
         started = time.perf_counter()
         # Deliveries of a channel that has closed since are back in the queue
         # already; applying them now would only apply them twice.
@@ -195,50 +181,27 @@ class CommandPipeline:
         self._direct = []
         outcomes, failed = await self._apply_with_retry(valid)
         direct, self._direct = self._direct, []
-        await self._settled()  # a window that wrote nothing did not wait for it
+        # Started even when there is nothing to answer, and always awaited before the next window.
+        publishing = asyncio.ensure_future(self._publish_direct(direct))
         if outcomes is None:
-            await self._publish_direct(direct)
+            await publishing
             await self._requeue(deliveries)
             return
         invalid.extend(failed)
-        self._settling = asyncio.create_task(
-            self._settle(deliveries, outcomes, invalid, direct, cut_from, started),
-            name=f"settle {self._queue}",
-        )
-
-    async def _settled(self) -> None:
-        """Wait until the last window is answered, its notifications confirmed and it is acked."""
-        if self._settling is not None:
-            # Shielded: a caller cancelled meanwhile must not cut a window's acks short.
-            await asyncio.shield(self._settling)
-            self._settling = None
-
-    async def _settle(
-        self,
-        deliveries: Sequence[AbstractIncomingMessage],
-        outcomes: Sequence[Outcome],
-        invalid: list[tuple[AbstractIncomingMessage, InvalidMessage]],
-        direct: Sequence[OutboxRow],
-        cut_from: dict[int, int],
-        started: float,
-    ) -> None:
-        """Answer a committed window, publish its notifications, then ack it. Never raises."""
         try:
             # Confirms are awaited together: one round trip per window, not per reply or notification.
             await asyncio.gather(
                 *(settle.answer(self._broker, o.delivery, o.reply) for o in outcomes),
                 *(settle.dead_letter(self._broker, d, e, cut_from=cut_from.get(id(d))) for d, e in invalid),
-                self._publish_direct(direct),
+                publishing,
             )
             await settle.ack_all(deliveries)
         except TransientError as e:
             # The effects are committed; unacked deliveries come back and get
             # their stored reply (message_id) or a rule's answer.
             log.warning("could not answer or ack after commit", error=str(e))
-        except Exception:
-            log.exception("window failed after commit; its deliveries go back to the queue")
-            with contextlib.suppress(Exception):
-                await self._requeue(deliveries)
+        finally:
+            await publishing  # never raises
         self._log_window(deliveries, outcomes, invalid, time.perf_counter() - started)
 
     def _parse(
@@ -408,9 +371,6 @@ class CommandPipeline:
             valid = [v for v in valid if settle.is_live(v[0])]
             window = _Window(tx, self._policy, self._groups, direct=self._direct_publish)
             outcomes = await window.apply(valid)
-            # The last window's notifications are confirmed (or handed to the relay) before this
-            # one's rows are written: an instance's next notification is then sent directly.
-            await self._settled()
             deleting = list(self._published)
             earliest, direct = await window.save(deleting)
             if self._fault_hooks:
