@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
+from collections.abc import Callable, Coroutine
+from typing import Any
 
+import pytest
 import uvloop
 
 from statusek.event_loop import loop_runner
@@ -18,3 +22,24 @@ def test_the_worker_runs_on_asyncios_loop_by_default() -> None:
 def test_the_setting_runs_the_worker_on_uvloop() -> None:
     """STATUSEK_UVLOOP=true runs the worker on uvloop."""
     assert loop_runner(Settings(uvloop=True)) is uvloop.run
+
+
+@pytest.mark.parametrize(
+    ("module", "run"),
+    [("statusek.worker.worker", "run_worker"), ("statusek.gateway.server", "run_gateway")],
+)
+def test_the_worker_and_the_gateway_run_on_the_loop_the_settings_choose(
+    module: str, run: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both programs hand their main coroutine to `loop_runner`, so STATUSEK_UVLOOP reaches each."""
+    target = importlib.import_module(module)
+    asked: list[Settings] = []
+
+    def runner(settings: Settings) -> Callable[[Coroutine[Any, Any, None]], None]:
+        asked.append(settings)
+        return lambda coroutine: coroutine.close()  # nothing is started
+
+    monkeypatch.setattr(target, "loop_runner", runner)
+    settings = Settings(uvloop=True)
+    getattr(target, run)(settings)
+    assert asked == [settings]
