@@ -7,7 +7,7 @@ there leaves behind:
     fail-window           the whole window fails, every time the command is delivered (a poison)
     stall-before-commit   the transaction stays open STALL_SECONDS longer (first delivery only)
     crash-after-commit    the process exits after commit, before publishing, replying and acking
-                          (first delivery only)
+                          (when its window decided the command, not when it answered a repeat)
     crash-before-publish  the same point, named for the notifications
 
 The pipeline calls these only when the setting is on; off, the header is ignored.
@@ -48,13 +48,16 @@ async def stall_if_asked(valid: list[tuple[AbstractIncomingMessage, Envelope]]) 
             return
 
 
-def crash_if_asked(valid: list[tuple[AbstractIncomingMessage, Envelope]]) -> None:
+def crash_if_asked(outcomes: Sequence[tuple[AbstractIncomingMessage, bool]]) -> None:
     """Test-only: die after commit, before publishing, answering and acking, as a power cut would.
 
-    On first delivery only. `crash-before-publish` is the same point, named for the notifications.
+    Only when this window decided the command (`True` beside its delivery), not when it answered
+    a repeat from the record or refused an expired one: a delivery a hand-over gave back
+    unprocessed still crashes once, and the redelivery after the crash does not.
+    `crash-before-publish` is the same point, named for the notifications.
     """
-    for delivery, _ in valid:
+    for delivery, decided in outcomes:
         fault = (delivery.headers or {}).get(FAULT_HEADER)
-        if fault in ("crash-after-commit", "crash-before-publish") and not delivery.redelivered:
+        if fault in ("crash-after-commit", "crash-before-publish") and decided:
             log.warning("fault hook: exiting between commit and ack", message_id=delivery.message_id)
             os._exit(70)

@@ -62,6 +62,7 @@ class Outcome:
     envelope: Envelope
     reply: Reply
     duplicate: bool = False
+    decided: bool = False  # this window applied the command and recorded its reply (a repeat finds it)
 
 
 class CommandPipeline:
@@ -376,7 +377,7 @@ class CommandPipeline:
             if self._fault_hooks:
                 await faults.stall_if_asked(valid)
         if self._fault_hooks:
-            faults.crash_if_asked(valid)
+            faults.crash_if_asked([(o.delivery, o.decided) for o in outcomes])
         self._direct.extend(direct)
         del self._published[: len(deleting)]
         self.applied += sum(1 for o in outcomes if not o.duplicate)
@@ -554,7 +555,7 @@ class _Window:
             reply = self._decide(command, env, latest, now)
         if mid is not None:
             self.replies[mid] = GivenReply(env.fingerprint, reply)
-        return Outcome(delivery, env, reply)
+        return Outcome(delivery, env, reply, decided=mid is not None)
 
     def _repeat(
         self,
