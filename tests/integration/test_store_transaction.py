@@ -79,3 +79,24 @@ async def test_a_session_setting_made_outside_a_transaction_is_reset_on_release(
         await conn.execute("SET application_name = 'left-behind'")
     async with store.connection() as conn:
         assert await conn.fetchval("SHOW application_name") != "left-behind"
+
+
+async def test_closing_cuts_a_connection_still_held_after_the_timeout(database_url: str) -> None:
+    """A transaction left open by a stuck task does not keep close() waiting: it is cut, rolled back."""
+    store = await Store.open(database_url, min_size=1, max_size=1)
+    entered = asyncio.Event()
+
+    async def stuck() -> None:
+        async with store.transaction(fence=9) as tx:
+            await tx.now()
+            entered.set()
+            await asyncio.Event().wait()
+
+    holder = asyncio.create_task(stuck())
+    try:
+        await asyncio.wait_for(entered.wait(), 5)
+        await asyncio.wait_for(store.close(timeout=0.5), 5)
+    finally:
+        holder.cancel()
+        with contextlib.suppress(BaseException):
+            await holder

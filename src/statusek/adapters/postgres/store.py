@@ -161,6 +161,11 @@ class Transaction:
         )
         return notifies + "COMMIT"
 
+    async def undirect_outbox(self, ids: Sequence[int]) -> None:
+        """`Store.undirect_outbox`, in this transaction."""
+        async with translated():
+            await self._conn.execute(OUTBOX_UNDIRECT, list(ids))
+
     async def now(self) -> datetime:
         """The database clock, read now (not at transaction start): the one clock."""
         async with translated():
@@ -497,8 +502,17 @@ class Store:
             )
         return cls(pool, dsn, options)
 
-    async def close(self) -> None:
-        await self._pool.close()
+    async def close(self, timeout: float = 5.0) -> None:
+        """Close the pool; connections still in use after `timeout` are cut (their transactions roll back).
+
+        asyncpg's close waits for every connection to come back, and a task stuck holding one
+        would keep a stopping worker from ever exiting.
+        """
+        try:
+            await asyncio.wait_for(self._pool.close(), timeout)
+        except TimeoutError:
+            log.warning("database connections still in use at close: cut", timeout=timeout)
+            self._pool.terminate()
 
     @asynccontextmanager
     async def transaction(self, *, fence: int | None = None) -> AsyncIterator[Transaction]:
