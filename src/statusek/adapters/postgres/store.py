@@ -161,11 +161,6 @@ class Transaction:
         )
         return notifies + "COMMIT"
 
-    async def undirect_outbox(self, ids: Sequence[int]) -> None:
-        """`Store.undirect_outbox`, in this transaction."""
-        async with translated():
-            await self._conn.execute(OUTBOX_UNDIRECT, list(ids))
-
     async def now(self) -> datetime:
         """The database clock, read now (not at transaction start): the one clock."""
         async with translated():
