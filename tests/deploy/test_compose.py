@@ -8,6 +8,7 @@ through the published broker port, and SQL through the published Postgres port.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import subprocess
 import time
@@ -53,7 +54,8 @@ async def post(http: aiohttp.ClientSession, path: str, body: dict[str, Any]) -> 
 
 
 def as_caller() -> aiohttp.ClientSession:
-    credentials = {"Authorization": aiohttp.BasicAuth(*GATEWAY_CALLER).encode()}
+    user, secret = GATEWAY_CALLER
+    credentials = {"Authorization": "Basic " + base64.b64encode(f"{user}:{secret}".encode()).decode()}
     return aiohttp.ClientSession(headers=credentials, timeout=aiohttp.ClientTimeout(30))
 
 

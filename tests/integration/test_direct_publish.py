@@ -55,8 +55,15 @@ class InProcess:
 
 
 @pytest.fixture
-async def in_process(cluster: Cluster, models_path: str) -> AsyncIterator[InProcess]:
-    store = await Store.open(cluster.env["STATUSEK_DATABASE_URL"])
+async def in_process(
+    cluster: Cluster, models_path: str, request: pytest.FixtureRequest
+) -> AsyncIterator[InProcess]:
+    # A test may ask for a pool of one connection (indirect parameter): then every statement
+    # the pipeline sends goes through the connection it watches.
+    pool_size = getattr(request, "param", 10)
+    store = await Store.open(
+        cluster.env["STATUSEK_DATABASE_URL"], min_size=min(2, pool_size), max_size=pool_size
+    )
     broker = FlakyBroker(cluster.env["STATUSEK_AMQP_URL"], Names(partitions=command_partitions()))
     wakes: list[float] = []
     metrics = Metrics()
@@ -134,6 +141,27 @@ async def test_the_applying_pipeline_publishes_its_notifications(
     assert in_process.relay_wakes == []
     direct = {"path": "direct"}
     assert in_process.metrics.registry.get_sample_value("statusek_notifications_published_total", direct) == 3
+
+
+@pytest.mark.parametrize("in_process", [1], indirect=True)
+async def test_a_window_of_one_command_costs_four_round_trips_to_postgres(
+    cluster: Cluster, in_process: InProcess
+) -> None:
+    """BEGIN with the fence, the lock, the save, COMMIT: one statement each, and nothing else."""
+    token = await create(cluster)
+    await asyncio.sleep(0.3)  # past the idle delete of the create's published rows
+    queries: list[str] = []
+    async with in_process.store.connection() as conn:
+        conn.add_query_logger(lambda record: queries.append(record.query))
+    await command(cluster, token, "set-status", STARTED)
+    # Read at once: the idle delete of this window's rows comes 50 ms after its reply.
+    # From the window's BEGIN: the connection's release by this test is logged before it.
+    begins = [i for i, q in enumerate(queries) if q.startswith("BEGIN")]
+    commits = [i for i, q in enumerate(queries) if q.endswith("COMMIT")]
+    assert begins and commits, queries
+    window = queries[begins[0] : commits[0] + 1]
+    assert len(window) == 4, window
+    assert window[0].startswith("BEGIN; SELECT pg_advisory_xact_lock("), window[0]
 
 
 async def test_a_failed_direct_publish_goes_to_the_relay_before_later_notifications(
