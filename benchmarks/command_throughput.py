@@ -25,26 +25,12 @@ from statusek.testing import (
     LOCAL_AMQP_URL,
     fresh_database,
     fresh_vhost,
+    wait_for_worker,
     worker_processes,
 )
 
 AMQP = os.environ.get("STATUSEK_TEST_AMQP_URL", LOCAL_AMQP_URL)
 PG = os.environ.get("STATUSEK_TEST_DATABASE_URL", LOCAL_ADMIN_DATABASE_URL)
-
-
-async def wait_for_worker(url: str) -> None:
-    connection = await aio_pika.connect(url)
-    try:
-        for _ in range(300):
-            try:
-                channel = await connection.channel()
-                await channel.declare_queue("statusek.commands", passive=True)
-                await channel.declare_exchange("statusek.events", passive=True)
-                return
-            except aio_pika.exceptions.ChannelClosed:
-                await asyncio.sleep(0.1)
-    finally:
-        await connection.close()
 
 
 async def drive(url: str, instances: int) -> None:

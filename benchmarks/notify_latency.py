@@ -33,6 +33,7 @@ from statusek.testing import (
     LOCAL_AMQP_URL,
     fresh_database,
     fresh_vhost,
+    wait_for_worker,
     worker_processes,
 )
 
@@ -53,21 +54,6 @@ def cpu_seconds(pids: list[int]) -> float:
             continue
         ticks += int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5)
     return ticks / os.sysconf("SC_CLK_TCK")
-
-
-async def wait_for_worker(url: str) -> None:
-    connection = await aio_pika.connect(url)
-    try:
-        for _ in range(300):
-            try:
-                channel = await connection.channel()
-                await channel.declare_queue("statusek.commands", passive=True)
-                await channel.declare_exchange("statusek.events", passive=True)
-                return
-            except aio_pika.exceptions.ChannelClosed:
-                await asyncio.sleep(0.1)
-    finally:
-        await connection.close()
 
 
 def percentiles(name: str, values: list[float]) -> str:

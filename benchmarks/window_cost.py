@@ -34,6 +34,7 @@ from statusek.testing import (
     LOCAL_AMQP_URL,
     fresh_database,
     fresh_vhost,
+    wait_for_worker,
     worker_processes,
 )
 
@@ -54,26 +55,6 @@ def cpu_seconds(pid: int) -> float:
 def percentile_ms(ordered: Sequence[float], p: float) -> float:
     """Nearest-rank percentile of sorted seconds, in ms."""
     return round(ordered[max(1, math.ceil(p / 100 * len(ordered))) - 1] * 1000, 2)
-
-
-async def wait_for_worker(url: str) -> None:
-    connection = await aio_pika.connect(url)
-    try:
-        for _ in range(600):
-            channel = await connection.channel()
-            try:
-                queue = await channel.declare_queue("statusek.commands", passive=True)
-                await channel.declare_exchange("statusek.events", passive=True)
-                if queue.declaration_result.consumer_count:
-                    return
-            except aio_pika.exceptions.ChannelClosed:
-                pass
-            else:
-                await channel.close()
-            await asyncio.sleep(0.1)
-        raise TimeoutError("the worker did not consume statusek.commands within 60 s")
-    finally:
-        await connection.close()
 
 
 async def drive(url: str, commands: int, pid: int) -> dict[str, float]:
@@ -162,7 +143,7 @@ async def main() -> None:
                 "STATUSEK_OPS_PORT": "0",
             }
             with worker_processes(env, 1) as (worker,):
-                await wait_for_worker(amqp_url)
+                await wait_for_worker(amqp_url, consuming=True, timeout=60)
                 figures = await drive(amqp_url, args.commands, worker.pid)
     if args.json:
         print(json.dumps(figures))

@@ -347,18 +347,27 @@ async def running_worker(settings: Settings, *, start_timeout: float = 60) -> As
         await asyncio.wait_for(task, 30)
 
 
-async def wait_for_worker(url: str) -> None:
-    """Until a worker has declared its queue and exchange on the broker of `url` (at most 30 s)."""
+async def wait_for_worker(url: str, *, consuming: bool = False, timeout: float = 30) -> None:
+    """Until a worker has declared its queue and exchange on the broker of `url`.
+
+    With `consuming`, until it also consumes `statusek.commands`: a benchmark that times its first
+    command from the moment it is sent must not time the worker's start.
+    """
     connection = await aio_pika.connect(url)
     try:
-        for _ in range(300):
+        for _ in range(max(1, round(timeout / 0.1))):
+            channel = await connection.channel()
             try:
-                channel = await connection.channel()
-                await channel.declare_queue("statusek.commands", passive=True)
+                queue = await channel.declare_queue("statusek.commands", passive=True)
                 await channel.declare_exchange("statusek.events", passive=True)
-                return
+                if not consuming or queue.declaration_result.consumer_count:
+                    return
             except aio_pika.exceptions.ChannelClosed:
-                await asyncio.sleep(0.1)
-        raise TimeoutError("no worker declared statusek.commands within 30 s")
+                pass
+            else:
+                await channel.close()
+            await asyncio.sleep(0.1)
+        waited_for = "consume" if consuming else "declare"
+        raise TimeoutError(f"no worker did {waited_for} statusek.commands within {timeout:g} s")
     finally:
         await connection.close()
