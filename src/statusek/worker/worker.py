@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import signal
 import time
 from collections.abc import Awaitable, Callable
@@ -230,10 +231,16 @@ class Worker:
         )
         await self._until_stop_or_crash(consuming, tasks)
         log.info("stopping: finishing in-flight work")
-        # arq-style drain: take nothing new, finish what is in progress, then close.
-        await self._stop_consuming(consuming)
-        await self._finish_in_flight(parts, sweeping)
-        await self._close(parts, tasks)
+        watchdog = asyncio.create_task(
+            report_if_stuck(self.settings.shutdown_timeout + STUCK_AFTER), name="shutdown watchdog"
+        )
+        try:
+            # arq-style drain: take nothing new, finish what is in progress, then close.
+            await self._stop_consuming(consuming)
+            await self._finish_in_flight(parts, sweeping)
+            await self._close(parts, tasks)
+        finally:
+            watchdog.cancel()
 
     def _build(self, store: Store, broker: Broker) -> _Components:
         """The relay, sweeper, command partitions, query handler and purger, wired to one another."""
@@ -546,6 +553,25 @@ class Worker:
             except TransientError as e:
                 log.warning("housekeeping failed, will retry", error=str(e))
             await asyncio.sleep(self.settings.housekeeping_every)
+
+
+# Seconds past the shutdown timeout after which a drain that has not ended is reported.
+STUCK_AFTER = 15.0
+
+
+async def report_if_stuck(after: float) -> None:
+    """Log where every task waits if a shutdown is still going `after` seconds in.
+
+    Every step of the drain is bounded, so this only fires for a bug (a task that does not end
+    when cancelled); the stacks are the evidence to find it.
+    """
+    await asyncio.sleep(after)
+    for task in asyncio.all_tasks():
+        if task is asyncio.current_task():
+            continue
+        stack = io.StringIO()
+        task.print_stack(limit=12, file=stack)
+        log.error("shutdown stuck: a task still waits", task=task.get_name(), stack=stack.getvalue())
 
 
 def run_worker(settings: Settings) -> None:
