@@ -353,9 +353,11 @@ async def wait_for_worker(url: str, *, consuming: bool = False, timeout: float =
     With `consuming`, until it also consumes `statusek.commands`: a benchmark that times its first
     command from the moment it is sent must not time the worker's start.
     """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
     connection = await aio_pika.connect(url)
     try:
-        for _ in range(max(1, round(timeout / 0.1))):
+        while loop.time() < deadline:
             channel = await connection.channel()
             try:
                 queue = await channel.declare_queue("statusek.commands", passive=True)

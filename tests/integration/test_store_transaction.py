@@ -14,6 +14,7 @@ import pytest
 from statusek.adapters.model_files import load_models
 from statusek.adapters.postgres.store import DEADLINE_CHANNEL, PARTITION_FENCE, Store
 from statusek.core.errors import StoreFailure
+from tests.helpers import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -81,7 +82,9 @@ async def test_a_session_setting_made_outside_a_transaction_is_reset_on_release(
         assert await conn.fetchval("SHOW application_name") != "left-behind"
 
 
-async def test_closing_cuts_a_connection_still_held_after_the_timeout(database_url: str) -> None:
+async def test_closing_cuts_a_connection_still_held_after_the_timeout(
+    database_url: str, db: asyncpg.Connection
+) -> None:
     """A transaction left open by a stuck task does not keep close() waiting: it is cut, rolled back."""
     store = await Store.open(database_url, min_size=1, max_size=1)
     entered = asyncio.Event()
@@ -96,6 +99,9 @@ async def test_closing_cuts_a_connection_still_held_after_the_timeout(database_u
     try:
         await asyncio.wait_for(entered.wait(), 5)
         await asyncio.wait_for(store.close(timeout=0.5), 5)
+        # Cut on the server too: its transaction's fence lock is gone.
+        held = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = $1 AND objid = 9"
+        await eventually(lambda: db.fetchval(held, PARTITION_FENCE), 5, equals=0)
     finally:
         holder.cancel()
         with contextlib.suppress(BaseException):
