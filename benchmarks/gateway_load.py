@@ -180,12 +180,12 @@ async def post(
     return answer, None
 
 
-async def connection(base: str, auth: aiohttp.BasicAuth | None, run: Run) -> None:
+async def connection(base: str, authorization: str | None, run: Run) -> None:
     """One keep-alive connection creating instances and setting STARTED and FINISHED until the end."""
     connector = aiohttp.TCPConnector(limit=1, force_close=False)
     timeout = aiohttp.ClientTimeout(total=30)
     async with aiohttp.ClientSession(
-        base, connector=connector, timeout=timeout, headers=headers(auth)
+        base, connector=connector, timeout=timeout, headers=headers(authorization)
     ) as session:
         while time.perf_counter() < run.measure_to:
             started = time.perf_counter()
@@ -205,8 +205,8 @@ async def connection(base: str, auth: aiohttp.BasicAuth | None, run: Run) -> Non
                     break
 
 
-def headers(auth: aiohttp.BasicAuth | None) -> dict[str, str]:
-    return {"Authorization": auth.encode()} if auth is not None else {}
+def headers(authorization: str | None) -> dict[str, str]:
+    return {"Authorization": authorization} if authorization is not None else {}
 
 
 def ms(seconds: float) -> str:
@@ -214,11 +214,11 @@ def ms(seconds: float) -> str:
 
 
 async def measure(
-    base: str, auth: aiohttp.BasicAuth | None, connections: int, warmup: float, seconds: float, roles: Roles
+    base: str, authorization: str | None, connections: int, warmup: float, seconds: float, roles: Roles
 ) -> None:
     now = time.perf_counter()
     run = Run(now + warmup, now + warmup + seconds)
-    tasks = [asyncio.create_task(connection(base, auth, run)) for _ in range(connections)]
+    tasks = [asyncio.create_task(connection(base, authorization, run)) for _ in range(connections)]
     await asyncio.sleep(max(0.0, run.measure_from - time.perf_counter()))
     before = roles.sample()
     await asyncio.sleep(max(0.0, run.measure_to - time.perf_counter()))
@@ -271,11 +271,11 @@ def gateway_process(env: dict[str, str], port: int) -> Iterator[subprocess.Popen
 
 
 async def wait_for_gateway(
-    base: str, auth: aiohttp.BasicAuth | None, process: subprocess.Popen[bytes] | None
+    base: str, authorization: str | None, process: subprocess.Popen[bytes] | None
 ) -> None:
     """Until POST /about answers 200 (within 60 s)."""
     deadline = time.monotonic() + 60
-    async with aiohttp.ClientSession(base, headers=headers(auth)) as session:
+    async with aiohttp.ClientSession(base, headers=headers(authorization)) as session:
         while True:
             if process is not None and process.poll() is not None:
                 raise RuntimeError(f"the gateway exited with {process.returncode}")
@@ -289,7 +289,7 @@ async def wait_for_gateway(
 
 
 async def drive(
-    args: argparse.Namespace, base: str, auth: aiohttp.BasicAuth | None, roles: Roles, started: str
+    args: argparse.Namespace, base: str, authorization: str | None, roles: Roles, started: str
 ) -> None:
     print(
         f"gateway {base} ({started}); load on {args.loop}; an op is one HTTP request: per connection create, "
@@ -301,7 +301,7 @@ async def drive(
         if args.rounds > 1:
             print(f"round {round_}", flush=True)
         for connections in args.connections:
-            await measure(base, auth, connections, args.warmup, args.seconds, roles)
+            await measure(base, authorization, connections, args.warmup, args.seconds, roles)
 
 
 def variable(text: str) -> tuple[str, str]:
@@ -339,15 +339,17 @@ def arguments() -> argparse.Namespace:
 
 
 async def run(args: argparse.Namespace) -> None:
-    auth = aiohttp.BasicAuth(args.user, args.password) if args.user else None
+    authorization = aiohttp.encode_basic_auth(args.user, args.password) if args.user else None
     broker = listener_pid(urlsplit(AMQP).port or 5672)
     postgres = listener_pid(urlsplit(PG).port or 5432)
     shared = {"broker": [broker] if broker else [], "postgres": [postgres] if postgres else []}
     if args.gateway:
         base = args.gateway.rstrip("/")
-        await wait_for_gateway(base, auth, None)
+        await wait_for_gateway(base, authorization, None)
         running = listener_pid(urlsplit(base).port or 80)
-        await drive(args, base, auth, Roles({"gateway": [running] if running else [], **shared}), "running")
+        await drive(
+            args, base, authorization, Roles({"gateway": [running] if running else [], **shared}), "running"
+        )
         return
     with fresh_vhost(AMQP, prefix="statusek-bench") as amqp_url:
         async with fresh_database(PG, prefix="statusek_bench") as db_url:
@@ -364,11 +366,11 @@ async def run(args: argparse.Namespace) -> None:
                 port = free_port()
                 with gateway_process(env, port) as gateway:
                     base = f"http://127.0.0.1:{port}"
-                    await wait_for_gateway(base, auth, gateway)
+                    await wait_for_gateway(base, authorization, gateway)
                     await asyncio.sleep(1)
                     roles = Roles({"gateway": [gateway.pid], "worker": [w.pid for w in workers], **shared})
                     started = f"started: 1 gateway, {args.workers} worker(s), fresh vhost and database"
-                    await drive(args, base, auth, roles, started)
+                    await drive(args, base, authorization, roles, started)
 
 
 def main() -> None:

@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from statusek.core.access import ANONYMOUS_SENDER, Sender
 from statusek.core.decide import Decision, decide
@@ -55,6 +55,26 @@ def command_partitions() -> int:
 # --- waiting --------------------------------------------------------------------------------------
 
 
+@overload
+async def eventually(
+    check: Callable[[], Awaitable[T]],
+    timeout: float = ...,
+    *,
+    equals: object = ...,
+    ignoring: tuple[type[Exception], ...] = ...,
+    every: float = ...,
+    what: str = ...,
+) -> T: ...
+@overload
+async def eventually(
+    check: Callable[[], T],
+    timeout: float = ...,
+    *,
+    equals: object = ...,
+    ignoring: tuple[type[Exception], ...] = ...,
+    every: float = ...,
+    what: str = ...,
+) -> T: ...
 async def eventually(
     check: Callable[[], T | Awaitable[T]],
     timeout: float = 5.0,

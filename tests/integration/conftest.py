@@ -114,8 +114,18 @@ class Cluster:
         deadline = asyncio.get_running_loop().time() + timeout
         while await self.consumers() < count:
             if asyncio.get_running_loop().time() > deadline:
-                raise TimeoutError(f"{count} consumers did not appear; logs in {self.logs}")
+                raise TimeoutError(
+                    f"{count} consumers did not appear; logs in {self.logs}{self._last_complaint()}"
+                )
             await asyncio.sleep(0.1)
+
+    def _last_complaint(self) -> str:
+        """The workers' last warning or error, to name why they do not consume (a missing plugin)."""
+        complaints = [line for line in self.log_lines() if line.get("level") in ("warning", "error")]
+        if not complaints:
+            return ""
+        last = complaints[-1]
+        return f"; the last warning: {last.get('event')} {last.get('error', '')}".rstrip()
 
     def queue_depths(self) -> dict[str, tuple[int, int]]:
         """Queue name -> (ready, unacked), from the broker itself.
