@@ -15,6 +15,7 @@ from statusek.adapters.postgres.store import PARTITION_FENCE
 from statusek.client import Client, NoAnswerError
 from statusek.core.messages import DEADLINE_HEADER
 from statusek.core.partitions import routing_headers
+from statusek.worker.worker import Worker
 from tests.helpers import TASK, command_partitions
 from tests.integration.wire import Wire
 
@@ -129,6 +130,22 @@ async def test_an_expired_command_applies_when_retried_in_time(wire: Wire, db: a
     assert retried["code"] == "SUCCESS"
     assert again == retried  # a repeat of an applied command gets its reply, deadline or not
     assert await instances(db, token) == 1
+
+
+async def test_refused_commands_are_not_counted_as_applied(wire: Wire, worker: Worker) -> None:
+    """An EXPIRED command and a reused message_id leave the worker's count of applied commands as it was."""
+    message_id, token = uuid.uuid4().hex, str(uuid.uuid4())
+    body = {"object_name": TASK, "instance_token": token}
+    await wire.request("create", body, message_id=message_id)
+    before = worker.partitions.applied
+    past = datetime.now(UTC) - timedelta(seconds=1)
+    other = {"object_name": TASK, "instance_token": str(uuid.uuid4())}
+    expired = await wire.request(
+        "create", other, message_id=uuid.uuid4().hex, headers=with_deadline(other, past)
+    )
+    reused = await wire.request("create", other, message_id=message_id)
+    assert (expired["code"], reused["code"]) == ("EXPIRED", "MESSAGE_ID_REUSED")
+    assert worker.partitions.applied == before
 
 
 async def test_a_deadline_without_offset_is_invalid(wire: Wire) -> None:

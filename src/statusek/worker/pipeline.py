@@ -63,6 +63,7 @@ class Outcome:
     reply: Reply
     duplicate: bool = False
     decided: bool = False  # this window applied the command and recorded its reply (a repeat finds it)
+    refused: bool = False  # not applied and not recorded: expired, or its message_id reused
 
 
 class CommandPipeline:
@@ -380,7 +381,7 @@ class CommandPipeline:
             faults.crash_if_asked([(o.delivery, o.decided) for o in outcomes])
         self._direct.extend(direct)
         del self._published[: len(deleting)]
-        self.applied += sum(1 for o in outcomes if not o.duplicate)
+        self.applied += sum(1 for o in outcomes if not (o.duplicate or o.refused))
         if len(window.notifications) > len(direct):
             self._on_committed()  # rows for the relay
         if earliest is not None:
@@ -546,7 +547,7 @@ class _Window:
             return repeat
         if env.deadline is not None and now > env.deadline:
             # Not recorded either: a retry with the same message_id and a new deadline applies.
-            return Outcome(delivery, env, expired(env, now))
+            return Outcome(delivery, env, expired(env, now), refused=True)
         command = env.body
         if isinstance(command, SetGlobalStatus):
             reply = self._set_global(command, env, now)
@@ -572,7 +573,7 @@ class _Window:
         if given.fingerprint in (None, env.fingerprint):
             return Outcome(delivery, env, given.reply, duplicate=True)
         # Not recorded: the message_id keeps answering the command it was first used for.
-        return Outcome(delivery, env, reused(seen, env))
+        return Outcome(delivery, env, reused(seen, env), refused=True)
 
     def _set_global(self, command: SetGlobalStatus, env: Envelope, now: datetime) -> Reply:
         reply, set_global = decide_global(
