@@ -19,6 +19,7 @@ import asyncpg
 import pytest
 
 from statusek.worker.faults import FAULT_HEADER
+from statusek.worker.worker import EXIT_UNFINISHED
 from tests.helpers import eventually
 from tests.integration.conftest import Cluster
 from tests.integration.faults import Ledger, Report, proxied
@@ -198,6 +199,32 @@ async def test_sigterm_under_load_drains_in_time(cluster: Cluster, cluster_db: a
     assert first.returncode == 0 and drain_seconds < 10
     assert (report.applied, report.duplicated, report.lost) == (1600, 0, 0)
     assert depths["statusek.commands"] == (0, 0)
+
+
+async def test_a_second_sigterm_exits_at_once_and_loses_nothing(
+    cluster: Cluster, cluster_db: asyncpg.Connection
+) -> None:
+    """SIGTERM twice mid-load: the worker leaves without its drain, as a crash; every command once."""
+    first = cluster.start(1)[0]
+    await cluster.wait_for_consumers(1)
+    cluster.start(1)
+    await cluster.wait_for_consumers(2)
+    ledger = Ledger(cluster.wire, Report("second SIGTERM under load"))
+    loading = asyncio.create_task(ledger.run(400, per_second=500))
+    await asyncio.sleep(1.5)
+    first.send_signal(signal.SIGTERM)
+    await asyncio.sleep(0.02)  # two signals sent back to back may arrive as one
+    first.send_signal(signal.SIGTERM)
+    await asyncio.to_thread(first.wait, 15)
+    await loading
+    await ledger.wait_replies(timeout=60)
+    report = await ledger.audit(cluster_db)
+    events = [line.get("event") for line in cluster.log_lines() if line.get("pid") == first.pid]
+    report.extra.update(exit_code=first.returncode)
+    assert first.returncode == EXIT_UNFINISHED
+    assert "second stop signal: exiting without finishing in-flight work" in events
+    assert "worker stopped" not in events
+    assert (report.applied, report.duplicated, report.lost) == (1600, 0, 0)
 
 
 async def test_hostile_payloads_are_dead_lettered_with_flat_memory(

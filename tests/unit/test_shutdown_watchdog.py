@@ -1,4 +1,5 @@
-"""The shutdown watchdog: a drain that outlasts its bounds leaves the stacks of what still waits."""
+"""Bounded stops: a drain that outlasts its bounds leaves the stacks of what still waits, then
+exits; a second stop signal exits at once."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import asyncio
 
 from structlog.testing import capture_logs
 
-from statusek.worker.worker import report_if_stuck
+from statusek.settings import Settings
+from statusek.worker.worker import EXIT_UNFINISHED, Worker, report_if_stuck, stop_on_signal
 
 
 async def test_a_stuck_drain_logs_the_stack_of_every_waiting_task() -> None:
@@ -20,10 +22,29 @@ async def test_a_stuck_drain_logs_the_stack_of_every_waiting_task() -> None:
     await asyncio.sleep(0)
     try:
         with capture_logs() as logs:
-            await report_if_stuck(0)
+            await report_if_stuck(0, exit=lambda _status: None)
     finally:
         stuck.cancel()
     reported = [e for e in logs if e["event"] == "shutdown stuck: a task still waits"]
     stuck_entry = next(e for e in reported if e["task"] == "stuck component")
     assert stuck_entry["log_level"] == "error"
     assert "waits_forever_on_an_event" in stuck_entry["stack"]
+
+
+async def test_a_stuck_drain_exits_after_reporting() -> None:
+    """Once the stacks are logged the process leaves with EXIT_UNFINISHED instead of hanging on."""
+    exits: list[int] = []
+    with capture_logs() as logs:
+        await report_if_stuck(0, exit=exits.append)
+    assert exits == [EXIT_UNFINISHED]
+    assert logs[-1]["event"] == "exiting with the drain unfinished"
+
+
+async def test_the_first_stop_signal_drains_and_the_second_exits_at_once() -> None:
+    """One SIGTERM asks for the drain; another while it drains exits without waiting for it."""
+    worker = Worker(Settings())
+    exits: list[int] = []
+    stop_on_signal(worker, "SIGTERM", exit=exits.append)
+    assert (worker.stop_requested, exits) == (True, [])
+    stop_on_signal(worker, "SIGINT", exit=exits.append)
+    assert exits == [EXIT_UNFINISHED]

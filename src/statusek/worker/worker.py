@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import os
 import signal
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -110,6 +112,10 @@ class Worker:
 
     def request_stop(self) -> None:
         self._stop.set()
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop.is_set()
 
     async def run(self) -> None:
         s = self.settings
@@ -557,13 +563,23 @@ class Worker:
 
 # Seconds past the shutdown timeout after which a drain that has not ended is reported.
 STUCK_AFTER = 15.0
+# The exit status of a worker that left without finishing its drain (a second signal, or stuck).
+EXIT_UNFINISHED = 70
 
 
-async def report_if_stuck(after: float) -> None:
-    """Log where every task waits if a shutdown is still going `after` seconds in.
+def exit_now(status: int) -> None:
+    """Leave at once, as a crash would: unacked deliveries go back to their queues when the
+    connections drop, and a window committed but not acked is answered from the record."""
+    sys.stderr.flush()
+    os._exit(status)
+
+
+async def report_if_stuck(after: float, exit: Callable[[int], None] = exit_now) -> None:
+    """Log where every task waits if a shutdown is still going `after` seconds in, then exit.
 
     Every step of the drain is bounded, so this only fires for a bug (a task that does not end
-    when cancelled); the stacks are the evidence to find it.
+    when cancelled); the stacks are the evidence to find it. Exiting keeps the bug from also
+    keeping the process alive until something kills it.
     """
     await asyncio.sleep(after)
     for task in asyncio.all_tasks():
@@ -572,6 +588,18 @@ async def report_if_stuck(after: float) -> None:
         stack = io.StringIO()
         task.print_stack(limit=12, file=stack)
         log.error("shutdown stuck: a task still waits", task=task.get_name(), stack=stack.getvalue())
+    log.error("exiting with the drain unfinished", status=EXIT_UNFINISHED)
+    exit(EXIT_UNFINISHED)
+
+
+def stop_on_signal(worker: Worker, name: str, exit: Callable[[int], None] = exit_now) -> None:
+    """The first SIGTERM/SIGINT drains; a second one, sent while it drains, leaves at once."""
+    if worker.stop_requested:
+        log.warning("second stop signal: exiting without finishing in-flight work", signal=name)
+        exit(EXIT_UNFINISHED)
+        return
+    log.info("stop signal: draining (send it again to exit at once)", signal=name)
+    worker.request_stop()
 
 
 def run_worker(settings: Settings) -> None:
@@ -579,7 +607,7 @@ def run_worker(settings: Settings) -> None:
         worker = Worker(settings)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, worker.request_stop)
+            loop.add_signal_handler(sig, stop_on_signal, worker, sig.name)
         await worker.run()
 
     loop_runner(settings)(main())
