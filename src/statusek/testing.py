@@ -344,7 +344,8 @@ async def running_worker(settings: Settings, *, start_timeout: float = 60) -> As
         yield worker
     finally:
         worker.request_stop()
-        await asyncio.wait_for(task, 30)
+        async with asyncio.timeout(30):
+            await task
 
 
 async def wait_for_worker(url: str, *, consuming: bool = False, timeout: float = 30) -> None:

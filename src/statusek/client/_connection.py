@@ -132,7 +132,8 @@ class _Connection:
                 return link
             self._ready.clear()
             try:
-                await asyncio.wait_for(self._ready.wait(), max(0.0, deadline - loop.time()))
+                async with asyncio.timeout(max(0.0, deadline - loop.time())):
+                    await self._ready.wait()
             except TimeoutError:
                 raise self._lost_for(bound, doing, sent=sent) from None
 

@@ -50,7 +50,8 @@ class _Link:
     async def close(self) -> None:
         self.mark_lost()
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.connection.close(), 2)
+            async with asyncio.timeout(2):
+                await self.connection.close()
 
 
 def _nothing() -> None:

@@ -612,7 +612,8 @@ async def connect(url: str, stop: asyncio.Event, *, backoff_max: float = 2.0) ->
         except BrokerUnreachable as e:  # TopologyNotFound too: no worker has run on that vhost yet
             log.warning("waiting for rabbitmq", error=mask_secrets(str(e)), retry_in=delay)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), delay)
+            async with asyncio.timeout(delay):
+                await stop.wait()
         delay = min(backoff_max, delay * 2)
     return None
 

@@ -18,7 +18,8 @@ class Backoff:
             await asyncio.sleep(self.delay)
         else:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(interrupt.wait(), self.delay)
+                async with asyncio.timeout(self.delay):
+                    await interrupt.wait()
         self.delay = min(self.cap, self.delay * 2)
 
     def reset(self) -> None:

@@ -85,14 +85,16 @@ class PartitionSlot:
             self.applied += pipeline.applied
         if task is not None:
             try:
-                await asyncio.wait_for(asyncio.shield(task), timeout)
+                async with asyncio.timeout(timeout):
+                    await asyncio.shield(task)
             except TimeoutError:
                 log.warning("partition window still running at hand-over", queue=self.queue)
             except Exception:
                 log.exception("partition pipeline failed", queue=self.queue)
         if consumer is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(consumer.close(), 2)
+                async with asyncio.timeout(2):
+                    await consumer.close()
 
     async def abandon(self, timeout: float) -> None:
         """Give back every delivery held at once, the window in progress included, then stop.
@@ -108,13 +110,15 @@ class PartitionSlot:
         self.pipeline = self._task = self._consumer = None
         if consumer is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(consumer.close(), 2)
+                async with asyncio.timeout(2):
+                    await consumer.close()
         if pipeline is not None:
             pipeline.stop()
             self.applied += pipeline.applied
         if task is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(task), timeout)
+                async with asyncio.timeout(timeout):
+                    await asyncio.shield(task)
 
     async def step_back(self, timeout: float) -> None:
         self.stepped_back_at = time.monotonic()

@@ -126,7 +126,8 @@ class CommandPipeline:
             # At once when idle; the window is whatever queued up meanwhile, so it grows only under load.
             if self._published and self._inbox.empty():
                 try:
-                    first = await asyncio.wait_for(self._inbox.get(), DELETE_WHEN_IDLE)
+                    async with asyncio.timeout(DELETE_WHEN_IDLE):
+                        first = await self._inbox.get()
                 except TimeoutError:
                     await self._delete_published()
                     continue

@@ -58,7 +58,8 @@ class Purger:
                 continue
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self._every)
+                async with asyncio.timeout(self._every):
+                    await self._wake.wait()
 
     async def purge_once(self) -> int:
         """Purge every instance past its retention now; returns how many this replica purged.

@@ -159,7 +159,8 @@ class OutboxRelay:
         while not self._stopping:
             # Also poll: a crashed replica may have left rows behind, or freed its partitions.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._dirty.wait(), timeout=self._poll)
+                async with asyncio.timeout(self._poll):
+                    await self._dirty.wait()
             self._dirty.clear()
             if self._stopping:
                 break  # the worker's last flush follows

@@ -125,7 +125,8 @@ class Sweeper:
             blocked.reset()
         self._target = now + timedelta(seconds=delay)
         try:
-            await asyncio.wait_for(self._wake.wait(), timeout=delay)
+            async with asyncio.timeout(delay):
+                await self._wake.wait()
         except TimeoutError:
             pass
         finally:

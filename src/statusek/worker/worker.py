@@ -394,7 +394,8 @@ class Worker:
             await consuming
         if self._queries_consumer is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._queries_consumer.cancel(), 2)
+                async with asyncio.timeout(2):
+                    await self._queries_consumer.cancel()
 
     async def _finish_in_flight(self, parts: _Components, sweeping: asyncio.Task[None]) -> None:
         """Let the windows, the sweep and the queries in progress end, within the shutdown timeout."""
@@ -403,10 +404,8 @@ class Worker:
         try:
             # Each partition finishes its window, then its held but unprocessed commands
             # return to the head of its queue, in order, for the next consumer in line.
-            await asyncio.wait_for(
-                asyncio.gather(parts.partitions.release_all(), sweeping, parts.queries.drain()),
-                timeout=self.settings.shutdown_timeout + 3,
-            )
+            async with asyncio.timeout(self.settings.shutdown_timeout + 3):
+                await asyncio.gather(parts.partitions.release_all(), sweeping, parts.queries.drain())
         except TimeoutError:
             log.warning("shutdown timeout: unfinished deliveries go back to the queue")
         self.metrics.not_consuming(self.names.command_queues)
@@ -415,7 +414,8 @@ class Worker:
         """Flush the outbox relay (briefly), then cancel what runs in the background."""
         parts.relay.stop()
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(parts.relay.flush(), timeout=max(1.0, self.settings.shutdown_timeout / 2))
+            async with asyncio.timeout(max(1.0, self.settings.shutdown_timeout / 2)):
+                await parts.relay.flush()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -527,7 +527,8 @@ class Worker:
         if consumer is not None:
             # Cancelled, not closed: queries in progress still answer on their channel.
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(consumer.cancel(), 2)
+                async with asyncio.timeout(2):
+                    await consumer.cancel()
             self._stalled_queries = consumer
 
     async def _rejoin(self, broker: Broker, partitions: Partitions, queries: QueryHandler) -> None:
@@ -537,7 +538,8 @@ class Worker:
         old, self._stalled_queries = self._stalled_queries, None
         if old is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(old.close(), 2)
+                async with asyncio.timeout(2):
+                    await old.close()
         try:
             await partitions.resume()
             async with self._queries_lock:

@@ -59,7 +59,8 @@ async def hold_membership(
                 await conn.execute("SELECT pg_advisory_lock($1, $2)", MEMBER_LOCK, key)
                 delay = 0.1
                 while True:
-                    rows = await asyncio.wait_for(conn.fetch(_MEMBERS_SQL, MEMBER_LOCK), every * 5)
+                    async with asyncio.timeout(every * 5):
+                        rows = await conn.fetch(_MEMBERS_SQL, MEMBER_LOCK)
                     on_members(frozenset(int(r["key"]) for r in rows))
                     await asyncio.sleep(every)
         except (TransientError, StoreFailure) as e:

@@ -504,7 +504,8 @@ class Store:
         would keep a stopping worker from ever exiting.
         """
         try:
-            await asyncio.wait_for(self._pool.close(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._pool.close()
         except TimeoutError:
             log.warning("database connections still in use at close: cut", timeout=timeout)
             self._pool.terminate()
@@ -820,10 +821,12 @@ class Store:
                 delay = 0.1
                 while not lost.is_set():
                     try:
-                        await asyncio.wait_for(lost.wait(), check_every)
+                        async with asyncio.timeout(check_every):
+                            await lost.wait()
                     except TimeoutError:
                         # A silently dead peer never terminates the connection: ask.
-                        await asyncio.wait_for(conn.execute("SELECT 1"), check_every)
+                        async with asyncio.timeout(check_every):
+                            await conn.execute("SELECT 1")
             except (*_LISTEN_ERRORS,) as e:
                 log.warning("notification listener lost, reconnecting", error=f"{type(e).__name__}: {e}")
             finally:

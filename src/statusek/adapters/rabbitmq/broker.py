@@ -185,7 +185,8 @@ class Broker:
         connection, self.connection = self.connection, None
         if connection is not None and not connection.is_closed:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(connection.close(), self._connect_timeout)
+                async with asyncio.timeout(self._connect_timeout):
+                    await connection.close()
 
     async def declare(self) -> None:
         """Declare the whole topology; idempotent, so every replica does it at start."""
@@ -490,13 +491,10 @@ class Broker:
                 # Asked last, right before the frames go: the answer is only good for a while.
                 if may_continue is not None and not await may_continue():
                     raise BrokerUnavailable("publishing stopped: this relay no longer holds the partition")
-                async with translated():
-                    results = await asyncio.wait_for(
-                        asyncio.gather(
-                            *(_publish_event(channel, self.names.events, n) for n in wave),
-                            return_exceptions=True,
-                        ),
-                        timeout,
+                async with translated(), asyncio.timeout(timeout):
+                    results = await asyncio.gather(
+                        *(_publish_event(channel, self.names.events, n) for n in wave),
+                        return_exceptions=True,
                     )
             except BrokerUnavailable as e:
                 timed_out = isinstance(e.__cause__, TimeoutError)

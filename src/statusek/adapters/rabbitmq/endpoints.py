@@ -87,10 +87,10 @@ async def connect_first(
     attempts: list[tuple[str, BaseException]] = []
     for url in order:
         try:
-            connection = await asyncio.wait_for(
-                aio_pika.connect(url, client_properties=client_properties, connection_class=connection_class),
-                timeout,
-            )
+            async with asyncio.timeout(timeout):
+                connection = await aio_pika.connect(
+                    url, client_properties=client_properties, connection_class=connection_class
+                )
         except Exception as e:  # any failure of this address: try the next one
             attempts.append((url, e))
             continue

@@ -47,7 +47,8 @@ async def impersonation_problem(url: str, *, timeout: float = 10.0) -> str | Non
     try:
         for probe in (_probe_default_exchange, _probe_own_exchange):
             try:
-                await asyncio.wait_for(probe(connection), timeout)
+                async with asyncio.timeout(timeout):
+                    await probe(connection)
                 return None
             except aiormq.exceptions.ChannelPreconditionFailed:
                 return (
