@@ -18,6 +18,7 @@ from datetime import datetime
 import asyncpg
 import pytest
 
+from statusek.core.partitions import routing_headers
 from statusek.worker.faults import FAULT_HEADER
 from statusek.worker.worker import EXIT_UNFINISHED
 from tests.helpers import eventually
@@ -204,20 +205,35 @@ async def test_sigterm_under_load_drains_in_time(cluster: Cluster, cluster_db: a
 async def test_a_second_sigterm_exits_at_once_and_loses_nothing(
     cluster: Cluster, cluster_db: asyncpg.Connection
 ) -> None:
-    """SIGTERM twice mid-load: the worker leaves without its drain, as a crash; every command once."""
-    first = cluster.start(1)[0]
+    """SIGTERM twice while a window stalls under load: the worker leaves without its drain, as a
+    crash; a replica started after it applies every command once."""
+    first = cluster.start(1, STATUSEK_FAULT_HOOKS="true")[0]
     await cluster.wait_for_consumers(1)
-    cluster.start(1)
-    await cluster.wait_for_consumers(2)
     ledger = Ledger(cluster.wire, Report("second SIGTERM under load"))
     loading = asyncio.create_task(ledger.run(400, per_second=500))
-    await asyncio.sleep(1.5)
+    await asyncio.sleep(1.0)
+    token = str(uuid.uuid4())
+    body = {"object_name": "2-POINT LINE TASK", "instance_token": token}
+    stalled = await cluster.wire.send(
+        "create",
+        body,
+        message_id=uuid.uuid4().hex,
+        headers={**routing_headers(body), FAULT_HEADER: "stall-before-commit"},
+    )
+
+    def stalling() -> bool:
+        return any(line.get("event") == "fault hook: stalling before commit" for line in cluster.log_lines())
+
+    await eventually(stalling, 10)
+    # The drain now waits for that window (1.5 s): the second signal comes well inside it.
     first.send_signal(signal.SIGTERM)
-    await asyncio.sleep(0.02)  # two signals sent back to back may arrive as one
+    await asyncio.sleep(0.2)
     first.send_signal(signal.SIGTERM)
     await asyncio.to_thread(first.wait, 15)
+    cluster.start(1)
     await loading
     await ledger.wait_replies(timeout=60)
+    reply = await cluster.wire.reply(stalled, timeout=30)
     report = await ledger.audit(cluster_db)
     events = [line.get("event") for line in cluster.log_lines() if line.get("pid") == first.pid]
     report.extra.update(exit_code=first.returncode)
@@ -225,6 +241,11 @@ async def test_a_second_sigterm_exits_at_once_and_loses_nothing(
     assert "second stop signal: exiting without finishing in-flight work" in events
     assert "worker stopped" not in events
     assert (report.applied, report.duplicated, report.lost) == (1600, 0, 0)
+    assert reply["code"] == "SUCCESS"
+    assert (
+        await cluster_db.fetchval("SELECT count(*) FROM instances WHERE token = $1::uuid", uuid.UUID(token))
+        == 1
+    )
 
 
 async def test_hostile_payloads_are_dead_lettered_with_flat_memory(

@@ -8,7 +8,7 @@ import asyncio
 from structlog.testing import capture_logs
 
 from statusek.settings import Settings
-from statusek.worker.worker import EXIT_UNFINISHED, Worker, report_if_stuck, stop_on_signal
+from statusek.worker.worker import EXIT_UNFINISHED, Worker, cancel_and_wait, report_if_stuck, stop_on_signal
 
 
 async def test_a_stuck_drain_logs_the_stack_of_every_waiting_task() -> None:
@@ -48,3 +48,50 @@ async def test_the_first_stop_signal_drains_and_the_second_exits_at_once() -> No
     assert (worker.stop_requested, exits) == (True, [])
     stop_on_signal(worker, "SIGINT", exit=exits.append)
     assert exits == [EXIT_UNFINISHED]
+
+
+async def test_a_task_that_loses_a_cancel_is_cancelled_again() -> None:
+    """A loop that swallowed its first cancel (as 3.11's wait_for can) ends at the next one."""
+    cancels_seen = 0
+
+    async def loop_losing_the_first_cancel() -> None:
+        nonlocal cancels_seen
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                cancels_seen += 1
+                if cancels_seen > 1:
+                    raise
+
+    task = asyncio.create_task(loop_losing_the_first_cancel())
+    await asyncio.sleep(0)
+    await cancel_and_wait([task], every=0.01)
+    assert task.cancelled() and cancels_seen == 2
+
+
+async def test_a_task_that_never_ends_is_reported_after_the_last_cancel() -> None:
+    """Cancels are bounded: a task ignoring all of them is named in an error, and left."""
+    deaf = True
+
+    async def ignores_every_cancel() -> None:
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                if not deaf:
+                    raise
+
+    task = asyncio.create_task(ignores_every_cancel(), name="deaf")
+    await asyncio.sleep(0)
+    with capture_logs() as logs:
+        await cancel_and_wait([task], every=0.01, cancels=3)
+    assert not task.done()
+    assert logs[-1] == {
+        "event": "tasks still running after every cancel",
+        "tasks": ["deaf"],
+        "log_level": "error",
+    }
+    deaf = False
+    task.cancel()
+    await asyncio.wait({task})

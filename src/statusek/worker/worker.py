@@ -9,7 +9,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
@@ -389,9 +389,7 @@ class Worker:
     async def _stop_consuming(self, consuming: asyncio.Task[None]) -> None:
         """Take nothing new: no more (re)connecting, and the queries' consumer cancelled."""
         self._consuming = False
-        consuming.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await consuming
+        await cancel_and_wait([consuming])
         if self._queries_consumer is not None:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(2):
@@ -416,9 +414,7 @@ class Worker:
         with contextlib.suppress(Exception):
             async with asyncio.timeout(max(1.0, self.settings.shutdown_timeout / 2)):
                 await parts.relay.flush()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(tasks)
         log.info(
             "worker stopped",
             applied=parts.partitions.applied,
@@ -567,6 +563,26 @@ class Worker:
 STUCK_AFTER = 15.0
 # The exit status of a worker that left without finishing its drain (a second signal, or stuck).
 EXIT_UNFINISHED = 70
+
+
+async def cancel_and_wait(tasks: Sequence[asyncio.Task[Any]], every: float = 1.0, cancels: int = 5) -> None:
+    """Cancel the tasks and wait for each to end, cancelling again every `every` s those still running.
+
+    A cancel can be lost inside a library (Python 3.11's `wait_for` returns its inner result when
+    the cancel lands as that completes), and a loop that lost one goes on; the next one ends it.
+    """
+    pending = {task for task in tasks if not task.done()}
+    for _ in range(cancels):
+        if not pending:
+            break
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=every)
+    if pending:
+        log.error("tasks still running after every cancel", tasks=sorted(t.get_name() for t in pending))
+    for task in tasks:
+        if task.done() and not task.cancelled():
+            task.exception()  # retrieved: a crash was logged when it happened
 
 
 def exit_now(status: int) -> None:
