@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -54,6 +55,10 @@ def test_rotated_starts_at_the_offset_modulo_the_length() -> None:
 class FakeConnection:
     def __init__(self, url: str):
         self.url = url
+        self.closed = False
+
+    async def close(self) -> None:
+        self.closed = True
 
 
 Behaviour = Callable[[str], Awaitable[FakeConnection]]
@@ -125,6 +130,26 @@ async def test_each_attempt_is_bounded_by_the_timeout(
     began = loop.time()
     _, url = await connect_first([A, B], timeout=0.2, client_properties={}, start=0)
     assert url == B and loop.time() - began < 2
+
+
+async def test_a_connection_that_opens_as_the_time_runs_out_is_closed(
+    dialled: tuple[list[str], dict[str, Behaviour]],
+) -> None:
+    """An attempt that still opens after its timeout is closed, not left open and unreferenced."""
+    _, behaviours = dialled
+    late: list[FakeConnection] = []
+
+    async def opens_despite_the_cancel(url: str) -> FakeConnection:
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(3600)
+        late.append(FakeConnection(url))  # the broker had accepted it as the cancel came
+        return late[-1]
+
+    behaviours[A] = opens_despite_the_cancel
+    _, url = await connect_first([A, B], timeout=0.05, client_properties={}, start=0)
+    await asyncio.sleep(0.01)
+    assert url == B
+    assert [(c.url, c.closed) for c in late] == [(A, True)]
 
 
 async def test_one_address_failing_raises_its_own_error(

@@ -87,10 +87,9 @@ async def connect_first(
     attempts: list[tuple[str, BaseException]] = []
     for url in order:
         try:
-            async with asyncio.timeout(timeout):
-                connection = await aio_pika.connect(
-                    url, client_properties=client_properties, connection_class=connection_class
-                )
+            connection = await _connect_within(
+                timeout, url, client_properties=client_properties, connection_class=connection_class
+            )
         except Exception as e:  # any failure of this address: try the next one
             attempts.append((url, e))
             continue
@@ -99,3 +98,34 @@ async def connect_first(
     if len(attempts) == 1:
         raise last
     raise NoBrokerReachable(attempts) from last
+
+
+async def _connect_within(timeout: float, url: str, **options: Any) -> AbstractConnection:
+    """aio_pika.connect bounded by `timeout`; a connection that opens as the time runs out is closed.
+
+    Cancelling the connect itself at the deadline could interrupt it after the broker accepted
+    the connection and leave that connection open, unreferenced, until garbage collection.
+    """
+    attempt: asyncio.Task[AbstractConnection] = asyncio.create_task(aio_pika.connect(url, **options))
+    try:
+        done, _ = await asyncio.wait({attempt}, timeout=timeout)
+    except BaseException:
+        attempt.cancel()
+        attempt.add_done_callback(_close_if_opened)
+        raise
+    if done:
+        return attempt.result()
+    attempt.cancel()
+    attempt.add_done_callback(_close_if_opened)
+    raise TimeoutError(f"no connection within {timeout:g} s")
+
+
+# Closings of connections opened too late, referenced until done (the loop holds tasks weakly).
+_closing: set[asyncio.Task[None]] = set()
+
+
+def _close_if_opened(attempt: asyncio.Task[AbstractConnection]) -> None:
+    if not attempt.cancelled() and attempt.exception() is None:
+        closing = asyncio.create_task(attempt.result().close())
+        _closing.add(closing)
+        closing.add_done_callback(_closing.discard)
