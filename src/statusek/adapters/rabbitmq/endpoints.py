@@ -109,15 +109,14 @@ async def _connect_within(timeout: float, url: str, **options: Any) -> AbstractC
     attempt: asyncio.Task[AbstractConnection] = asyncio.create_task(aio_pika.connect(url, **options))
     try:
         done, _ = await asyncio.wait({attempt}, timeout=timeout)
-    except BaseException:
-        attempt.cancel()
-        attempt.add_done_callback(_close_if_opened)
-        raise
-    if done:
-        return attempt.result()
-    attempt.cancel()
-    attempt.add_done_callback(_close_if_opened)
-    raise TimeoutError(f"no connection within {timeout:g} s")
+        if done:
+            return attempt.result()
+        raise TimeoutError(f"no connection within {timeout:g} s")
+    finally:
+        # Timed out, or the caller was cancelled meanwhile.
+        if not attempt.done():
+            attempt.cancel()
+            attempt.add_done_callback(_close_if_opened)
 
 
 # Closings of connections opened too late, referenced until done (the loop holds tasks weakly).
