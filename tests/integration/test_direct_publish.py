@@ -16,7 +16,7 @@ import asyncpg
 import pytest
 
 from statusek.adapters.model_files import load_models
-from statusek.adapters.postgres.store import Store
+from statusek.adapters.postgres.store import GENERIC_PLANS, Store
 from statusek.adapters.rabbitmq.broker import Broker, Names
 from statusek.core.decide import Policy
 from statusek.core.errors import BrokerUnavailable
@@ -161,7 +161,26 @@ async def test_a_window_of_one_command_costs_four_round_trips_to_postgres(
     assert begins and commits, queries
     window = queries[begins[0] : commits[0] + 1]
     assert len(window) == 4, window
-    assert window[0].startswith("BEGIN; SELECT pg_advisory_xact_lock("), window[0]
+    assert window[0].startswith(f"BEGIN; {GENERIC_PLANS}; SELECT pg_advisory_xact_lock("), window[0]
+
+
+@pytest.mark.parametrize("in_process", [1], indirect=True)
+async def test_windows_of_one_command_are_not_planned_again_and_again(
+    cluster: Cluster, in_process: InProcess
+) -> None:
+    """A window's lock and save statements run on one generic plan, not a new plan per window."""
+    for _ in range(4):
+        await command(cluster, await create(cluster), "set-status", STARTED)
+    async with in_process.store.connection() as conn:
+        plans = await conn.fetch(
+            "SELECT split_part(statement, ' ', 2) AS cte, generic_plans, custom_plans"
+            " FROM pg_prepared_statements WHERE statement LIKE 'WITH %'"
+        )
+    by_cte = {r["cte"]: (r["generic_plans"], r["custom_plans"]) for r in plans}
+    # Eight windows: Postgres plans each of the first five anew on its own, and every one after
+    # too while the custom plan is costed below the generic one.
+    assert by_cte["instances_written"] == (8, 0), by_cte
+    assert by_cte["locked"] == (8, 0), by_cte
 
 
 async def test_a_failed_direct_publish_goes_to_the_relay_before_later_notifications(

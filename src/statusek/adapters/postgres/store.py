@@ -36,6 +36,12 @@ log = structlog.get_logger(__name__)
 OUTBOX_CHANNEL = "statusek_outbox"
 DEADLINE_CHANNEL = "statusek_deadline"
 PARTITION_FENCE = 0x5354_5046  # arbitrary int4, the lock space of command partitions' windows
+# A transaction's statements take the same shape whatever their arrays hold, but Postgres plans
+# one again at every call while a custom plan (costed for the arrays at hand) looks cheaper than
+# the generic one (costed for 100 elements of each unnest): a window of one command spent more
+# time planning its save (`WINDOW_INSERT`) than running it. Large windows got the generic plan
+# already; now every window does.
+GENERIC_PLANS = "SET LOCAL plan_cache_mode = force_generic_plan"
 _UNFENCED = "this needs a transaction under a partition fence: Store.transaction(fence=...)"
 _INSTANCE_COLUMNS = (
     "token, object_name, model_version, labels, create_args, created_at, instance_deadline,"
@@ -519,12 +525,12 @@ class Store:
         same redelivered commands on another replica then run one after the other, and the
         second finds the first's replies, instead of both creating the same instance.
 
-        One round trip opens it (BEGIN, and the fence's lock in the same simple query) and one
+        One round trip opens it (BEGIN, `GENERIC_PLANS` and the fence's lock in one simple query) and one
         commits it (with its notifications, `Transaction.notify`); the connection then goes back to
         the pool without asyncpg's reset query (`_reset`), since a transaction leaves no session
         state: only transaction-scoped locks and `SET LOCAL`s, which end with it.
         """
-        begin = "BEGIN"
+        begin = f"BEGIN; {GENERIC_PLANS}"
         if fence is not None:
             # Integers only: the lock's keys can be part of the simple query's text.
             begin += f"; SELECT pg_advisory_xact_lock({int(PARTITION_FENCE)}, {int(fence)})"
