@@ -20,13 +20,15 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from statusek.core.access import ANONYMOUS_SENDER, Sender
-from statusek.core.decide import Decision, decide
-from statusek.core.messages import Create
+from statusek.core.decide import decide
+from statusek.core.instance import Event, InstanceState
+from statusek.core.messages import Create, Reply
 from statusek.core.model import StatusModel
 
 if TYPE_CHECKING:
@@ -202,9 +204,18 @@ async def create(wire: Wire, object_name: str = TASK, **fields: object) -> str:
     return str(reply["data"]["instance_token"])
 
 
+@dataclass(frozen=True, slots=True)
+class Created:
+    """An accepted create `Decision`: the same fields, its state known to be there."""
+
+    reply: Reply
+    state: InstanceState
+    events: list[Event]
+
+
 def created(
     model: StatusModel, *, at: datetime = T0, sender: Sender = ANONYMOUS_SENDER, **create: object
-) -> Decision:
+) -> Created:
     """The pure core's decision to create an instance of `model` (asserted accepted)."""
     decision = decide(
         Create(object_name=model.object_name, **create),
@@ -215,4 +226,4 @@ def created(
         sender=sender,
     )
     assert decision.state is not None, decision.reply
-    return decision
+    return Created(decision.reply, decision.state, decision.events)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import pika  # type: ignore[import-untyped]
+import pika
 import pytest
 
 from statusek.testing import fresh_vhost

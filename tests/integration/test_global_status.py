@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import asyncpg
@@ -21,10 +22,10 @@ def unique(prefix: str = "DEPLOYED") -> str:
     return f"{prefix} {uuid.uuid4().hex[:8]}"
 
 
-async def global_events(wire: Wire, name: str, **paging: object) -> dict[str, object]:
+async def global_events(wire: Wire, name: str, **paging: object) -> dict[str, Any]:
     reply = await wire.query("get-global-events", {"status_name": name, **paging})
     assert reply["code"] == "SUCCESS", reply
-    data: dict[str, object] = reply["data"]
+    data: dict[str, Any] = reply["data"]
     return data
 
 
@@ -47,14 +48,14 @@ async def test_a_repeated_message_id_is_applied_once(wire: Wire) -> None:
     again = await wire.request("set-global-status", body, message_id=message_id)
     assert first == again and (first["code"], first["data"]) == ("SUCCESS", {})
     events = (await global_events(wire, name))["events"]
-    assert [(e["status_name"], e["message"]) for e in events] == [(name, "v2.3")]  # type: ignore[attr-defined]
+    assert [(e["status_name"], e["message"]) for e in events] == [(name, "v2.3")]
 
 
 async def test_the_notification_is_published(wire: Wire, amqp_url: str) -> None:
     """global-status on statusek.events: message_id global:<seq>, header status_name, the actor."""
     name, user = unique(), unquote(urlsplit(amqp_url).username or "guest")
     await wire.request("set-global-status", {"status_name": name}, user_id=user)
-    [event] = (await global_events(wire, name))["events"]  # type: ignore[misc]
+    [event] = (await global_events(wire, name))["events"]
     message = await announced(wire, name)
     assert (message.type, message.message_id, message.headers) == (
         "global-status",
@@ -80,8 +81,8 @@ async def test_pages_follow_one_another_without_gaps(wire: Wire) -> None:
     pages, after = [], 0
     while True:
         data = await global_events(wire, name, after_seq=after, limit=2)
-        pages.append([e["message"] for e in data["events"]])  # type: ignore[attr-defined]
-        seqs = [e["seq"] for e in data["events"]]  # type: ignore[attr-defined]
+        pages.append([e["message"] for e in data["events"]])
+        seqs = [e["seq"] for e in data["events"]]
         assert all(s > after for s in seqs) and seqs == sorted(seqs)
         if data["next_after_seq"] is None:
             break

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime, timedelta
 from urllib.parse import unquote, urlsplit
 
@@ -36,7 +36,7 @@ async def instances(db: asyncpg.Connection, *tokens: str) -> int:
     return count
 
 
-def with_deadline(body: dict[str, object], deadline: datetime) -> dict[str, object]:
+def with_deadline(body: Mapping[str, object], deadline: datetime) -> dict[str, object]:
     return {**routing_headers(body), DEADLINE_HEADER: deadline.isoformat()}
 
 

@@ -204,7 +204,9 @@ async def test_a_queue_declared_with_other_limits_is_kept(cluster: Cluster) -> N
     port = start_worker(cluster, STATUSEK_COMMAND_DELIVERY_LIMIT="7")
     await wait_status(port, 200, timeout=30)
     cluster.stop()
-    warnings = [line for line in cluster.log_lines() if line["event"].startswith("queue exists with other")]
+    warnings = [
+        line for line in cluster.log_lines() if str(line["event"]).startswith("queue exists with other")
+    ]
     # The fixture declared every partition with the default limit.
     assert [w["queue"] for w in warnings] == Names(partitions=command_partitions()).command_queues
     assert "definitions.json" in str(warnings[0]["fix"])

@@ -7,6 +7,7 @@ import collections
 import signal
 import time
 import uuid
+from typing import Any
 
 import asyncpg
 import pytest
@@ -44,7 +45,7 @@ async def ready(cluster: Cluster) -> dict[str, int]:
 async def publish(cluster: Cluster, count: int, *, header: bool) -> None:
     for _ in range(count):
         body = {"instance_token": str(uuid.uuid4()), "status_name": "STARTED"}
-        extra = {} if header else {"headers": {}}
+        extra: dict[str, Any] = {} if header else {"headers": {}}
         await cluster.wire.send("set-status", body, reply=False, **extra)
 
 
@@ -168,7 +169,7 @@ async def test_headerless_and_headered_commands_of_one_instance_keep_time_in_seq
     for round_ in range(150):
         for token in tokens:
             # Without the header a command goes to partition 0; with it, to its instance's partition.
-            extra = {} if round_ % 2 else {"headers": {}}
+            extra: dict[str, Any] = {} if round_ % 2 else {"headers": {}}
             await cluster.wire.send("ping", {"instance_token": token}, reply=False, **extra)
     wanted = [uuid.UUID(t) for t in tokens]
     deadline = time.monotonic() + 60

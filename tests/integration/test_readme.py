@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from _pytest.mark.structures import ParameterSet
 
 from statusek.worker.worker import Worker
 from tests.helpers import run
@@ -16,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 
-def examples(language: str) -> list[pytest.param]:
+def examples(language: str) -> list[ParameterSet]:
     """Fenced blocks whose info string is `<language> example`, in every page, named by page."""
     found = []
     for page in PAGES:

@@ -43,7 +43,7 @@ TASK = parse_model(
 
 def pinged(pings: int, **create: object) -> tuple[InstanceState, list[Event]]:
     """An instance created at T0 and pinged `pings` times, one second apart."""
-    d = decide(Create(object_name="TASK", **create), None, {"TASK": TASK}, T0, new_token=uuid4())  # type: ignore[arg-type]
+    d = decide(Create(object_name="TASK", **create), None, {"TASK": TASK}, T0, new_token=uuid4())
     assert d.state is not None
     state, events = d.state, list(d.events)
     for i in range(pings):
