@@ -3,8 +3,10 @@
 Publishes an instance's create, STARTED and FINISHED of `2-POINT LINE TASK` (with the
 `instance_token` header and a `reply_to`), each only once the reply to the previous command has
 arrived, so every window holds one command, whatever else runs on the machine; a subscriber
-takes the notifications. Prints the latency from publish to reply (p50/p95/p99) and the worker's
-CPU per command (utime + stime from /proc/<pid>/stat over the measured commands). A busy machine stretches
+takes the notifications. Prints the latency from publish to reply (p50/p95/p99), and the CPU per
+command of the worker and of the Postgres backends serving it (utime + stime from /proc/<pid>/stat
+over the measured commands; the backends are those of the benchmark's database, read from
+pg_stat_activity after the warm-up). A busy machine stretches
 the latency, but the CPU a window costs much less: this is the figure to compare two commits or
 settings by, on a machine shared with other work.
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -27,6 +30,7 @@ from collections.abc import Sequence
 
 import aio_pika
 import aio_pika.abc
+import asyncpg
 import structlog
 
 from statusek.testing import (
@@ -57,7 +61,28 @@ def percentile_ms(ordered: Sequence[float], p: float) -> float:
     return round(ordered[max(1, math.ceil(p / 100 * len(ordered))) - 1] * 1000, 2)
 
 
-async def drive(url: str, commands: int, pid: int) -> dict[str, float]:
+async def database_backends(db_url: str) -> list[int]:
+    """The pids of the Postgres backends connected to the benchmark's database, but this one's."""
+    conn = await asyncpg.connect(db_url)
+    try:
+        rows = await conn.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    finally:
+        await conn.close()
+    return [row["pid"] for row in rows]
+
+
+def total_cpu_seconds(pids: Sequence[int]) -> float:
+    """CPU seconds of the pids that are still alive (a backend may close meanwhile)."""
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(FileNotFoundError):
+            total += cpu_seconds(pid)
+    return total
+
+
+async def drive(url: str, db_url: str, commands: int, pid: int) -> dict[str, float]:
     connection = await aio_pika.connect(url)
     try:
         channel = await connection.channel(publisher_confirms=False)
@@ -76,9 +101,12 @@ async def drive(url: str, commands: int, pid: int) -> dict[str, float]:
         await events.consume(on_event, no_ack=True)
         exchange = await channel.get_exchange("statusek.commands")
         latencies: list[float] = []
-        cpu_at = started = 0.0
+        cpu_at = started = database_at = 0.0
+        backends: list[int] = []
         for k in range(WARM_UP + commands):
             if k == WARM_UP:
+                backends = await database_backends(db_url)
+                database_at = total_cpu_seconds(backends)
                 cpu_at, started = cpu_seconds(pid), time.perf_counter()
             step = k % 3
             if step == 0:
@@ -110,6 +138,7 @@ async def drive(url: str, commands: int, pid: int) -> dict[str, float]:
                 latencies.append(time.perf_counter() - sent)
         seconds = time.perf_counter() - started
         cpu = cpu_seconds(pid) - cpu_at
+        database = total_cpu_seconds(backends) - database_at
     finally:
         await connection.close()
     ordered = sorted(latencies)
@@ -117,6 +146,7 @@ async def drive(url: str, commands: int, pid: int) -> dict[str, float]:
         "commands": commands,
         "commands_per_s": round(commands / seconds, 1),
         "cpu_ms_per_command": round(cpu * 1000 / commands, 3),
+        "postgres_cpu_ms_per_command": round(database * 1000 / commands, 3),
         "p50_ms": percentile_ms(ordered, 50),
         "p95_ms": percentile_ms(ordered, 95),
         "p99_ms": percentile_ms(ordered, 99),
@@ -144,14 +174,15 @@ async def main() -> None:
             }
             with worker_processes(env, 1) as (worker,):
                 await wait_for_worker(amqp_url, consuming=True, timeout=60)
-                figures = await drive(amqp_url, args.commands, worker.pid)
+                figures = await drive(amqp_url, db_url, args.commands, worker.pid)
     if args.json:
         print(json.dumps(figures))
         return
     print(
         f"{figures['commands']:,} commands one at a time:"
-        f" {figures['commands_per_s']:,.0f} commands/s, worker CPU {figures['cpu_ms_per_command']:.3f} ms"
-        f" per command; publish -> reply p50 {figures['p50_ms']:.2f} ms,"
+        f" {figures['commands_per_s']:,.0f} commands/s, CPU per command: worker"
+        f" {figures['cpu_ms_per_command']:.3f} ms, Postgres {figures['postgres_cpu_ms_per_command']:.3f} ms;"
+        f" publish -> reply p50 {figures['p50_ms']:.2f} ms,"
         f" p95 {figures['p95_ms']:.2f} ms, p99 {figures['p99_ms']:.2f} ms"
     )
 
