@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -184,3 +185,20 @@ async def test_an_empty_list_is_refused() -> None:
     """No address at all is a programming error, not a connection failure."""
     with pytest.raises(ValueError):
         await connect_first([], timeout=1, client_properties={})
+
+
+async def test_a_failed_handshake_closes_the_connection_it_made() -> None:
+    """A peer that hangs up before the AMQP handshake leaves no connection for `__del__` to close."""
+
+    async def hang_up(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        with pytest.raises(Exception) as caught:
+            await connect_first([f"amqp://guest:guest@127.0.0.1:{port}/"], timeout=5, client_properties={})
+    # The failure's traceback holds the connection aio_pika.connect made, as a test keeping it would.
+    assert caught.value.__traceback__ is not None
+    made = [o for o in gc.get_objects() if isinstance(o, aio_pika.Connection) and o.url.port == port]
+    assert made and all(c.is_closed for c in made)

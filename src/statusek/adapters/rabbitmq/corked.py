@@ -15,9 +15,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import aio_pika
 import aiormq
 from yarl import URL
+
+from statusek.adapters.rabbitmq.endpoints import Connection
 
 
 class CorkedWriter:
@@ -75,7 +76,7 @@ class CorkedTransportFactory(aiormq.TransportFactory):
         return reader, self.writer  # type: ignore[return-value]
 
 
-class CorkedConnection(aio_pika.Connection):
+class CorkedConnection(Connection):
     """An aio-pika connection over a `CorkedTransportFactory` (pass as `connection_class`)."""
 
     def __init__(self, url: URL, *args: Any, **kwargs: Any):
