@@ -17,6 +17,7 @@ import aio_pika
 import asyncpg
 import pytest
 
+from statusek.adapters.rabbitmq.endpoints import Connection
 from statusek.testing import (
     POSTGRES_IMAGE,
     RABBITMQ_IMAGE,
@@ -128,7 +129,10 @@ async def test_rabbitmq_image_honours_default_user_and_has_consistent_hash() -> 
     ):
 
         async def connect() -> aio_pika.abc.AbstractConnection:
-            return await aio_pika.connect(f"amqp://bob:pw@127.0.0.1:{port}/", timeout=5)
+            # Connection: each attempt refused while the broker boots is closed, not left to __del__.
+            return await aio_pika.connect(
+                f"amqp://bob:pw@127.0.0.1:{port}/", timeout=5, connection_class=Connection
+            )
 
         connection = await eventually(connect, 90, ignoring=(Exception,), every=0.3, what="bob connecting")
         try:
