@@ -26,14 +26,18 @@ class TcpProxy:
     `block()` cuts every link and refuses new ones (a server that is down). `stall()` forwards
     nothing more and closes nothing (a black hole: packets dropped, nothing refused): links stay
     open, new ones are accepted and wait; `resume()` lets everything held go on, in order.
+    With `closes_lost`, a side that closes its end is never heard of on the other (its last
+    bytes arrive, its FIN is dropped): the other side's link stays open and silent.
     """
 
     def __init__(self, target_host: str, target_port: int):
         self.target = (target_host, target_port)
         self.blocked = False
+        self.closes_lost = False
         self.port = 0
         self._server: asyncio.Server | None = None
         self._links: set[asyncio.StreamWriter] = set()
+        self._to_target: set[asyncio.StreamWriter] = set()
         self._flowing = asyncio.Event()
         self._flowing.set()
 
@@ -68,6 +72,7 @@ class TcpProxy:
             writer.close()
             return
         self._links |= {writer, up_writer}
+        self._to_target.add(up_writer)
 
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
             try:
@@ -76,13 +81,19 @@ class TcpProxy:
                     await self._flowing.wait()
                     dst.write(data)
                     await dst.drain()
+                if self.closes_lost:
+                    return  # dst stays open (and in _links, for cut() and close())
             except (OSError, asyncio.CancelledError):
                 pass
-            finally:
-                dst.close()
-                self._links.discard(dst)
+            dst.close()
+            self._links.discard(dst)
+            self._to_target.discard(dst)
 
         await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    def target_side_ports(self) -> list[int]:
+        """The local ports of the open links to the target: `client_port` in pg_stat_activity."""
+        return [w.get_extra_info("sockname")[1] for w in self._links & self._to_target]
 
     def cut(self) -> None:
         for w in list(self._links):

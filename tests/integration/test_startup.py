@@ -27,3 +27,17 @@ async def test_a_stop_ends_the_wait_for_postgres(settings: Settings) -> None:
     worker.request_stop()
     await asyncio.wait_for(task, 5)
     assert time.monotonic() - asked < 1.0
+
+
+async def test_a_cancelled_worker_leaves_none_of_its_tasks_running(settings: Settings) -> None:
+    """A running worker's task cancelled (its caller gave up) ends its consumer, relay and the rest."""
+    before = asyncio.all_tasks()
+    worker = Worker(settings)
+    task = asyncio.create_task(worker.run())
+    await asyncio.wait_for(worker.started.wait(), 60)
+    its_own = [t for t in asyncio.all_tasks() - before if t is not task]
+    assert {"consumer", "relay", "listener", "sweeper"} <= {t.get_name() for t in its_own}
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 10)
+    assert sorted(t.get_name() for t in its_own if not t.done()) == []

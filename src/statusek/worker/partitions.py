@@ -55,6 +55,11 @@ class PartitionSlot:
     def total_applied(self) -> int:
         return self.applied + (self.pipeline.applied if self.pipeline is not None else 0)
 
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        """The running pipeline's task, while subscribed."""
+        return self._task
+
     async def subscribe(self) -> None:
         """Join the partition's line of consumers, at its back."""
         pipeline = self._make_pipeline(self.index, self.queue)
@@ -227,6 +232,10 @@ class Partitions:
                 await task
         async with self._lock:
             await asyncio.gather(*(slot.release(self._drain_timeout) for slot in self.slots))
+
+    def tasks(self) -> list[asyncio.Task[None]]:
+        """What runs for the partitions now: the pipelines and the hand-overs."""
+        return [*self._handovers, *(slot.task for slot in self.slots if slot.task is not None)]
 
     def _delivered(self, slot: PartitionSlot) -> None:
         # A delivery means this replica is the active consumer of the slot's partition.

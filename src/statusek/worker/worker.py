@@ -235,18 +235,24 @@ class Worker:
         consuming = asyncio.create_task(
             self._consume(broker, parts.partitions, parts.queries), name="consumer"
         )
-        await self._until_stop_or_crash(consuming, tasks)
-        log.info("stopping: finishing in-flight work")
-        watchdog = asyncio.create_task(
-            report_if_stuck(self.settings.shutdown_timeout + STUCK_AFTER), name="shutdown watchdog"
-        )
+        watchdog: asyncio.Task[None] | None = None
         try:
+            await self._until_stop_or_crash(consuming, tasks)
+            log.info("stopping: finishing in-flight work")
+            watchdog = asyncio.create_task(
+                report_if_stuck(self.settings.shutdown_timeout + STUCK_AFTER), name="shutdown watchdog"
+            )
             # arq-style drain: take nothing new, finish what is in progress, then close.
             await self._stop_consuming(consuming)
             await self._finish_in_flight(parts, sweeping)
             await self._close(parts, tasks)
         finally:
-            watchdog.cancel()
+            if watchdog is not None:
+                watchdog.cancel()
+            # Cancelled from outside (a caller that stopped waiting), nothing started here may go
+            # on without us: a task left running keeps its connections, and when it fails later
+            # its exception is never retrieved. After a graceful stop every task is done already.
+            await cancel_and_wait([consuming, *tasks, *parts.partitions.tasks()])
 
     def _build(self, store: Store, broker: Broker) -> _Components:
         """The relay, sweeper, command partitions, query handler and purger, wired to one another."""
@@ -380,8 +386,11 @@ class Worker:
         self, consuming: asyncio.Task[None], tasks: list[asyncio.Task[Any]]
     ) -> None:
         """Wait for a stop request, or for any component to end (a crash, logged)."""
-        stop_wait = asyncio.create_task(self._stop.wait())
-        done, _ = await asyncio.wait([stop_wait, consuming, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        stop_wait = asyncio.create_task(self._stop.wait(), name="stop request")
+        try:
+            done, _ = await asyncio.wait([stop_wait, consuming, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop_wait.cancel()
         for task in done:
             if task is not stop_wait and task.exception():
                 log.error("component crashed", component=task.get_name(), exc_info=task.exception())

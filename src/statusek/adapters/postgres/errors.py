@@ -17,6 +17,9 @@ _TRANSIENT: tuple[type[BaseException], ...] = (
     OSError,
     asyncio.TimeoutError,
     asyncpg.InterfaceError,  # includes a connection closed under us
+    # A server error outside any query (a FATAL whose close has not arrived yet) leaves asyncpg's
+    # protocol refusing every statement with "another operation is in progress": the link is dead.
+    asyncpg.InternalClientError,
     asyncpg.PostgresConnectionError,
     asyncpg.CannotConnectNowError,
     asyncpg.TooManyConnectionsError,

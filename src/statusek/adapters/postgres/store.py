@@ -906,6 +906,7 @@ _LISTEN_ERRORS: tuple[type[BaseException], ...] = (
     asyncio.TimeoutError,
     asyncpg.PostgresError,
     asyncpg.InterfaceError,
+    asyncpg.InternalClientError,  # a FATAL seen before its close: the link is dead (errors.py)
 )
 
 

@@ -1,0 +1,95 @@
+"""A Postgres link that received a FATAL whose close never came: asyncpg refuses every statement
+on it ("another operation is in progress"), and statusek treats it as the dead link it is.
+
+The proxy drops the close (`closes_lost`), so the client sees the server's last words and then
+silence, as when a FIN is lost behind a NAT: the termination never reaches asyncpg.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from statusek.adapters.postgres.store import DEADLINE_CHANNEL, Store
+from statusek.core.errors import StoreUnavailable
+from tests.helpers import eventually
+from tests.integration.faults import TcpProxy, proxied
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def proxy_and_url(database_url: str) -> AsyncIterator[tuple[TcpProxy, str]]:
+    proxy, url = await proxied(database_url, 5432)
+    proxy.closes_lost = True
+    yield proxy, url
+    await proxy.close()
+
+
+async def terminate_backends_behind(proxy: TcpProxy, db: asyncpg.Connection) -> int:
+    """pg_terminate_backend on every backend reached through the proxy: each sends a FATAL, then closes."""
+    terminated: int = await db.fetchval(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE client_port = ANY($1::int[])",
+        proxy.target_side_ports(),
+    )
+    return terminated
+
+
+async def test_the_listener_reconnects_after_a_fatal_whose_close_was_lost(
+    proxy_and_url: tuple[TcpProxy, str], db: asyncpg.Connection
+) -> None:
+    """The notification listener's link gets a FATAL and no close: it reconnects and hears NOTIFYs again."""
+    proxy, url = proxy_and_url
+    store = await Store.open(url, min_size=0, max_size=1)
+    heard: asyncio.Queue[str] = asyncio.Queue()
+    connections = 0
+
+    def connected() -> None:
+        nonlocal connections
+        connections += 1
+
+    listening = asyncio.create_task(
+        store.listen_forever(
+            [DEADLINE_CHANNEL],
+            lambda _channel, payload: heard.put_nowait(payload),
+            connected,
+            check_every=0.2,
+            retry_cap=0.2,
+        )
+    )
+    try:
+        await eventually(lambda: connections, 10, equals=1)
+        assert await terminate_backends_behind(proxy, db) == 1
+        await eventually(lambda: connections, 10, equals=2)
+        await db.execute(f"NOTIFY {DEADLINE_CHANNEL}, 'after the FATAL'")
+        assert await asyncio.wait_for(heard.get(), 5) == "after the FATAL"
+        assert not listening.done()
+    finally:
+        listening.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await listening
+        await store.close()
+
+
+async def test_a_transaction_on_a_pooled_link_whose_close_was_lost_is_a_transient_failure(
+    proxy_and_url: tuple[TcpProxy, str], db: asyncpg.Connection
+) -> None:
+    """A pooled link with a FATAL and no close fails as StoreUnavailable (retried); the next try works."""
+    proxy, url = proxy_and_url
+    store = await Store.open(url, min_size=1, max_size=1)
+    try:
+        async with store.transaction(fence=0) as tx:
+            await tx.now()
+        assert await terminate_backends_behind(proxy, db) == 1
+        await asyncio.sleep(0.2)  # the FATAL arrives; its close never does
+        with pytest.raises(StoreUnavailable, match=r"InternalClientError: .* another operation"):
+            async with store.transaction(fence=0) as tx:
+                await tx.now()
+        async with store.transaction(fence=0) as tx:
+            assert await tx.now() is not None
+    finally:
+        await store.close(timeout=1)
