@@ -37,7 +37,6 @@ class TcpProxy:
         self.port = 0
         self._server: asyncio.Server | None = None
         self._links: set[asyncio.StreamWriter] = set()
-        self._to_target: set[asyncio.StreamWriter] = set()
         self._flowing = asyncio.Event()
         self._flowing.set()
 
@@ -72,7 +71,6 @@ class TcpProxy:
             writer.close()
             return
         self._links |= {writer, up_writer}
-        self._to_target.add(up_writer)
 
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
             try:
@@ -87,13 +85,8 @@ class TcpProxy:
                 pass
             dst.close()
             self._links.discard(dst)
-            self._to_target.discard(dst)
 
         await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-
-    def target_side_ports(self) -> list[int]:
-        """The local ports of the open links to the target: `client_port` in pg_stat_activity."""
-        return [w.get_extra_info("sockname")[1] for w in self._links & self._to_target]
 
     def cut(self) -> None:
         for w in list(self._links):

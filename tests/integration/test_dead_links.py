@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -17,33 +18,41 @@ import pytest
 from statusek.adapters.postgres.store import DEADLINE_CHANNEL, Store
 from statusek.core.errors import StoreUnavailable
 from tests.helpers import eventually
-from tests.integration.faults import TcpProxy, proxied
+from tests.integration.faults import proxied
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-async def proxy_and_url(database_url: str) -> AsyncIterator[tuple[TcpProxy, str]]:
+async def url_losing_closes(database_url: str) -> AsyncIterator[str]:
+    """The database through a proxy that drops closes, for connections that name themselves APP."""
     proxy, url = await proxied(database_url, 5432)
     proxy.closes_lost = True
-    yield proxy, url
+    # asyncpg sends the URL's unknown parameters as server settings.
+    yield f"{url}{'&' if '?' in url else '?'}application_name={APP}"
     await proxy.close()
 
 
-async def terminate_backends_behind(proxy: TcpProxy, db: asyncpg.Connection) -> int:
-    """pg_terminate_backend on every backend reached through the proxy: each sends a FATAL, then closes."""
+APP = f"dead-link-{uuid.uuid4().hex[:8]}"
+
+
+async def terminate_backends_behind(db: asyncpg.Connection) -> int:
+    """pg_terminate_backend on every backend of APP: each sends a FATAL, then closes.
+
+    Found by application name: where Postgres runs in a container, the client port it sees is
+    Docker's, not the proxy's.
+    """
     terminated: int = await db.fetchval(
-        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE client_port = ANY($1::int[])",
-        proxy.target_side_ports(),
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = $1", APP
     )
     return terminated
 
 
 async def test_the_listener_reconnects_after_a_fatal_whose_close_was_lost(
-    proxy_and_url: tuple[TcpProxy, str], db: asyncpg.Connection
+    url_losing_closes: str, db: asyncpg.Connection
 ) -> None:
     """The notification listener's link gets a FATAL and no close: it reconnects and hears NOTIFYs again."""
-    proxy, url = proxy_and_url
+    url = url_losing_closes
     store = await Store.open(url, min_size=0, max_size=1)
     heard: asyncio.Queue[str] = asyncio.Queue()
     connections = 0
@@ -63,7 +72,7 @@ async def test_the_listener_reconnects_after_a_fatal_whose_close_was_lost(
     )
     try:
         await eventually(lambda: connections, 10, equals=1)
-        assert await terminate_backends_behind(proxy, db) == 1
+        assert await terminate_backends_behind(db) == 1
         await eventually(lambda: connections, 10, equals=2)
         await db.execute(f"NOTIFY {DEADLINE_CHANNEL}, 'after the FATAL'")
         assert await asyncio.wait_for(heard.get(), 5) == "after the FATAL"
@@ -76,15 +85,15 @@ async def test_the_listener_reconnects_after_a_fatal_whose_close_was_lost(
 
 
 async def test_a_transaction_on_a_pooled_link_whose_close_was_lost_is_a_transient_failure(
-    proxy_and_url: tuple[TcpProxy, str], db: asyncpg.Connection
+    url_losing_closes: str, db: asyncpg.Connection
 ) -> None:
     """A pooled link with a FATAL and no close fails as StoreUnavailable (retried); the next try works."""
-    proxy, url = proxy_and_url
+    url = url_losing_closes
     store = await Store.open(url, min_size=1, max_size=1)
     try:
         async with store.transaction(fence=0) as tx:
             await tx.now()
-        assert await terminate_backends_behind(proxy, db) == 1
+        assert await terminate_backends_behind(db) == 1
         await asyncio.sleep(0.2)  # the FATAL arrives; its close never does
         with pytest.raises(StoreUnavailable, match=r"InternalClientError: .* another operation"):
             async with store.transaction(fence=0) as tx:
