@@ -259,3 +259,17 @@ async def test_version_prints_the_package_version() -> None:
     """`statusek --version` prints the installed version."""
     out = subprocess.run([sys.executable, "-m", "statusek", "--version"], capture_output=True, text=True)
     assert (out.returncode, out.stdout) == (0, f"statusek {version()}\n")
+
+
+async def test_a_worker_process_rarely_collects_garbage(cluster: Cluster) -> None:
+    """500 creates cost a `statusek worker` at most two young collections (CPython's defaults: six)."""
+    port = start_worker(cluster)
+    await wait_status(port, 200, timeout=30)
+    young = ("python_gc_collections_total", (("generation", "0"),))
+    before = (await metrics(port))[young]
+    for _ in range(500):
+        reply = await cluster.wire.request(
+            "create", {"object_name": "2-POINT LINE TASK", "instance_token": str(uuid.uuid4())}
+        )
+        assert reply["status"] is True
+    assert (await metrics(port))[young] - before <= 2

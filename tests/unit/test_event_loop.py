@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import subprocess
+import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -43,3 +45,15 @@ def test_the_worker_and_the_gateway_run_on_the_loop_the_settings_choose(
     settings = Settings(uvloop=True)
     getattr(target, run)(settings)
     assert asked == [settings]
+
+
+def test_collect_less_freezes_what_was_imported_and_raises_the_thresholds() -> None:
+    """After collect_less, the imported modules' objects are frozen and young collections wait for 10,000."""
+    probe = (
+        "import gc; import statusek.worker.worker; from statusek.event_loop import collect_less; "
+        "collect_less(); print(gc.get_freeze_count(), *gc.get_threshold())"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    frozen, *thresholds = map(int, out.split())
+    assert frozen > 20_000
+    assert thresholds == [10_000, 20, 20]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, GCCollector, Histogram, generate_latest
 
 from statusek.identity import version
 
@@ -18,6 +18,8 @@ class GatewayMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        # python_gc_* (collections and objects collected per generation): see event_loop.collect_less.
+        GCCollector(registry=r)
         self.requests = Counter(
             "statusek_gateway_requests",
             "HTTP requests answered, by route (`other` for a path that is none), HTTP status and the"

@@ -51,7 +51,7 @@ from statusek.adapters.rabbitmq.impersonation import impersonation_problem
 from statusek.client import Client
 from statusek.core.codes import Code
 from statusek.core.messages import MAX_EVENTS_PAGE
-from statusek.event_loop import loop_runner
+from statusek.event_loop import collect_less, loop_runner
 from statusek.exceptions import (
     BrokerUnreachable,
     InvalidURL,
@@ -715,6 +715,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
 
 def run_gateway(settings: Settings) -> None:
     """`statusek gateway`: serve until SIGTERM or SIGINT."""
+    collect_less()
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, GCCollector, Histogram, generate_latest
 
 from statusek.identity import version
 
@@ -33,6 +33,8 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        # python_gc_* (collections and objects collected per generation): see event_loop.collect_less.
+        GCCollector(registry=r)
         self.commands = Counter(
             "statusek_commands",
             "Commands answered, by routing key and reply code.",

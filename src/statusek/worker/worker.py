@@ -25,7 +25,7 @@ from statusek.adapters.rabbitmq.broker import Broker, Consumer, Limits, Names
 from statusek.core.access import Writers
 from statusek.core.decide import Policy
 from statusek.core.errors import TransientError
-from statusek.event_loop import loop_runner
+from statusek.event_loop import collect_less, loop_runner
 from statusek.identity import Identity
 from statusek.ops import OpsServer
 from statusek.settings import Settings
@@ -630,6 +630,8 @@ def stop_on_signal(worker: Worker, name: str, exit: Callable[[int], None] = exit
 
 
 def run_worker(settings: Settings) -> None:
+    collect_less()
+
     async def main() -> None:
         worker = Worker(settings)
         loop = asyncio.get_running_loop()
