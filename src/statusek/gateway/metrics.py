@@ -54,5 +54,8 @@ GATEWAY_METRIC_NAMES = frozenset(
         "statusek_gateway_requests_in_flight",
         "statusek_ready",
         "statusek_build_info",
+        "python_gc_collections_total",
+        "python_gc_objects_collected_total",
+        "python_gc_objects_uncollectable_total",
     }
 )

@@ -173,5 +173,8 @@ METRIC_NAMES = frozenset(
         "statusek_database_stalled",
         "statusek_database_stalls_total",
         "statusek_build_info",
+        "python_gc_collections_total",
+        "python_gc_objects_collected_total",
+        "python_gc_objects_uncollectable_total",
     }
 )
