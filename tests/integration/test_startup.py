@@ -1,8 +1,10 @@
-"""A worker waiting at start for a dependency still stops at once when asked."""
+"""A worker waiting at start for a dependency still stops at once when asked; one cancelled or crashed
+leaves nothing running behind it, and a crash is an exit that says so."""
 
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 
 import pytest
@@ -41,3 +43,34 @@ async def test_a_cancelled_worker_leaves_none_of_its_tasks_running(settings: Set
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(task, 10)
     assert sorted(t.get_name() for t in its_own if not t.done()) == []
+
+
+# A `statusek worker` whose purger fails as soon as it starts: the only way to crash a component
+# on purpose, since each one handles every failure it knows.
+CRASHING_WORKER = """
+import sys
+from statusek.cli.main import main
+from statusek.worker.purger import Purger
+
+async def fails(self: Purger) -> None:
+    raise RuntimeError("the purger failed on purpose")
+
+Purger.run = fails
+sys.exit(main(["worker"]))
+"""
+
+
+async def test_a_crashed_component_ends_the_worker_with_a_failure_that_names_it(
+    worker_env: dict[str, str],
+) -> None:
+    """`statusek worker` stops when a component crashes, exits 1, and says which and why."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", CRASHING_WORKER, env=worker_env, stderr=asyncio.subprocess.PIPE
+    )
+    _, stderr = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 1
+    last = stderr.decode().strip().splitlines()[-1]
+    assert last == (
+        "statusek worker: stopped after a component crashed: purger: RuntimeError: "
+        "the purger failed on purpose (its traceback is in the log)"
+    )

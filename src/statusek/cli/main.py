@@ -74,10 +74,16 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_worker(settings: Settings, _args: argparse.Namespace) -> int:
     from statusek.ops import CannotListen
-    from statusek.worker.worker import run_worker
+    from statusek.worker.worker import ComponentCrashed, run_worker
 
     try:
         run_worker(settings)
+    except ComponentCrashed as e:
+        print(
+            f"statusek worker: stopped after a component crashed: {e} (its traceback is in the log)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
     except CannotListen as e:
         # Exit rather than run without the ops server: probes and scrapes would find nothing,
         # or another worker's answers, and nobody would know.

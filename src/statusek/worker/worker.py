@@ -109,6 +109,8 @@ class Worker:
         self.stalled = False  # stepped back from the command queues: Postgres does not answer
         self._queries_lock = asyncio.Lock()
         self._stalled_queries: Consumer | None = None  # cancelled on stepping back, closed on rejoining
+        # Which component ended the worker by failing, and how: `statusek worker` then exits 1.
+        self.crashed: str | None = None
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -392,8 +394,9 @@ class Worker:
         finally:
             stop_wait.cancel()
         for task in done:
-            if task is not stop_wait and task.exception():
-                log.error("component crashed", component=task.get_name(), exc_info=task.exception())
+            if task is not stop_wait and (failure := task.exception()):
+                log.error("component crashed", component=task.get_name(), exc_info=failure)
+                self.crashed = self.crashed or f"{task.get_name()}: {type(failure).__name__}: {failure}"
 
     async def _stop_consuming(self, consuming: asyncio.Task[None]) -> None:
         """Take nothing new: no more (re)connecting, and the queries' consumer cancelled."""
@@ -629,8 +632,14 @@ def stop_on_signal(worker: Worker, name: str, exit: Callable[[int], None] = exit
     worker.request_stop()
 
 
+class ComponentCrashed(Exception):
+    """A component of the worker failed: the worker drained and stopped (the log has the traceback)."""
+
+
 def run_worker(settings: Settings) -> None:
+    """`statusek worker`: serve until SIGTERM or SIGINT, or until a component crashes (raised)."""
     collect_less()
+    crashed: list[str] = []
 
     async def main() -> None:
         worker = Worker(settings)
@@ -638,5 +647,10 @@ def run_worker(settings: Settings) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop_on_signal, worker, sig.name)
         await worker.run()
+        if worker.crashed is not None:
+            crashed.append(worker.crashed)
 
     loop_runner(settings)(main())
+    if crashed:
+        # Not a clean exit: a supervisor that restarts only on failure must restart this one.
+        raise ComponentCrashed(crashed[0])
