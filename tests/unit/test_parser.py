@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import uuid
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import pytest
 
-from statusek.adapters.rabbitmq.parser import Envelope, content_digest, parse
+from statusek.adapters.rabbitmq.parser import Envelope, content_digest, parse, try_parse_delivery
 from statusek.core.errors import InvalidMessage
 from statusek.core.messages import COMMANDS, DEADLINE_HEADER, Create, SetStatus
 
@@ -237,3 +239,57 @@ def test_a_nul_in_message_id_is_refused() -> None:
     """Postgres text cannot hold NUL: message_id with one is refused at the edge."""
     with pytest.raises(InvalidMessage, match="message_id"):
         envelope(b'{"object_name": "X"}', message_id="a\x00b")
+
+
+@dataclass
+class Delivery:
+    """The fields of an aio-pika delivery that parsing reads."""
+
+    body: bytes
+    routing_key: str = "create"
+    content_encoding: str | None = None
+    type: str | None = None
+    message_id: str | None = "m-1"
+    reply_to: str | None = None
+    correlation_id: str | None = None
+    user_id: str | None = None
+    headers: dict[str, object] = field(default_factory=dict)
+
+
+HOSTILE = [
+    Delivery(b"[" * 10_000 + b"]" * 10_000),
+    Delivery(b'{"instance_token": "%s", "code": %s}' % (str(uuid.uuid4()).encode(), b"9" * 5_000), "ping"),
+    Delivery(b'{"object_name": "' + b"x" * 60_000 + b'"}'),
+    Delivery(b'{"object_name": "X"}', content_encoding="gzip"),
+]
+
+
+def test_a_refusal_keeps_its_reason_and_detail_without_traceback() -> None:
+    """try_parse_delivery returns the refusal, detached from the frames that raised it."""
+    refusal = try_parse_delivery(HOSTILE[2], COMMANDS, LIMIT)  # type: ignore[arg-type]
+    assert isinstance(refusal, InvalidMessage)
+    assert (refusal.reason, refusal.detail[:12]) == ("schema-violation", "create: obje")
+    assert (refusal.__traceback__, refusal.__context__, refusal.__cause__) == (None, None, None)
+
+
+def window_parsed(deliveries: list[Delivery]) -> list[tuple[Delivery, Envelope | InvalidMessage]]:
+    """As the pipeline parses a window: a refusal kept in a local of the frame that asked for it."""
+    kept = []
+    for d in deliveries:
+        kept.append((d, try_parse_delivery(d, COMMANDS, LIMIT)))  # type: ignore[arg-type]
+    return kept
+
+
+def test_refusals_kept_beside_their_deliveries_leave_no_garbage_cycle() -> None:
+    """A window's refusals kept in a list are freed with it, not by the garbage collector."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        gc.collect()
+        kept = window_parsed(HOSTILE)
+        assert all(isinstance(refusal, InvalidMessage) for _, refusal in kept)
+        del kept
+        assert gc.collect() == 0
+    finally:
+        if was_enabled:
+            gc.enable()

@@ -30,7 +30,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from statusek.adapters.postgres.store import GivenReply, OutboxRow, ReplyKey, Store, Transaction
 from statusek.adapters.rabbitmq import settle
 from statusek.adapters.rabbitmq.broker import Broker, Unconfirmed
-from statusek.adapters.rabbitmq.parser import Envelope, parse_delivery
+from statusek.adapters.rabbitmq.parser import Envelope, try_parse_delivery
 from statusek.core.access import Groups, Sender
 from statusek.core.codes import Code
 from statusek.core.decide import Policy, decide
@@ -220,10 +220,11 @@ class CommandPipeline:
                 detail = f"body is {size} bytes, the limit is {self._max_body}"
                 invalid.append((d, InvalidMessage("too-large", detail)))
                 continue
-            try:
-                valid.append((d, parse_delivery(d, COMMANDS, self._max_body)))
-            except InvalidMessage as e:
-                invalid.append((d, e))
+            parsed = try_parse_delivery(d, COMMANDS, self._max_body)
+            if isinstance(parsed, InvalidMessage):
+                invalid.append((d, parsed))
+            else:
+                valid.append((d, parsed))
         return valid, invalid
 
     def _log_window(
