@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from statusek.adapters.rabbitmq.broker import ORIGINAL_SIZE_HEADER, TRUNCATED_HEADER, Names
 from statusek.identity import version
-from tests.helpers import command_partitions, free_port, ops_get, wait_status
+from tests.helpers import command_partitions, eventually, free_port, ops_get, wait_status
 from tests.integration.conftest import Cluster
 from tests.integration.faults import proxied
 from tests.integration.wire import Wire
@@ -273,3 +273,30 @@ async def test_a_worker_process_rarely_collects_garbage(cluster: Cluster) -> Non
         )
         assert reply["status"] is True
     assert (await metrics(port))[young] - before <= 2
+
+
+async def test_a_worker_frees_refused_commands_without_the_garbage_collector(cluster: Cluster) -> None:
+    """2,000 malformed commands leave a worker fewer than 2,000 objects for the collector to free."""
+    port = start_worker(cluster)
+    await wait_status(port, 200, timeout=30)
+    await cluster.wait_for_consumers(1)
+    bodies = [
+        b"[" * 1_000 + b"]" * 1_000,
+        b'{"object_name": "' + b"x" * 60_000 + b'"}',
+        b'{"object_name": "A", "instance_timeout": "soon"}',
+    ]
+
+    async def collected() -> float:
+        return sum(
+            v for (name, _), v in (await metrics(port)).items() if name == "python_gc_objects_collected_total"
+        )
+
+    async def dead_lettered() -> int:
+        return await cluster.messages("statusek.dead-letter")
+
+    before = await collected()
+    for i in range(2_000):
+        await cluster.wire.send("create", bodies[i % 3], reply=False)
+    await eventually(dead_lettered, 60, equals=2_000)
+    # Each refusal kept with its traceback was a cycle of about 20 objects, bodies included.
+    assert await collected() - before < 2_000
