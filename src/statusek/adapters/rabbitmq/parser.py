@@ -256,7 +256,7 @@ def try_parse_delivery(
 
     The refusal is detached: as raised, its traceback reaches the caller's frame, and a caller
     that keeps it beside its other locals (the window) builds a reference cycle that only a full
-    garbage collection frees, bodies and all: a CI run of 10,000 hostile bodies held 85 MB so.
+    garbage collection frees, bodies and all (a CI run of 10,000 hostile bodies held 85 MB that way).
     """
     try:
         return parse_delivery(delivery, table, max_body_bytes)
