@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import re
 import socket
@@ -105,6 +106,21 @@ async def eventually(
             wanted = "" if equals is _TRUE else f" (wanted {equals!r})"
             raise AssertionError(f"{what} not met within {timeout:g} s: last {value!r}{wanted}")
         await asyncio.sleep(every)
+
+
+# --- the garbage collector ------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def collector_held_off() -> Iterator[None]:
+    """No automatic garbage collection inside the block (an explicit `gc.collect()` still runs)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 # --- ports and processes --------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import pytest
 from statusek.adapters.rabbitmq.parser import Envelope, content_digest, parse, try_parse_delivery
 from statusek.core.errors import InvalidMessage
 from statusek.core.messages import COMMANDS, DEADLINE_HEADER, Create, SetStatus
+from tests.helpers import collector_held_off
 
 LIMIT = 64 * 1024
 
@@ -282,14 +283,9 @@ def window_parsed(deliveries: list[Delivery]) -> list[tuple[Delivery, Envelope |
 
 def test_refusals_kept_beside_their_deliveries_leave_no_garbage_cycle() -> None:
     """A window's refusals kept in a list are freed with it, not by the garbage collector."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
+    with collector_held_off():
         gc.collect()
         kept = window_parsed(HOSTILE)
         assert all(isinstance(refusal, InvalidMessage) for _, refusal in kept)
         del kept
         assert gc.collect() == 0
-    finally:
-        if was_enabled:
-            gc.enable()

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import ast
-import gc
 from pathlib import Path
+
+from tests.helpers import collector_held_off
 
 TESTS = Path(__file__).resolve().parents[1]
 
@@ -17,13 +18,8 @@ def parsed(source: str) -> ast.Module:
     logged with a traceback whose carets come from `ast`), and the outer parse then fails with
     "AST constructor recursion depth mismatch" (a CI run, December 2026).
     """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
+    with collector_held_off():
         return ast.parse(source)
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def imported_modules(path: Path) -> set[str]:

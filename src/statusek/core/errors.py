@@ -21,15 +21,6 @@ class InvalidMessage(StatusekError):
         self.detail = detail  # human text naming the bad field
         super().__init__(f"{reason}: {detail}")
 
-    def detached(self) -> InvalidMessage:
-        """The same verdict without traceback or chained errors, to keep after its except block.
-
-        A caught error kept in a list of the frame that caught it is a reference cycle: its
-        traceback (or a chained error's) reaches that frame, whose locals reach the list. Only a
-        full garbage collection frees such a cycle, and with it every body the frame could reach.
-        """
-        return InvalidMessage(self.reason, self.detail)
-
 
 class TransientError(StatusekError):
     """A dependency is unavailable for now; the same work will succeed later."""
