@@ -504,7 +504,7 @@ class Broker:
                 if result is None:
                     confirmed.append(n)
                 elif isinstance(result, aiormq.exceptions.DeliveryError):
-                    # Basic.Nack (a queue refused it; the others got it) or Basic.Return.
+                    # Basic.Nack: a queue refused it; the others got it.
                     nacked.append(n)
                     blocked.add(n.instance_token)
                 else:
@@ -572,8 +572,10 @@ async def _publish(
     routing_key: str,
     body: bytes,
     properties: aiormq.spec.Basic.Properties,
+    *,
+    mandatory: bool = True,
 ) -> None:
-    """Publish as aio-pika's `Exchange.publish` does (mandatory, confirmed), without waiting for the write.
+    """Publish as aio-pika's `Exchange.publish` does (confirmed; mandatory unless told), not waiting to write.
 
     aio-pika holds the channel until the writer task has written each message's frames, one
     socket write per message. Not waiting, the messages a window publishes together (replies,
@@ -588,7 +590,7 @@ async def _publish(
         exchange=exchange,
         routing_key=routing_key,
         properties=properties,
-        mandatory=True,
+        mandatory=mandatory,
         wait=False,
     )
 
@@ -602,4 +604,6 @@ async def _publish_event(channel: AbstractChannel, exchange: str, n: Notificatio
         delivery_mode=PERSISTENT,
         priority=0,
     )
-    await _publish(channel, exchange, "", json.dumps(n.body).encode(), properties)
+    # Not mandatory: a fanout with no queue bound drops it, as it would any message; returned, it
+    # would cost the broker a copy back and the worker a decoded message per notification.
+    await _publish(channel, exchange, "", json.dumps(n.body).encode(), properties, mandatory=False)
