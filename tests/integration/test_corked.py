@@ -1,17 +1,21 @@
 """How the worker's broker connection publishes, against the real RabbitMQ: messages published
-together leave in one socket write, each is still confirmed, and a notification nobody is bound
-to receive costs no message back."""
+together leave in one socket write, each is still confirmed, and neither a reply nor a
+notification nobody is bound to receive comes back as a returned message."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 
+import aio_pika
 import aiormq
 import pytest
 
 from statusek.adapters.rabbitmq.broker import Broker, Names
 from statusek.adapters.rabbitmq.corked import CorkedConnection
+from statusek.core.codes import Code
+from statusek.core.messages import Reply
 from statusek.core.views import Notification
 from tests.helpers import command_partitions
 
@@ -46,6 +50,15 @@ async def test_notifications_published_together_leave_in_one_socket_write(broker
     assert writer.writes - before == 1
 
 
+async def returns_to(broker: Broker) -> list[aiormq.abc.DeliveredMessage]:
+    """The messages the broker returns to `broker`'s publishing channel from now on."""
+    underlay = await (await broker.output()).get_underlay_channel()
+    assert isinstance(underlay, aiormq.Channel)
+    returned: list[aiormq.abc.DeliveredMessage] = []
+    underlay.on_return_callbacks.add(returned.append)
+    return returned
+
+
 async def test_a_notification_no_queue_is_bound_to_comes_back_as_nothing(amqp_url: str) -> None:
     """Notifications to an events exchange without queues are dropped, not returned to the worker."""
     names = Names(events=f"statusek.events.unbound.{uuid.uuid4().hex[:8]}", partitions=command_partitions())
@@ -53,12 +66,39 @@ async def test_a_notification_no_queue_is_bound_to_comes_back_as_nothing(amqp_ur
     await broker.open()
     try:
         await broker.declare()
-        underlay = await (await broker.output()).get_underlay_channel()
-        assert isinstance(underlay, aiormq.Channel)
-        returned: list[aiormq.abc.DeliveredMessage] = []
-        underlay.on_return_callbacks.add(returned.append)
+        returned = await returns_to(broker)
         # RabbitMQ sends a mandatory message's return before its confirm, which this waits for.
         await broker.publish_notifications([notification(k) for k in range(5)])
         assert returned == []
     finally:
         await broker.close()
+
+
+async def test_a_reply_to_a_direct_reply_to_consumer_is_delivered_and_not_returned(
+    broker: Broker, amqp_url: str
+) -> None:
+    """A reply reaches its direct reply-to consumer, and no copy of it comes back to the worker."""
+    requester = await aio_pika.connect(amqp_url)
+    try:
+        channel = await requester.channel()
+        replies: asyncio.Queue[bytes] = asyncio.Queue()
+
+        async def on_reply(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+            replies.put_nowait(message.body)
+
+        direct = await channel.get_queue("amq.rabbitmq.reply-to", ensure=False)
+        await direct.consume(on_reply, no_ack=True)
+        # The address of this consumer is what the broker puts in a request's reply_to.
+        inbox = await channel.declare_queue(exclusive=True)
+        request = aio_pika.Message(b"{}", reply_to="amq.rabbitmq.reply-to")
+        await channel.default_exchange.publish(request, routing_key=inbox.name)
+        delivered = await inbox.get(timeout=5, fail=True)
+        assert delivered is not None and delivered.reply_to
+        returned = await returns_to(broker)
+        reply = Reply.fail(Code.INSTANCE_TOKEN_IS_NOT_FOUND, "no such instance")
+        await broker.reply(delivered.reply_to, "c-1", reply)  # returns once confirmed
+        async with asyncio.timeout(5):
+            assert b"INSTANCE_TOKEN_IS_NOT_FOUND" in await replies.get()
+        assert returned == []
+    finally:
+        await requester.close()

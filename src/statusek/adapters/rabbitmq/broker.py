@@ -413,7 +413,10 @@ class Broker:
             priority=0,
         )
         try:
-            await self._publish_default(reply_to, body, properties)
+            # Not mandatory: RabbitMQ (3.10 here) returns a mandatory message to a direct reply-to
+            # address as NO_ROUTE while it delivers it, so every reply came back whole to be decoded
+            # and ignored; a reply whose queue is gone is lost either way (its sender is gone too).
+            await self._publish_default(reply_to, body, properties, mandatory=False)
         except BrokerUnavailable as e:
             if isinstance(e.__cause__, aiormq.exceptions.ChannelPreconditionFailed) and "max size" in str(
                 e.__cause__
@@ -517,11 +520,16 @@ class Broker:
             raise Unconfirmed(message, confirmed, nacked, unconfirmed(), answered=True)
 
     async def _publish_default(
-        self, routing_key: str, body: bytes, properties: aiormq.spec.Basic.Properties
+        self,
+        routing_key: str,
+        body: bytes,
+        properties: aiormq.spec.Basic.Properties,
+        *,
+        mandatory: bool = True,
     ) -> None:
         channel = await self.output()
         async with translated():
-            await _publish(channel, "", routing_key, body, properties)
+            await _publish(channel, "", routing_key, body, properties, mandatory=mandatory)
 
 
 class Unconfirmed(BrokerUnavailable):
