@@ -22,6 +22,7 @@ from statusek import (
     TokenConflict,
     TopologyNotFound,
 )
+from statusek.adapters.rabbitmq.corked import CorkedConnection
 from statusek.testing import Services, fresh_vhost
 from statusek.worker.worker import Worker
 from tests.helpers import TASK
@@ -52,6 +53,18 @@ async def test_full_lifecycle(client: Client) -> None:
     assert await client.is_finished(token) == (True, "ALL_MANDATORY_STATUSES_ARE_SET")
     kinds = [e["kind"] for e in await client.get_events(token)]
     assert kinds == ["created", "status", "ping", "status", "finished"]
+
+
+async def test_requests_made_together_leave_in_one_socket_write(client: Client) -> None:
+    """Five creates started in one turn of the loop reach the broker in one write, and each is answered."""
+    link = client._link
+    assert link is not None and isinstance(link.connection, CorkedConnection)
+    writer = link.connection.transport_factory.writer
+    assert writer is not None
+    before = writer.writes
+    tokens = await asyncio.gather(*(client.create(TASK) for _ in range(5)))
+    assert len(set(tokens)) == 5
+    assert writer.writes - before == 1  # the client writes nothing else while it waits for answers
 
 
 async def test_wait_finished_returns_within_200_ms_of_the_finishing_status(client: Client) -> None:

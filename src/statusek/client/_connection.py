@@ -14,6 +14,7 @@ import aio_pika
 import aiormq
 from aio_pika.abc import AbstractIncomingMessage
 
+from statusek.adapters.rabbitmq.corked import CorkedConnection
 from statusek.adapters.rabbitmq.endpoints import NoBrokerReachable, connect_first
 from statusek.adapters.rabbitmq.errors import describe
 from statusek.client._link import _LINK_ERRORS_OR_TIMEOUT, REPLY_TO, _Link, _Subscription
@@ -163,6 +164,7 @@ class _Connection:
                     self.urls,
                     timeout=timeout / len(self.urls),
                     client_properties={"connection_name": self.name},
+                    connection_class=CorkedConnection,
                 )
                 self.url = url
                 try:
