@@ -1,6 +1,7 @@
 """How the worker's broker connection publishes, against the real RabbitMQ: messages published
-together leave in one socket write, each is still confirmed, and neither a reply nor a
-notification nobody is bound to receive comes back as a returned message."""
+together leave in one socket write, each is still confirmed, neither a reply nor a notification
+nobody is bound to receive comes back as a returned message, and a parked copy whose holding queue
+is gone is not lost."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from statusek.core.codes import Code
 from statusek.core.messages import Reply
 from statusek.core.views import Notification
 from tests.helpers import command_partitions
+from tests.integration.conftest import Cluster
 
 pytestmark = pytest.mark.integration
 
@@ -102,3 +104,30 @@ async def test_a_reply_to_a_direct_reply_to_consumer_is_delivered_and_not_return
         assert returned == []
     finally:
         await requester.close()
+
+
+async def test_a_copy_parked_after_its_holding_queue_was_deleted_lands_in_the_queue_declared_again(
+    cluster: Cluster,
+) -> None:
+    """Parking into a deleted statusek.rejected declares it again and puts the copy there."""
+    url = cluster.env["STATUSEK_AMQP_URL"]
+    broker = Broker(url, Names(partitions=command_partitions()))
+    await broker.open()
+    operator = await aio_pika.connect(url)
+    try:
+        channel = await operator.channel()
+        inbox = await channel.declare_queue(exclusive=True)
+        await channel.default_exchange.publish(
+            aio_pika.Message(b"{}", message_id="m-1"), routing_key=inbox.name
+        )
+        original = await inbox.get(timeout=5, fail=True)
+        assert original is not None
+        await channel.queue_delete("statusek.rejected")
+        await broker.park("statusek.rejected", original, {"x-statusek-code": "INSTANCE_TOKEN_IS_NOT_FOUND"})
+        rejected = await channel.get_queue("statusek.rejected", ensure=True)
+        copy = await rejected.get(timeout=5, fail=True)
+        assert copy is not None and copy.message_id == "m-1"
+        assert copy.headers["x-statusek-code"] == "INSTANCE_TOKEN_IS_NOT_FOUND"
+    finally:
+        await operator.close()
+        await broker.close()

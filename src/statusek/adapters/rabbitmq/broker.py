@@ -41,6 +41,10 @@ class PartitionerMissing(BrokerUnavailable):
     """The broker lacks the consistent-hash exchange that several partitions need."""
 
 
+class Unroutable(BrokerUnavailable):
+    """The broker returned a mandatory message: no queue was bound to take it."""
+
+
 @dataclass(frozen=True, slots=True)
 class Limits:
     """Bounds on the queues, declared as queue arguments (policies may tighten them)."""
@@ -452,7 +456,14 @@ class Broker:
             type=original.type or original.routing_key,
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         )
-        await self._publish_default(queue, copy.body, copy.properties)
+        try:
+            await self._publish_default(queue, copy.body, copy.properties)
+        except Unroutable:
+            # The holding queue is gone (deleted by hand): the broker dropped the copy, and acking
+            # the delivery now would lose it. Declare the topology again and park it once more.
+            log.warning("holding queue missing, declaring it again", queue=queue)
+            await self.declare()
+            await self._publish_default(queue, copy.body, copy.properties)
 
     async def publish_notifications(self, notifications: Sequence[Notification]) -> None:
         """Publish and wait for every confirm; raises `Unconfirmed` naming what was not confirmed.
@@ -593,7 +604,7 @@ async def _publish(
     if channel.is_closed:
         raise aiormq.exceptions.ChannelInvalidStateError(f"{channel!r} closed")
     underlay = cast(aiormq.Channel, await channel.get_underlay_channel())
-    await underlay.basic_publish(
+    confirmed = await underlay.basic_publish(
         body,
         exchange=exchange,
         routing_key=routing_key,
@@ -601,6 +612,10 @@ async def _publish(
         mandatory=mandatory,
         wait=False,
     )
+    # aio-pika opens channels with on_return_raises=False: a returned message comes back as the
+    # confirm's result, not as an error.
+    if isinstance(confirmed, aiormq.abc.DeliveredMessage):
+        raise Unroutable(f"rabbitmq returned a message to {exchange!r} with key {routing_key!r}: no queue")
 
 
 async def _publish_event(channel: AbstractChannel, exchange: str, n: Notification) -> None:
