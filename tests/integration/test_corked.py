@@ -6,6 +6,7 @@ is gone is not lost."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 
@@ -24,13 +25,22 @@ from tests.integration.conftest import Cluster
 pytestmark = pytest.mark.integration
 
 
+@contextlib.asynccontextmanager
+async def opened(url: str, names: Names | None = None) -> AsyncIterator[Broker]:
+    """A worker's broker connection on `url`, its topology declared."""
+    broker = Broker(url, names or Names(partitions=command_partitions()))
+    await broker.open()
+    try:
+        await broker.declare()
+        yield broker
+    finally:
+        await broker.close()
+
+
 @pytest.fixture
 async def broker(amqp_url: str) -> AsyncIterator[Broker]:
-    broker = Broker(amqp_url, Names(partitions=command_partitions()))
-    await broker.open()
-    await broker.declare()
-    yield broker
-    await broker.close()
+    async with opened(amqp_url) as broker:
+        yield broker
 
 
 def notification(k: int) -> Notification:
@@ -64,24 +74,18 @@ async def returns_to(broker: Broker) -> list[aiormq.abc.DeliveredMessage]:
 async def test_a_notification_no_queue_is_bound_to_comes_back_as_nothing(amqp_url: str) -> None:
     """Notifications to an events exchange without queues are dropped, not returned to the worker."""
     names = Names(events=f"statusek.events.unbound.{uuid.uuid4().hex[:8]}", partitions=command_partitions())
-    broker = Broker(amqp_url, names)
-    await broker.open()
-    try:
-        await broker.declare()
+    async with opened(amqp_url, names) as broker:
         returned = await returns_to(broker)
         # RabbitMQ sends a mandatory message's return before its confirm, which this waits for.
         await broker.publish_notifications([notification(k) for k in range(5)])
         assert returned == []
-    finally:
-        await broker.close()
 
 
 async def test_a_reply_to_a_direct_reply_to_consumer_is_delivered_and_not_returned(
     broker: Broker, amqp_url: str
 ) -> None:
     """A reply reaches its direct reply-to consumer, and no copy of it comes back to the worker."""
-    requester = await aio_pika.connect(amqp_url)
-    try:
+    async with await aio_pika.connect(amqp_url) as requester:
         channel = await requester.channel()
         replies: asyncio.Queue[bytes] = asyncio.Queue()
 
@@ -102,8 +106,6 @@ async def test_a_reply_to_a_direct_reply_to_consumer_is_delivered_and_not_return
         async with asyncio.timeout(5):
             assert b"INSTANCE_TOKEN_IS_NOT_FOUND" in await replies.get()
         assert returned == []
-    finally:
-        await requester.close()
 
 
 async def test_a_copy_parked_after_its_holding_queue_was_deleted_lands_in_the_queue_declared_again(
@@ -111,10 +113,7 @@ async def test_a_copy_parked_after_its_holding_queue_was_deleted_lands_in_the_qu
 ) -> None:
     """Parking into a deleted statusek.rejected declares it again and puts the copy there."""
     url = cluster.env["STATUSEK_AMQP_URL"]
-    broker = Broker(url, Names(partitions=command_partitions()))
-    await broker.open()
-    operator = await aio_pika.connect(url)
-    try:
+    async with opened(url) as broker, await aio_pika.connect(url) as operator:
         channel = await operator.channel()
         inbox = await channel.declare_queue(exclusive=True)
         await channel.default_exchange.publish(
@@ -128,6 +127,3 @@ async def test_a_copy_parked_after_its_holding_queue_was_deleted_lands_in_the_qu
         copy = await rejected.get(timeout=5, fail=True)
         assert copy is not None and copy.message_id == "m-1"
         assert copy.headers["x-statusek-code"] == "INSTANCE_TOKEN_IS_NOT_FOUND"
-    finally:
-        await operator.close()
-        await broker.close()

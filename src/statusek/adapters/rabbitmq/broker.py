@@ -456,14 +456,14 @@ class Broker:
             type=original.type or original.routing_key,
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         )
+        # Mandatory: a copy the broker would drop must not let the delivery be acked.
         try:
-            await self._publish_default(queue, copy.body, copy.properties)
+            await self._publish_default(queue, copy.body, copy.properties, mandatory=True)
         except Unroutable:
-            # The holding queue is gone (deleted by hand): the broker dropped the copy, and acking
-            # the delivery now would lose it. Declare the topology again and park it once more.
+            # The holding queue is gone (deleted by hand). Declare the topology again, park once more.
             log.warning("holding queue missing, declaring it again", queue=queue)
             await self.declare()
-            await self._publish_default(queue, copy.body, copy.properties)
+            await self._publish_default(queue, copy.body, copy.properties, mandatory=True)
 
     async def publish_notifications(self, notifications: Sequence[Notification]) -> None:
         """Publish and wait for every confirm; raises `Unconfirmed` naming what was not confirmed.
@@ -536,7 +536,7 @@ class Broker:
         body: bytes,
         properties: aiormq.spec.Basic.Properties,
         *,
-        mandatory: bool = True,
+        mandatory: bool,
     ) -> None:
         channel = await self.output()
         async with translated():
@@ -592,14 +592,14 @@ async def _publish(
     body: bytes,
     properties: aiormq.spec.Basic.Properties,
     *,
-    mandatory: bool = True,
+    mandatory: bool,
 ) -> None:
-    """Publish as aio-pika's `Exchange.publish` does (confirmed; mandatory unless told), not waiting to write.
+    """Publish as aio-pika's `Exchange.publish` does (confirmed), without waiting for the write.
 
     aio-pika holds the channel until the writer task has written each message's frames, one
     socket write per message. Not waiting, the messages a window publishes together (replies,
     notifications) are all queued at once, and the connection's `CorkedWriter` sends them in
-    one write.
+    one write. A `mandatory` message the broker returns raises `Unroutable`.
     """
     if channel.is_closed:
         raise aiormq.exceptions.ChannelInvalidStateError(f"{channel!r} closed")
