@@ -122,7 +122,10 @@ async def test_a_copy_parked_after_its_holding_queue_was_deleted_lands_in_the_qu
         original = await inbox.get(timeout=5, fail=True)
         assert original is not None
         await channel.queue_delete("statusek.rejected")
+        redeclared: list[str] = []
+        broker.on_holding_queue_redeclared = redeclared.append
         await broker.park("statusek.rejected", original, {"x-statusek-code": "INSTANCE_TOKEN_IS_NOT_FOUND"})
+        assert redeclared == ["statusek.rejected"]
         rejected = await channel.get_queue("statusek.rejected", ensure=True)
         copy = await rejected.get(timeout=5, fail=True)
         assert copy is not None and copy.message_id == "m-1"

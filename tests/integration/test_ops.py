@@ -299,3 +299,24 @@ async def test_a_worker_frees_refused_commands_without_the_garbage_collector(clu
     await eventually(dead_lettered, 60, equals=2_000)
     # Each refusal kept with its traceback was a cycle of about 20 objects, bodies included.
     assert await collected() - before < 2_000
+
+
+async def test_a_deleted_holding_queue_is_declared_again_and_counted(cluster: Cluster) -> None:
+    """A rejection parked after statusek.rejected was deleted lands in it again, and /metrics counts it."""
+    port = start_worker(cluster)
+    await wait_status(port, 200, timeout=30)
+    redeclared = ("statusek_holding_queues_redeclared_total", (("queue", "statusek.rejected"),))
+    assert (await metrics(port))[redeclared] == 0
+    await cluster.wire.channel.queue_delete("statusek.rejected")
+    message_id = uuid.uuid4().hex
+    body = {"instance_token": str(uuid.uuid4()), "status_name": "STARTED"}
+    # No reply_to: the rejection is parked in statusek.rejected.
+    await cluster.wire.send("set-status", body, reply=False, message_id=message_id)
+
+    async def counted() -> float:
+        return (await metrics(port))[redeclared]
+
+    # Counted once the copy is in the queue declared again; until then there is no queue to look into.
+    await eventually(counted, 10, equals=1, what="the holding queue declared again")
+    copy = await cluster.wire.parked("statusek.rejected", message_id)
+    assert copy.headers["x-statusek-code"] == "INSTANCE_TOKEN_IS_NOT_FOUND"

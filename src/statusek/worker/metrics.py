@@ -115,6 +115,13 @@ class Metrics:
             " (not direct reply-to, amq.gen-, or STATUSEK_REPLY_QUEUE_PATTERN).",
             registry=r,
         )
+        self.holding_queues_redeclared = Counter(
+            "statusek_holding_queues_redeclared",
+            "Holding queues (statusek.dead-letter, statusek.rejected) found deleted when a copy was"
+            " parked there, and declared again before it was parked once more.",
+            ["queue"],
+            registry=r,
+        )
         self.queue_messages = Gauge(
             "statusek_queue_messages", "Ready messages per statusek queue.", ["queue"], registry=r
         )
@@ -169,6 +176,7 @@ METRIC_NAMES = frozenset(
         "statusek_notifications_nacked_total",
         "statusek_queue_messages",
         "statusek_replies_refused_total",
+        "statusek_holding_queues_redeclared_total",
         "statusek_ready",
         "statusek_database_stalled",
         "statusek_database_stalls_total",

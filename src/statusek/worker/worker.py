@@ -163,6 +163,11 @@ class Worker:
                     ),
                 )
                 broker.on_reply_refused = lambda _queue: self.metrics.replies_refused.inc()
+                broker.on_holding_queue_redeclared = lambda queue: (
+                    self.metrics.holding_queues_redeclared.labels(queue=queue).inc()
+                )
+                for holding in (self.names.dead_letter, self.names.rejected):
+                    self.metrics.holding_queues_redeclared.labels(queue=holding)  # at 0 from the start
                 self._broker = broker
                 try:
                     await self._serve(store, broker)

@@ -147,6 +147,8 @@ class Broker:
         self._out: AbstractChannel | None = None
         # Called with the queue name when a reply is refused (settle.answer): the worker counts it.
         self.on_reply_refused: Callable[[str], None] = lambda _queue: None
+        # Called with the queue name when a copy was parked in a holding queue declared again (park).
+        self.on_holding_queue_redeclared: Callable[[str], None] = lambda _queue: None
 
     @classmethod
     async def connect(
@@ -464,6 +466,7 @@ class Broker:
             log.warning("holding queue missing, declaring it again", queue=queue)
             await self.declare()
             await self._publish_default(queue, copy.body, copy.properties, mandatory=True)
+            self.on_holding_queue_redeclared(queue)
 
     async def publish_notifications(self, notifications: Sequence[Notification]) -> None:
         """Publish and wait for every confirm; raises `Unconfirmed` naming what was not confirmed.
