@@ -5,22 +5,27 @@
     GET /readyz   200 while ready; 503 with {"ready": false, "problems": {...}} otherwise
     GET /metrics  Prometheus text
 
-On aiohttp, as the gateway is: one catch-all route, so that a wrong method or path gets the
-same short plain-text answers whatever aiohttp would say, and no access log (probes and scrapes
-every few seconds would drown the worker's own lines).
+A small HTTP/1.1 server on asyncio's streams rather than aiohttp: three GET routes need no
+framework, and importing aiohttp's web server cost the worker about 10 MiB of its peak RSS
+(docs/development.md, "Benchmarks"). Keep-alive connections (a scraper's) close after
+`_KEEPALIVE_TIMEOUT` idle; a request with a body, a head over `_HEAD_LIMIT` bytes or a line that
+is not HTTP gets its error and the connection is closed. No access log: probes and scrapes every
+few seconds would drown the worker's own lines.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import json
 import os
 from collections.abc import Awaitable, Callable
+from http import HTTPStatus
 from typing import Protocol, TypeVar
+from urllib.parse import unquote
 
 import structlog
-from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE
 from prometheus_client import Gauge
 
@@ -33,6 +38,9 @@ Check = Callable[[], Awaitable[str | None]]
 _KEEPALIVE_TIMEOUT = 5.0
 # Requests under way at close (a /readyz waits at most its check timeout) get this long.
 _SHUTDOWN_TIMEOUT = 2.0
+_ONLY_GET = (405, "text/plain", b"only GET\n")
+# A request line and headers longer than this are refused (431): probes and scrapers send a few hundred.
+_HEAD_LIMIT = 16 * 1024
 T = TypeVar("T")
 
 
@@ -75,11 +83,11 @@ class OpsServer:
         self._checks = checks
         self._before_scrape = before_scrape
         self._check_timeout = check_timeout
-        app = web.Application()
-        app.router.add_route("*", "/{path:.*}", self._handle)
-        self._runner = web.AppRunner(
-            app, access_log=None, keepalive_timeout=_KEEPALIVE_TIMEOUT, shutdown_timeout=_SHUTDOWN_TIMEOUT
-        )
+        self._server: asyncio.Server | None = None
+        # Each connection's task, and which of them wait for a request (closed at once at close).
+        self._connections: set[asyncio.Task[None]] = set()
+        self._idle: set[asyncio.Task[None]] = set()
+        self._closing = False
         # Checks and refreshes that outlived their timeout, cancelled and left to end on their own.
         self._abandoned: set[asyncio.Task[object]] = set()
 
@@ -106,22 +114,35 @@ class OpsServer:
     @property
     def port(self) -> int:
         """The port actually bound (the one the system chose for port 0)."""
-        for address in self._runner.addresses:
-            if isinstance(address, tuple):
-                return int(address[1])
-        raise RuntimeError("the ops server is not listening")
+        if self._server is None or not self._server.sockets:
+            raise RuntimeError("the ops server is not listening")
+        return int(self._server.sockets[0].getsockname()[1])
 
     async def start(self) -> None:
-        await self._runner.setup()
         try:
-            await web.TCPSite(self._runner, self._host, self._port).start()
+            self._server = await asyncio.start_server(
+                self._connection, self._host, self._port, limit=_HEAD_LIMIT
+            )
         except OSError as e:
-            await self._runner.cleanup()
             raise CannotListen(self._host, self._port, e) from e
         log.info("ops server listening", listen=f"{self._host}:{self.port}")
 
     async def close(self) -> None:
-        await self._runner.cleanup()
+        """Stop listening, close idle connections, and give requests under way `_SHUTDOWN_TIMEOUT`."""
+        if self._server is None:
+            return
+        self._closing = True
+        self._server.close()
+        for task in self._idle:
+            task.cancel()
+        if busy := self._connections - self._idle:
+            _, late = await asyncio.wait(busy, timeout=_SHUTDOWN_TIMEOUT)
+            for task in late:
+                task.cancel()
+        if self._connections:
+            await asyncio.wait(set(self._connections))
+        await self._server.wait_closed()
+        self._server = None
 
     async def problems(self) -> dict[str, str]:
         """Run every readiness check concurrently; a check that hangs is a problem too."""
@@ -141,7 +162,7 @@ class OpsServer:
 
     async def _route(self, method: str, path: str) -> tuple[int, str, bytes]:
         if method not in ("GET", "HEAD"):
-            return 405, "text/plain", b"only GET\n"
+            return _ONLY_GET
         if path == "/livez":
             return 200, "application/json", b'{"status": "ok"}\n'
         if path == "/readyz":
@@ -159,10 +180,102 @@ class OpsServer:
             return 200, CONTENT_TYPE, self._metrics.render()
         return 404, "text/plain", b"try /livez, /readyz or /metrics\n"
 
-    async def _handle(self, request: web.Request) -> web.Response:
-        status, content_type, body = await self._route(request.method, request.path)
-        headers = {"Content-Type": content_type}
-        if status == 405:
-            headers["Allow"] = "GET, HEAD"
-        # aiohttp sends the headers of a HEAD answer without its body.
-        return web.Response(status=status, body=body, headers=headers)
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Answer a connection's requests in turn until it closes, idles or sends what this does not read."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
+        try:
+            while True:
+                self._idle.add(task)
+                try:
+                    async with asyncio.timeout(_KEEPALIVE_TIMEOUT):
+                        head = await reader.readuntil(b"\r\n\r\n")
+                except asyncio.LimitOverrunError:
+                    await _respond(writer, 431, "text/plain", b"request head too large\n", keep=False)
+                    return
+                except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+                    return  # idle too long, or closed by the client
+                finally:
+                    self._idle.discard(task)
+                request = _Request.parse(head)
+                if request is None:
+                    await _respond(writer, 400, "text/plain", b"not an HTTP/1 request\n", keep=False)
+                    return
+                if request.has_body:
+                    # Nothing here reads a body: answer, and close rather than read on from inside it.
+                    if request.method in ("GET", "HEAD"):
+                        await _respond(writer, 400, "text/plain", b"a GET has no body\n", keep=False)
+                    else:
+                        await _respond(writer, *_ONLY_GET, keep=False)
+                    return
+                status, content_type, body = await self._route(request.method, request.path)
+                keep = request.keep_alive and not self._closing
+                await _respond(writer, status, content_type, body, keep=keep, head=request.method == "HEAD")
+                if not keep:
+                    return
+        except ConnectionError:
+            pass  # the client went away mid-answer
+        finally:
+            self._connections.discard(task)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+
+class _Request:
+    """What the ops server reads of a request: method, path, whether a body follows, keep-alive."""
+
+    __slots__ = ("has_body", "keep_alive", "method", "path")
+
+    def __init__(self, method: str, path: str, *, has_body: bool, keep_alive: bool):
+        self.method = method
+        self.path = path
+        self.has_body = has_body
+        self.keep_alive = keep_alive
+
+    @classmethod
+    def parse(cls, head: bytes) -> _Request | None:
+        """The request of `head` (its line and headers, up to the blank line), or None if not HTTP/1."""
+        try:
+            lines = head.decode("latin-1").split("\r\n")
+            method, target, version = lines[0].split(" ")
+        except ValueError:
+            return None
+        if not version.startswith("HTTP/1.") or not target.startswith("/") or not method.isalpha():
+            return None
+        headers: dict[str, str] = {}
+        for line in lines[1:]:
+            if line:
+                name, colon, value = line.partition(":")
+                if not colon:
+                    return None
+                headers[name.strip().lower()] = value.strip().lower()
+        connection = headers.get("connection", "")
+        keep_alive = "keep-alive" in connection if version == "HTTP/1.0" else "close" not in connection
+        length = headers.get("content-length", "0")
+        has_body = "transfer-encoding" in headers or not (length.isdigit() and int(length) == 0)
+        return cls(method, unquote(target.partition("?")[0]), has_body=has_body, keep_alive=keep_alive)
+
+
+async def _respond(
+    writer: asyncio.StreamWriter,
+    status: int,
+    content_type: str,
+    body: bytes,
+    *,
+    keep: bool,
+    head: bool = False,
+) -> None:
+    """Write one answer; a HEAD gets the headers a GET would, without the body."""
+    lines = [
+        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}",
+        f"Content-Type: {content_type}",
+        f"Content-Length: {len(body)}",
+    ]
+    if status == 405:
+        lines.append("Allow: GET, HEAD")
+    if not keep:
+        lines.append("Connection: close")
+    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (b"" if head else body))
+    await writer.drain()
