@@ -14,25 +14,20 @@ from statusek.settings import Settings
 log = structlog.get_logger(__name__)
 
 
-Runner = Callable[[Coroutine[Any, Any, None]], None]
+def loop_runner(settings: Settings) -> Callable[[Coroutine[Any, Any, None]], None]:
+    """uvloop's `run` (the worker's and the gateway's default), or asyncio's with STATUSEK_UVLOOP=false.
 
-
-def loop_runner(settings: Settings, *, uvloop_by_default: bool) -> Runner:
-    """asyncio's `run`, or uvloop's: as STATUSEK_UVLOOP says, else as the program's default says.
-
-    The gateway defaults to uvloop: under `gateway_load` it spent less CPU per HTTP request on
-    it in each of six alternating pairs (0.04 to 0.06 ms less at 8 connections, 0.01 to 0.05 at
-    32). The worker defaults to asyncio's loop: uvloop lowered its CPU per command in some
-    benchmarks and raised it in others (at a paced 300 commands/s), and costs 1.2 MiB of peak RSS
-    (docs/development.md, "Benchmarks"). uvloop is imported only when used.
+    On the development machine uvloop lowered both programs' CPU per command or request in most
+    alternating pairs, and the worker's latency at 300 commands/s and at half load
+    (docs/development.md, "Benchmarks"). It costs the worker 1.2 MiB of peak RSS, less than the
+    ops server's move off aiohttp saved. Imported only when used.
     """
-    wanted = uvloop_by_default if settings.uvloop is None else settings.uvloop
-    if not wanted:
+    if not settings.uvloop:
         return asyncio.run
     try:
         import uvloop
     except ImportError:  # a dependency, on every platform but Windows
-        log.warning("uvloop is not installed: running on asyncio's loop", asked_by_setting=settings.uvloop)
+        log.warning("uvloop is not installed: running on asyncio's loop")
         return asyncio.run
     return uvloop.run
 

@@ -272,11 +272,10 @@ class Settings(BaseSettings):
     # Test-only: honour the x-statusek-test-fault header (crash between commit and ack).
     fault_hooks: bool = False
 
-    uvloop: bool | None = Field(
-        default=None,
+    uvloop: bool = Field(
+        default=True,
         description=(
-            "Run the worker's and the gateway's event loop on uvloop (a dependency) instead of asyncio's"
-            " own; unset: the gateway on uvloop, the worker on asyncio's (each the one measured best for it)."
+            "Run the worker's and the gateway's event loop on uvloop (a dependency); false: on asyncio's own."
         ),
     )
 

@@ -1,4 +1,4 @@
-"""The worker's and the gateway's event loop: by default the worker's asyncio's own, the gateway's uvloop."""
+"""The worker's and the gateway's event loop: uvloop by default, asyncio's own with STATUSEK_UVLOOP=false."""
 
 from __future__ import annotations
 
@@ -16,46 +16,36 @@ from statusek.event_loop import loop_runner
 from statusek.settings import Settings
 
 
-def test_a_program_without_the_setting_runs_on_its_default_loop() -> None:
-    """Without STATUSEK_UVLOOP, each program runs on the loop it defaults to."""
-    assert loop_runner(Settings(uvloop=None), uvloop_by_default=False) is asyncio.run
-    assert loop_runner(Settings(uvloop=None), uvloop_by_default=True) is uvloop.run
-
-
-@pytest.mark.parametrize("default", [False, True])
-def test_the_setting_overrides_a_programs_default(default: bool) -> None:
-    """STATUSEK_UVLOOP=true or false chooses the loop whatever the program's default."""
-    assert loop_runner(Settings(uvloop=True), uvloop_by_default=default) is uvloop.run
-    assert loop_runner(Settings(uvloop=False), uvloop_by_default=default) is asyncio.run
-
-
-def test_an_unset_variable_leaves_the_choice_to_each_program(monkeypatch: pytest.MonkeyPatch) -> None:
-    """STATUSEK_UVLOOP unset reads as no choice (None), not as false."""
+def test_the_worker_runs_on_uvloop_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the setting, the worker's coroutine runs on uvloop."""
     monkeypatch.delenv("STATUSEK_UVLOOP", raising=False)
-    assert Settings().uvloop is None
-    monkeypatch.setenv("STATUSEK_UVLOOP", "false")
-    assert Settings().uvloop is False
+    assert loop_runner(Settings()) is uvloop.run
+
+
+def test_the_setting_false_runs_the_worker_on_asyncios_loop() -> None:
+    """STATUSEK_UVLOOP=false runs the worker on asyncio's own loop."""
+    assert loop_runner(Settings(uvloop=False)) is asyncio.run
 
 
 @pytest.mark.parametrize(
-    ("module", "run", "uvloop_by_default"),
-    [("statusek.worker.worker", "run_worker", False), ("statusek.gateway.server", "run_gateway", True)],
+    ("module", "run"),
+    [("statusek.worker.worker", "run_worker"), ("statusek.gateway.server", "run_gateway")],
 )
-def test_the_worker_runs_on_asyncio_and_the_gateway_on_uvloop_unless_set(
-    module: str, run: str, uvloop_by_default: bool, monkeypatch: pytest.MonkeyPatch
+def test_the_worker_and_the_gateway_run_on_the_loop_the_settings_choose(
+    module: str, run: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Both programs hand their main coroutine to `loop_runner`, each with its own default loop."""
+    """Both programs hand their main coroutine to `loop_runner`, so STATUSEK_UVLOOP reaches each."""
     target = importlib.import_module(module)
-    asked: list[tuple[Settings, bool]] = []
+    asked: list[Settings] = []
 
-    def runner(settings: Settings, *, uvloop_by_default: bool) -> Callable[[Coroutine[Any, Any, None]], None]:
-        asked.append((settings, uvloop_by_default))
+    def runner(settings: Settings) -> Callable[[Coroutine[Any, Any, None]], None]:
+        asked.append(settings)
         return lambda coroutine: coroutine.close()  # nothing is started
 
     monkeypatch.setattr(target, "loop_runner", runner)
-    settings = Settings(uvloop=True)
+    settings = Settings(uvloop=False)
     getattr(target, run)(settings)
-    assert asked == [(settings, uvloop_by_default)]
+    assert asked == [settings]
 
 
 def test_collect_less_freezes_what_was_imported_and_raises_the_thresholds() -> None:

@@ -724,4 +724,4 @@ def run_gateway(settings: Settings) -> None:
             loop.add_signal_handler(sig, stop.set)
         await serve(settings, stop)
 
-    loop_runner(settings, uvloop_by_default=True)(main())
+    loop_runner(settings)(main())

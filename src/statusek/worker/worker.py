@@ -655,7 +655,7 @@ def run_worker(settings: Settings) -> None:
         if worker.crashed is not None:
             crashed.append(worker.crashed)
 
-    loop_runner(settings, uvloop_by_default=False)(main())
+    loop_runner(settings)(main())
     if crashed:
         # Not a clean exit: a supervisor that restarts only on failure must restart this one.
         raise ComponentCrashed(crashed[0])
