@@ -186,7 +186,8 @@ class OpsServer:
         assert task is not None
         self._connections.add(task)
         try:
-            while True:
+            # Also a connection accepted just before `close`, whose task starts after it: answer none.
+            while not self._closing:
                 self._idle.add(task)
                 try:
                     async with asyncio.timeout(_KEEPALIVE_TIMEOUT):
