@@ -6,7 +6,7 @@
     GET /metrics  Prometheus text
 
 A small HTTP/1.1 server on asyncio's streams rather than aiohttp: three GET routes need no
-framework, and importing aiohttp's web server cost the worker about 10 MiB of its peak RSS
+framework, and importing aiohttp's web server cost the worker about 8 MiB of its peak RSS
 (docs/development.md, "Benchmarks"). Keep-alive connections (a scraper's) close after
 `_KEEPALIVE_TIMEOUT` idle; a request with a body, a head over `_HEAD_LIMIT` bytes or a line that
 is not HTTP gets its error and the connection is closed. No access log: probes and scrapes every
@@ -21,6 +21,7 @@ import errno
 import json
 import os
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Protocol, TypeVar
 from urllib.parse import unquote
@@ -38,7 +39,6 @@ Check = Callable[[], Awaitable[str | None]]
 _KEEPALIVE_TIMEOUT = 5.0
 # Requests under way at close (a /readyz waits at most its check timeout) get this long.
 _SHUTDOWN_TIMEOUT = 2.0
-_ONLY_GET = (405, "text/plain", b"only GET\n")
 # A request line and headers longer than this are refused (431): probes and scrapers send a few hundred.
 _HEAD_LIMIT = 16 * 1024
 T = TypeVar("T")
@@ -162,7 +162,7 @@ class OpsServer:
 
     async def _route(self, method: str, path: str) -> tuple[int, str, bytes]:
         if method not in ("GET", "HEAD"):
-            return _ONLY_GET
+            return 405, "text/plain", b"only GET\n"
         if path == "/livez":
             return 200, "application/json", b'{"status": "ok"}\n'
         if path == "/readyz":
@@ -203,15 +203,12 @@ class OpsServer:
                 if request is None:
                     await _respond(writer, 400, "text/plain", b"not an HTTP/1 request\n", keep=False)
                     return
-                if request.has_body:
-                    # Nothing here reads a body: answer, and close rather than read on from inside it.
-                    if request.method in ("GET", "HEAD"):
-                        await _respond(writer, 400, "text/plain", b"a GET has no body\n", keep=False)
-                    else:
-                        await _respond(writer, *_ONLY_GET, keep=False)
+                if request.has_body and request.method in ("GET", "HEAD"):
+                    await _respond(writer, 400, "text/plain", b"a GET has no body\n", keep=False)
                     return
                 status, content_type, body = await self._route(request.method, request.path)
-                keep = request.keep_alive and not self._closing
+                # Nothing here reads a body: after one, close rather than read on from inside it.
+                keep = request.keep_alive and not request.has_body and not self._closing
                 await _respond(writer, status, content_type, body, keep=keep, head=request.method == "HEAD")
                 if not keep:
                     return
@@ -224,16 +221,14 @@ class OpsServer:
                 await writer.wait_closed()
 
 
+@dataclass(frozen=True, slots=True)
 class _Request:
     """What the ops server reads of a request: method, path, whether a body follows, keep-alive."""
 
-    __slots__ = ("has_body", "keep_alive", "method", "path")
-
-    def __init__(self, method: str, path: str, *, has_body: bool, keep_alive: bool):
-        self.method = method
-        self.path = path
-        self.has_body = has_body
-        self.keep_alive = keep_alive
+    method: str
+    path: str
+    has_body: bool
+    keep_alive: bool
 
     @classmethod
     def parse(cls, head: bytes) -> _Request | None:

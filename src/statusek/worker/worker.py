@@ -96,6 +96,8 @@ class Worker:
         self._queries_consumer: Consumer | None = None
         self.identity = Identity.current("worker")
         self.metrics = Metrics()
+        for holding in (self.names.dead_letter, self.names.rejected):
+            self.metrics.holding_queues_redeclared.labels(queue=holding)  # at 0 from the start
         self.ops: OpsServer | None = None
         self._store: Store | None = None
         self._broker: Broker | None = None
@@ -166,8 +168,6 @@ class Worker:
                 broker.on_holding_queue_redeclared = lambda queue: (
                     self.metrics.holding_queues_redeclared.labels(queue=queue).inc()
                 )
-                for holding in (self.names.dead_letter, self.names.rejected):
-                    self.metrics.holding_queues_redeclared.labels(queue=holding)  # at 0 from the start
                 self._broker = broker
                 try:
                     await self._serve(store, broker)
