@@ -14,7 +14,9 @@ notification), then the latency from publishing FINISHED to receiving `instance-
 (p50/p95/p99) at full load, at half of the commands/s that system just reached (paced publishing)
 and at a fixed 300 commands/s, the CPU the worker(s) or the relay consumer used per command in
 each run (utime + stime from /proc/<pid>/stat, from the run's first publish to its last
-notification), and their peak RSS (VmHWM).
+notification), where a command's time went inside the workers (the means of the stages of
+`statusek_window_stage_seconds` over the run, from each worker's /metrics), and their peak RSS
+(VmHWM).
 Each system gets its own vhost (and database), removed afterwards. Progress goes to stderr.
 
     .venv/bin/python benchmarks/pipeline_vs_relay.py --instances 5000 --paced-seconds 10
@@ -35,9 +37,11 @@ import logging
 import math
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -48,6 +52,7 @@ from urllib.parse import unquote, urlsplit
 import aio_pika
 import aio_pika.abc
 import structlog
+from prometheus_client.parser import text_string_to_metric_families
 
 from statusek.testing import (
     LOCAL_ADMIN_DATABASE_URL,
@@ -57,6 +62,7 @@ from statusek.testing import (
     fresh_vhost,
     worker_processes,
 )
+from statusek.worker.metrics import WINDOW_STAGES
 
 N = TypeVar("N", int, float)
 
@@ -131,6 +137,30 @@ def cpu_seconds(pids: Sequence[int]) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def stage_totals(ports: Sequence[int]) -> dict[str, tuple[float, float]]:
+    """(seconds, observations) of each `statusek_window_stage_seconds` stage, summed over the workers."""
+    totals = dict.fromkeys(WINDOW_STAGES, (0.0, 0.0))
+    for port in ports:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+            text = answer.read().decode()
+        for family in text_string_to_metric_families(text):
+            if family.name != "statusek_window_stage_seconds":
+                continue
+            for sample in family.samples:
+                seconds, count = totals[sample.labels["stage"]]
+                if sample.name.endswith("_sum"):
+                    totals[sample.labels["stage"]] = (seconds + sample.value, count)
+                elif sample.name.endswith("_count"):
+                    totals[sample.labels["stage"]] = (seconds, count + sample.value)
+    return totals
+
+
 def percentile_ms(ordered: Sequence[float], p: float) -> float | None:
     """Nearest-rank percentile of sorted seconds, in ms."""
     if not ordered:
@@ -201,6 +231,9 @@ class Run:
     last_notification: float = 0.0
     cpu_started: float = 0.0  # CPU seconds of the measured processes when the run began
     cpu_used: float = 0.0  # and what they used until its last notification
+    # The workers' stage totals (`stage_totals`) when the run began, and what the run added.
+    stages_started: dict[str, tuple[float, float]] = field(default_factory=dict)
+    stages_used: dict[str, tuple[float, float]] = field(default_factory=dict)
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -223,6 +256,8 @@ class Harness:
         self.exchange: aio_pika.abc.AbstractExchange | None = None
         # The system's processes (workers, or the relay consumer) whose CPU each run reports.
         self.pids: list[int] = []
+        # The workers' ops ports, whose /metrics say where a command's time went in each run.
+        self.ops_ports: list[int] = []
 
     async def open(self, url: str, commands: str, events: str) -> None:
         publishing = await aio_pika.connect(url)
@@ -346,6 +381,7 @@ class Harness:
     def begin(self, name: str, tokens: list[str]) -> Run:
         run = Run(f"{self.label} {name}", set(tokens), expected=3 * len(tokens))
         run.cpu_started = cpu_seconds(self.pids)
+        run.stages_started = stage_totals(self.ops_ports)
         self.run = run
         self.progress.start(run.label, run.expected)
         return run
@@ -375,6 +411,11 @@ class Harness:
                     f" queues (ready, unacked): {depths}"
                 )
         run.cpu_used = cpu_seconds(self.pids) - run.cpu_started
+        ended = stage_totals(self.ops_ports)
+        run.stages_used = {
+            stage: (seconds - run.stages_started[stage][0], count - run.stages_started[stage][1])
+            for stage, (seconds, count) in ended.items()
+        }
         self.run = None
         seconds = run.last_notification - run.first_publish
         self.progress.finish(f"{run.expected / seconds:,.0f} commands/s ({seconds:.2f} s)")
@@ -395,6 +436,12 @@ class Harness:
             # Of the worker(s) or the relay consumer, from the run's start to its last notification.
             "cpu_ms_per_command": round(run.cpu_used * 1000 / run.expected, 3) if self.pids else None,
             "duplicate_notifications": run.duplicates,
+            # Mean ms per stage in the workers: `queued` per delivery, the others per window.
+            "stage_ms": {
+                stage: round(seconds * 1000 / count, 2) if count else None
+                for stage, (seconds, count) in run.stages_used.items()
+            },
+            "windows": int(run.stages_used["apply"][1]) if run.stages_used else None,
         }
 
 
@@ -406,10 +453,12 @@ async def measure(
     args: argparse.Namespace,
     progress: Progress,
     pids: Sequence[int],
+    ops_ports: Sequence[int] = (),
 ) -> dict[str, Any]:
     """Warm-up, full load, then half of the full-load rate and FIXED_RATE, on one system."""
     harness = Harness(label, unquote(urlsplit(url).path[1:]), progress)
     harness.pids = list(pids)
+    harness.ops_ports = list(ops_ports)
     await harness.open(url, commands, events)
     try:
         # Unmeasured: first connections, Postgres caches and plans, the queue's first segment.
@@ -504,11 +553,11 @@ async def pipeline_phase(args: argparse.Namespace, progress: Progress) -> dict[s
                 "STATUSEK_AMQP_URL": url,
                 "STATUSEK_LOG_LEVEL": "WARNING",
                 "STATUSEK_COMMAND_PARTITIONS": str(args.partitions),
-                # Replicas on one host (and other people's workers) would fight over the default 9464.
-                "STATUSEK_OPS_PORT": "0",
                 "STATUSEK_OPS_HOST": "127.0.0.1",
             }
-            with worker_processes(env, args.workers) as procs:
+            # A port each: replicas on one host (and other people's workers) would fight over 9464.
+            ops_ports = [free_port() for _ in range(args.workers)]
+            with worker_processes(env, args.workers, ops_ports) as procs:
                 progress.note(f"pipeline: {args.workers} worker(s) started, {args.partitions} partition(s)")
                 # Every replica consumes queries: all of them are up (their outbox relays too).
                 await wait_for_consumers(url, {"statusek.queries": args.workers, PIPELINE_COMMANDS: 1}, procs)
@@ -520,6 +569,7 @@ async def pipeline_phase(args: argparse.Namespace, progress: Progress) -> dict[s
                     args,
                     progress,
                     [p.pid for p in procs],
+                    ops_ports,
                 )
                 rss = [peak_rss_kib(p.pid) for p in procs]
                 vhost = unquote(urlsplit(url).path[1:])
@@ -624,6 +674,15 @@ RUNS = (
 )
 
 
+# The workers' stages (`statusek_window_stage_seconds`), in the order a command passes them.
+STAGE_ROWS = (
+    ("queued", "queued for its window"),
+    ("apply", "window applied"),
+    ("answer", "window answered"),
+    ("ack", "window acked"),
+)
+
+
 def ratio(pipeline: float | None, relay: float | None) -> float | None:
     return round(pipeline / relay, 3) if pipeline is not None and relay else None
 
@@ -667,6 +726,11 @@ def table(report: dict[str, Any]) -> str:
                 num(ratio(p["cpu_ms_per_command"], r["cpu_ms_per_command"]), 2),
             )
         )
+        if p.get("windows"):
+            each = f"{p['windows']:,} ({p['commands'] / p['windows']:.1f})"
+            rows.append(("  workers: windows (deliveries each)", "", each, ""))
+            for stage, what in STAGE_ROWS:
+                rows.append((f"  workers: {what} ms (mean)", "", num(p["stage_ms"][stage], 2), ""))
     relay_rss, pipeline_rss = report["peak_rss_mib"]["relay"], report["peak_rss_mib"]["pipeline"]
     rows.append(
         (

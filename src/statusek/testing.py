@@ -25,7 +25,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import ExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -162,9 +162,17 @@ async def _drop_database(conn: asyncpg.Connection, name: str, attempts: int = 20
 
 
 @contextmanager
-def worker_processes(env: dict[str, str], count: int) -> Iterator[list[subprocess.Popen[bytes]]]:
-    """`count` `statusek worker` processes with `env`, stopped with SIGTERM afterwards."""
-    procs = [subprocess.Popen([sys.executable, "-m", "statusek", "worker"], env=env) for _ in range(count)]
+def worker_processes(
+    env: dict[str, str], count: int, ops_ports: Sequence[int] = ()
+) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """`count` `statusek worker` processes with `env`, stopped with SIGTERM afterwards.
+
+    With `ops_ports`, process i serves /metrics (and its probes) on `ops_ports[i]`.
+    """
+    if ops_ports and len(ops_ports) != count:
+        raise ValueError(f"{len(ops_ports)} ops ports for {count} workers")
+    envs = [{**env, "STATUSEK_OPS_PORT": str(port)} for port in ops_ports] or [env] * count
+    procs = [subprocess.Popen([sys.executable, "-m", "statusek", "worker"], env=e) for e in envs]
     try:
         yield procs
     finally:

@@ -30,7 +30,9 @@ DASHBOARD = ROOT / "deploy" / "grafana" / "statusek.json"
 # The worker's metrics (counters with their _total suffix, histograms by their base name),
 # from the code, so that alerts and dashboard cannot drift from it.
 DOCUMENTED_METRICS = METRIC_NAMES
-HISTOGRAMS = frozenset({"statusek_command_duration_seconds", "statusek_window_size"})
+HISTOGRAMS = frozenset(
+    {"statusek_command_duration_seconds", "statusek_window_size", "statusek_window_stage_seconds"}
+)
 # Series a query may name: histograms only through their _bucket/_sum/_count series.
 SERIES = (DOCUMENTED_METRICS - HISTOGRAMS) | {
     f"{name}{suffix}" for name in HISTOGRAMS for suffix in ("_bucket", "_sum", "_count")

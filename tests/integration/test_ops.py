@@ -119,6 +119,10 @@ async def test_metrics_move_with_the_commands_sent(cluster: Cluster) -> None:
     assert figures[("statusek_queries_total", (("code", "SUCCESS"), ("routing_key", "is-finished")))] == 1
     assert figures[("statusek_command_duration_seconds_count", ())] == 25
     assert figures[("statusek_window_size_sum", ())] == 26
+    assert figures[("statusek_window_stage_seconds_count", (("stage", "queued"),))] == 26
+    windows = figures[("statusek_window_size_count", ())]
+    for stage in ("apply", "answer", "ack"):
+        assert figures[("statusek_window_stage_seconds_count", (("stage", stage),))] == windows
     heads = {labels: v for (name, labels), v in figures.items() if name == "statusek_active_consumer"}
     # A series per command queue from the start; the only replica heads every queue delivered to.
     assert len(heads) == command_partitions() and set(heads.values()) <= {0, 1} and sum(heads.values()) >= 1

@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, GCCollector, Hi
 
 from statusek.identity import version
 
-__all__ = ["METRIC_NAMES", "Metrics"]
+__all__ = ["METRIC_NAMES", "WINDOW_STAGES", "Metrics"]
 
 DEAD_LETTER_REASONS = (
     "invalid-json",
@@ -27,6 +27,10 @@ DEAD_LETTER_REASONS = (
 # Latencies of a window are milliseconds when idle and grow with queueing.
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _WINDOW_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+# Where a command's time goes, in the order it passes: waiting in the worker for its window, the
+# window's transaction, its replies and notifications confirmed, its acks (`CommandPipeline.process`).
+WINDOW_STAGES = ("queued", "apply", "answer", "ack")
+_STAGE_BUCKETS = (0.0005, *_LATENCY_BUCKETS)
 
 
 class Metrics:
@@ -51,6 +55,14 @@ class Metrics:
             "statusek_window_size",
             "Deliveries applied in one transaction.",
             buckets=_WINDOW_BUCKETS,
+            registry=r,
+        )
+        self.window_stage = Histogram(
+            "statusek_window_stage_seconds",
+            "Seconds per stage: queued per delivery (arrival to its window's start); apply, answer"
+            " and ack per window (transaction committed; replies and notifications confirmed; acked).",
+            ["stage"],
+            buckets=_STAGE_BUCKETS,
             registry=r,
         )
         self.queries = Counter(
@@ -144,6 +156,8 @@ class Metrics:
         # Series exist from the start at 0, so that increase() sees their first event.
         for dependency in ("rabbitmq", "postgres"):
             self.reconnects.labels(dependency=dependency)
+        for stage in WINDOW_STAGES:
+            self.window_stage.labels(stage=stage)
         for reason in DEAD_LETTER_REASONS:
             self.dead_lettered.labels(reason=reason)
         for path in ("direct", "relay"):
@@ -164,6 +178,7 @@ METRIC_NAMES = frozenset(
         "statusek_commands_total",
         "statusek_command_duration_seconds",
         "statusek_window_size",
+        "statusek_window_stage_seconds",
         "statusek_queries_total",
         "statusek_dead_lettered_total",
         "statusek_reconnects_total",

@@ -51,7 +51,7 @@ from statusek.core.model import StatusModel
 from statusek.core.views import Notification, notification_for
 from statusek.worker import faults
 from statusek.worker.backoff import Backoff
-from statusek.worker.metrics import Metrics
+from statusek.worker.metrics import WINDOW_STAGES, Metrics
 
 log = structlog.get_logger(__name__)
 
@@ -108,6 +108,12 @@ class CommandPipeline:
         self._published: list[int] = []
         # Bodies over the limit, cut on arrival: their original size, by id() of the delivery.
         self._cut_from: dict[int, int] = {}
+        # When each delivery waiting in the inbox arrived, by id() of the delivery, as `_cut_from`.
+        self._arrived: dict[int, float] = {}
+        stages = self._metrics.window_stage
+        self._queued, self._applied, self._answered, self._acked = (
+            stages.labels(stage=stage) for stage in WINDOW_STAGES
+        )
         self.applied = 0
         self.published = 0  # notifications published directly
 
@@ -118,6 +124,7 @@ class CommandPipeline:
         if (size := settle.cut_oversized(delivery, self._max_body, keep)) is not None:
             # Known by identity only while it waits in the inbox: `process` takes it out.
             self._cut_from[id(delivery)] = size
+        self._arrived[id(delivery)] = time.perf_counter()
         await self._inbox.put(delivery)
 
     async def run(self) -> None:
@@ -146,6 +153,8 @@ class CommandPipeline:
                 log.exception("window failed; its deliveries go back to the queue", size=len(window))
                 with contextlib.suppress(Exception):
                     await self._requeue(window)
+        # What is still in the inbox goes back to the queue with the channel.
+        self._arrived.clear()
         await self._delete_published()
 
     async def _delete_published(self) -> None:
@@ -174,6 +183,9 @@ class CommandPipeline:
 
     async def process(self, deliveries: Sequence[AbstractIncomingMessage]) -> None:
         started = time.perf_counter()
+        for d in deliveries:
+            if (arrived := self._arrived.pop(id(d), None)) is not None:
+                self._queued.observe(started - arrived)
         # Deliveries of a channel that has closed since are back in the queue
         # already; applying them now would only apply them twice.
         cut_from = {id(d): size for d in deliveries if (size := self._cut_from.pop(id(d), None))}
@@ -183,6 +195,7 @@ class CommandPipeline:
             faults.fail_if_asked(deliveries)
         self._direct = []
         outcomes, failed = await self._apply_with_retry(valid)
+        applied = time.perf_counter()
         direct, self._direct = self._direct, []
         # Started even when there is nothing to answer, and always awaited before the next window.
         publishing = asyncio.ensure_future(self._publish_direct(direct))
@@ -190,6 +203,7 @@ class CommandPipeline:
             await publishing
             await self._requeue(deliveries)
             return
+        self._applied.observe(applied - started)
         invalid.extend(failed)
         try:
             # Confirms are awaited together: one round trip per window, not per reply or notification.
@@ -198,7 +212,10 @@ class CommandPipeline:
                 *(settle.dead_letter(self._broker, d, e, cut_from=cut_from.get(id(d))) for d, e in invalid),
                 publishing,
             )
+            answered = time.perf_counter()
+            self._answered.observe(answered - applied)
             await settle.ack_all(deliveries)
+            self._acked.observe(time.perf_counter() - answered)
         except TransientError as e:
             # The effects are committed; unacked deliveries come back and get
             # their stored reply (message_id) or a rule's answer.
