@@ -10,7 +10,9 @@ framework, and importing aiohttp's web server cost the worker about 8 MiB of its
 (docs/development.md, "Benchmarks"). Keep-alive connections (a scraper's) close after
 `_KEEPALIVE_TIMEOUT` idle; a request with a body, a head over `_HEAD_LIMIT` bytes or a line that
 is not HTTP gets its error and the connection is closed. No access log: probes and scrapes every
-few seconds would drown the worker's own lines.
+few seconds would drown the worker's own lines. Lenient where RFC 9112 lets a server be: lines
+may end in a bare LF (a request typed into `nc`), empty lines before a request are skipped, and an
+absolute-form target (`GET http://host:9464/metrics`, as a proxy sends) names its path.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Protocol, TypeVar
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
 
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE
@@ -191,8 +193,8 @@ class OpsServer:
                 self._idle.add(task)
                 try:
                     async with asyncio.timeout(_KEEPALIVE_TIMEOUT):
-                        head = await reader.readuntil(b"\r\n\r\n")
-                except asyncio.LimitOverrunError:
+                        head = await _read_head(reader)
+                except (asyncio.LimitOverrunError, _HeadTooLarge):
                     await _respond(writer, 431, "text/plain", b"request head too large\n", keep=False)
                     return
                 except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
@@ -231,27 +233,59 @@ class _Request:
     keep_alive: bool
 
     @classmethod
-    def parse(cls, head: bytes) -> _Request | None:
-        """The request of `head` (its line and headers, up to the blank line), or None if not HTTP/1."""
+    def parse(cls, lines: list[str]) -> _Request | None:
+        """The request of a head's `lines` (request line, then headers), or None if not HTTP/1."""
         try:
-            lines = head.decode("latin-1").split("\r\n")
             method, target, version = lines[0].split(" ")
         except ValueError:
             return None
-        if not version.startswith("HTTP/1.") or not target.startswith("/") or not method.isalpha():
+        path = _path(target)
+        if not version.startswith("HTTP/1.") or path is None or not method.isalpha():
             return None
         headers: dict[str, str] = {}
         for line in lines[1:]:
-            if line:
-                name, colon, value = line.partition(":")
-                if not colon:
-                    return None
-                headers[name.strip().lower()] = value.strip().lower()
+            name, colon, value = line.partition(":")
+            if not colon:
+                return None
+            headers[name.strip().lower()] = value.strip().lower()
         connection = headers.get("connection", "")
         keep_alive = "keep-alive" in connection if version == "HTTP/1.0" else "close" not in connection
         length = headers.get("content-length", "0")
         has_body = "transfer-encoding" in headers or not (length.isdigit() and int(length) == 0)
-        return cls(method, unquote(target.partition("?")[0]), has_body=has_body, keep_alive=keep_alive)
+        return cls(method, path, has_body=has_body, keep_alive=keep_alive)
+
+
+def _path(target: str) -> str | None:
+    """The decoded path of an origin-form (`/metrics?x`) or absolute-form (`http://h/metrics`) target."""
+    if target.startswith("/"):
+        return unquote(target.partition("?")[0])
+    if target.lower().startswith(("http://", "https://")):
+        return unquote(urlsplit(target).path) or "/"
+    return None
+
+
+class _HeadTooLarge(Exception):
+    """A request head longer than `_HEAD_LIMIT` in all (each line is bounded by the stream's limit)."""
+
+
+async def _read_head(reader: asyncio.StreamReader) -> list[str]:
+    """A request's line and header lines, without their CRLF or bare LF, up to the empty line.
+
+    Empty lines before the request line are skipped (RFC 9112, section 2.2). Raises
+    `asyncio.IncompleteReadError` when the client closes first.
+    """
+    lines: list[str] = []
+    size = 0
+    while True:
+        line = await reader.readuntil(b"\n")
+        size += len(line)
+        if size > _HEAD_LIMIT:
+            raise _HeadTooLarge
+        text = line.decode("latin-1").rstrip("\r\n")
+        if text:
+            lines.append(text)
+        elif lines:
+            return lines
 
 
 async def _respond(

@@ -178,3 +178,34 @@ async def test_close_lets_a_request_under_way_finish() -> None:
         assert b"Connection: close\r\n" in answer
     finally:
         writer.close()
+
+
+async def test_a_head_with_bare_lf_line_ends_is_answered() -> None:
+    """A request typed with LF line ends (as into nc) is answered like one with CRLF."""
+    async with ops_server() as server:
+        answer = await exchange(server.port, b"GET /livez HTTP/1.1\nHost: ops\nConnection: close\n\n")
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert answer.endswith(b'{"status": "ok"}\n')
+
+
+async def test_an_absolute_form_target_names_its_path() -> None:
+    """GET http://host:port/livez, as a proxy sends it, is the route /livez."""
+    async with ops_server() as server:
+        target = f"http://127.0.0.1:{server.port}/livez?probe=1"
+        answer = await exchange(server.port, get(target, "Connection: close"))
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
+
+
+async def test_empty_lines_before_a_request_are_skipped() -> None:
+    """A stray CRLF between keep-alive requests does not turn the next one into a 400."""
+    async with ops_server() as server:
+        answer = await exchange(server.port, get("/livez"), b"\r\n", get("/livez", "Connection: close"))
+    assert answer.count(b"HTTP/1.1 200 OK") == 2
+
+
+async def test_many_header_lines_over_the_limit_get_431() -> None:
+    """Headers under the line limit each but over 16 KiB in all are refused with 431."""
+    async with ops_server() as server:
+        padding = [f"X-Padding-{i}: {'a' * 100}" for i in range(200)]
+        answer = await exchange(server.port, get("/livez", *padding))
+    assert answer.startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n")
