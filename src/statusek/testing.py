@@ -163,16 +163,18 @@ async def _drop_database(conn: asyncpg.Connection, name: str, attempts: int = 20
 
 @contextmanager
 def worker_processes(
-    env: dict[str, str], count: int, ops_ports: Sequence[int] = ()
+    env: dict[str, str], count: int, ops_ports: Sequence[int] = (), wrapper: Sequence[str] = ()
 ) -> Iterator[list[subprocess.Popen[bytes]]]:
     """`count` `statusek worker` processes with `env`, stopped with SIGTERM afterwards.
 
-    With `ops_ports`, process i serves /metrics (and its probes) on `ops_ports[i]`.
+    With `ops_ports`, process i serves /metrics (and its probes) on `ops_ports[i]`; a `wrapper`
+    (`valgrind --tool=callgrind ...`) runs each worker under it.
     """
     if ops_ports and len(ops_ports) != count:
         raise ValueError(f"{len(ops_ports)} ops ports for {count} workers")
     envs = [{**env, "STATUSEK_OPS_PORT": str(port)} for port in ops_ports] or [env] * count
-    procs = [subprocess.Popen([sys.executable, "-m", "statusek", "worker"], env=e) for e in envs]
+    command = [*wrapper, sys.executable, "-m", "statusek", "worker"]
+    procs = [subprocess.Popen(command, env=e) for e in envs]
     try:
         yield procs
     finally:
