@@ -28,6 +28,7 @@ from pamqp.common import FieldTable
 from statusek.adapters.rabbitmq.corked import CorkedConnection
 from statusek.adapters.rabbitmq.endpoints import NoBrokerReachable, connect_first, split_urls
 from statusek.adapters.rabbitmq.errors import describe, translated
+from statusek.adapters.rabbitmq.properties import Properties
 from statusek.core.errors import BrokerUnavailable, TooLargeForBroker
 from statusek.core.messages import COMMANDS, QUERIES, Reply
 from statusek.core.partitions import INSTANCE_TOKEN_HEADER
@@ -410,7 +411,7 @@ class Broker:
         """Raises `TooLargeForBroker` for a reply over the broker's max_message_size."""
         body = reply.model_dump_json().encode()
         # What aio_pika.Message would make, without its checks of every attribute set.
-        properties = aiormq.spec.Basic.Properties(
+        properties = Properties(
             content_type="application/json",
             correlation_id=correlation_id,
             message_type="reply",
@@ -622,7 +623,7 @@ async def _publish(
 
 
 async def _publish_event(channel: AbstractChannel, exchange: str, n: Notification) -> None:
-    properties = aiormq.spec.Basic.Properties(
+    properties = Properties(
         content_type="application/json",
         message_type=n.type,
         message_id=n.message_id,
