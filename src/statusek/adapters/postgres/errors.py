@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from types import TracebackType
 
 import asyncpg
 
@@ -32,15 +31,33 @@ _TRANSIENT: tuple[type[BaseException], ...] = (
 )
 
 
-@asynccontextmanager
-async def translated() -> AsyncIterator[None]:
-    try:
-        yield
-    except _TRANSIENT as e:
-        why = (
-            tls_failure(e, server="Postgres", parameters=("sslrootcert", "sslcert", "sslkey"))
-            or f"{type(e).__name__}: {e}"
-        )
-        raise StoreUnavailable(mask_secrets(f"postgres unavailable: {why}")) from e
-    except asyncpg.PostgresError as e:
-        raise StoreFailure(mask_secrets(f"postgres refused: {type(e).__name__}: {e}")) from e
+class _Translated:
+    """`async with translated():` raises asyncpg's errors as statusek's, by the action they call for.
+
+    A class rather than an `asynccontextmanager`: it wraps every statement, and a generator-based
+    context manager costs an async generator and two resumptions each time.
+    """
+
+    __slots__ = ()
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, e: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        if isinstance(e, _TRANSIENT):
+            why = (
+                tls_failure(e, server="Postgres", parameters=("sslrootcert", "sslcert", "sslkey"))
+                or f"{type(e).__name__}: {e}"
+            )
+            raise StoreUnavailable(mask_secrets(f"postgres unavailable: {why}")) from e
+        if isinstance(e, asyncpg.PostgresError):
+            raise StoreFailure(mask_secrets(f"postgres refused: {type(e).__name__}: {e}")) from e
+
+
+_TRANSLATED = _Translated()
+
+
+def translated() -> _Translated:
+    return _TRANSLATED

@@ -8,8 +8,7 @@ the same way, from here.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from types import TracebackType
 from urllib.parse import urlsplit
 
 import aio_pika
@@ -29,12 +28,29 @@ _BROKER_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-@asynccontextmanager
-async def translated() -> AsyncIterator[None]:
-    try:
-        yield
-    except _BROKER_ERRORS as e:
-        raise BrokerUnavailable(mask_secrets(f"rabbitmq unavailable: {describe(e)}")) from e
+class _Translated:
+    """`async with translated():` raises aiormq's errors as `BrokerUnavailable` (retry later).
+
+    A class rather than an `asynccontextmanager`, as the Postgres adapter's: it wraps every publish.
+    """
+
+    __slots__ = ()
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, e: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        if isinstance(e, _BROKER_ERRORS):
+            raise BrokerUnavailable(mask_secrets(f"rabbitmq unavailable: {describe(e)}")) from e
+
+
+_TRANSLATED = _Translated()
+
+
+def translated() -> _Translated:
+    return _TRANSLATED
 
 
 def describe(e: BaseException, url: str | None = None) -> str:
