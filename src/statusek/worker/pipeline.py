@@ -111,7 +111,7 @@ class CommandPipeline:
         # When each delivery waiting in the inbox arrived, by id() of the delivery, as `_cut_from`.
         self._arrived: dict[int, float] = {}
         stages = self._metrics.window_stage
-        self._queued, self._applied, self._answered, self._acked = (
+        self._stage_queued, self._stage_apply, self._stage_answer, self._stage_ack = (
             stages.labels(stage=stage) for stage in WINDOW_STAGES
         )
         self.applied = 0
@@ -185,7 +185,7 @@ class CommandPipeline:
         started = time.perf_counter()
         for d in deliveries:
             if (arrived := self._arrived.pop(id(d), None)) is not None:
-                self._queued.observe(started - arrived)
+                self._stage_queued.observe(started - arrived)
         # Deliveries of a channel that has closed since are back in the queue
         # already; applying them now would only apply them twice.
         cut_from = {id(d): size for d in deliveries if (size := self._cut_from.pop(id(d), None))}
@@ -203,7 +203,7 @@ class CommandPipeline:
             await publishing
             await self._requeue(deliveries)
             return
-        self._applied.observe(applied - started)
+        self._stage_apply.observe(applied - started)
         invalid.extend(failed)
         try:
             # Confirms are awaited together: one round trip per window, not per reply or notification.
@@ -213,9 +213,9 @@ class CommandPipeline:
                 publishing,
             )
             answered = time.perf_counter()
-            self._answered.observe(answered - applied)
+            self._stage_answer.observe(answered - applied)
             await settle.ack_all(deliveries)
-            self._acked.observe(time.perf_counter() - answered)
+            self._stage_ack.observe(time.perf_counter() - answered)
         except TransientError as e:
             # The effects are committed; unacked deliveries come back and get
             # their stored reply (message_id) or a rule's answer.
