@@ -1,11 +1,11 @@
 """Message properties that encode themselves without pamqp's per-field dispatch.
 
 pamqp's `Basic.Properties.marshal` looks up each property's AMQP type by name and encodes it
-through a generic `by_type`, headers through `encode_table_value` per value: 16 µs for a
-notification's properties here, against about 5 µs for the same bytes written directly. Every reply and
-notification the worker publishes goes through it once. `Properties` is a `Basic.Properties` (aiormq
-and pamqp take it as one) whose `marshal` writes the same bytes, table values of other types than
-`str` through pamqp's own encoder; `tests/unit/test_properties.py` compares the two byte for byte.
+through a generic `by_type`, headers through `encode_table_value` per value. Every reply and
+notification the worker publishes goes through it once. `Properties` is a `Basic.Properties`
+(aiormq and pamqp take it as one) whose `marshal` writes the same bytes directly, table values of
+other types than `str` through pamqp's own encoder, in a half to a third of the time (`timeit`);
+`tests/unit/test_properties.py` compares the two byte for byte.
 """
 
 from __future__ import annotations
@@ -59,15 +59,21 @@ class Properties(commands.Basic.Properties):
     """`Basic.Properties` with a direct `marshal` (same bytes, see the module doc).
 
     No `__slots__` of its own: pamqp iterates `self.__slots__` (equality, unmarshal), which must
-    stay its class's list of properties.
+    stay its class's list of properties. Straight-line code, not a loop over the 14 properties:
+    twice as fast, and this runs for every message published. A property is written unless None
+    or an empty string, as pamqp decides (the table, octets and timestamp are never strings).
     """
 
     def marshal(self) -> bytes:
-        # The frame's order, which is pamqp's slots'; a property is written unless None or an empty
-        # string (the table, octets and timestamp are never strings, as their types say).
-        # Straight-line rather than a loop over the 14: this runs for every message published.
+        parts: list[bytes] = []
+        flags = self._marshal_head(parts)
+        flags |= self._marshal_tail(parts)
+        # 14 properties: their flags fit in one 16-bit word, with no continuation bit.
+        return _FLAGS.pack(flags) + b"".join(parts)
+
+    def _marshal_head(self, parts: list[bytes]) -> int:
+        """The first seven properties, in the frame's order (pamqp's slots'), onto `parts`."""
         flags = 0
-        parts = []
         if (v := self.content_type) is not None and v != "":
             flags |= 0x8000
             parts.append(_short_string(v))
@@ -89,6 +95,11 @@ class Properties(commands.Basic.Properties):
         if (v := self.reply_to) is not None and v != "":
             flags |= 0x0200
             parts.append(_short_string(v))
+        return flags
+
+    def _marshal_tail(self, parts: list[bytes]) -> int:
+        """The last seven properties, after `_marshal_head`'s."""
+        flags = 0
         if (v := self.expiration) is not None and v != "":
             flags |= 0x0100
             parts.append(_short_string(v))
@@ -110,8 +121,7 @@ class Properties(commands.Basic.Properties):
         if (v := self.cluster_id) is not None and v != "":
             flags |= 0x0004
             parts.append(_short_string(v))
-        # 14 properties: their flags fit in one 16-bit word, with no continuation bit.
-        return _FLAGS.pack(flags) + b"".join(parts)
+        return flags
 
 
 # The flags above, checked against pamqp's at import rather than trusted.
