@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from types import TracebackType
 
 import asyncpg
 
 from statusek.adapters.tls import tls_failure
+from statusek.adapters.translation import Translating
 from statusek.core.errors import StoreFailure, StoreUnavailable
 from statusek.redact import mask_secrets
 
@@ -31,33 +31,22 @@ _TRANSIENT: tuple[type[BaseException], ...] = (
 )
 
 
-class _Translated:
-    """`async with translated():` raises asyncpg's errors as statusek's, by the action they call for.
-
-    A class rather than an `asynccontextmanager`: it wraps every statement, and a generator-based
-    context manager costs an async generator and two resumptions each time.
-    """
-
-    __slots__ = ()
-
-    async def __aenter__(self) -> None:
-        return None
-
-    async def __aexit__(
-        self, kind: type[BaseException] | None, e: BaseException | None, traceback: TracebackType | None
-    ) -> None:
-        if isinstance(e, _TRANSIENT):
-            why = (
-                tls_failure(e, server="Postgres", parameters=("sslrootcert", "sslcert", "sslkey"))
-                or f"{type(e).__name__}: {e}"
-            )
-            raise StoreUnavailable(mask_secrets(f"postgres unavailable: {why}")) from e
-        if isinstance(e, asyncpg.PostgresError):
-            raise StoreFailure(mask_secrets(f"postgres refused: {type(e).__name__}: {e}")) from e
+def _translate(e: BaseException) -> Exception | None:
+    """What statusek raises for asyncpg's `e`, by the action it calls for; None for other errors."""
+    if isinstance(e, _TRANSIENT):
+        why = (
+            tls_failure(e, server="Postgres", parameters=("sslrootcert", "sslcert", "sslkey"))
+            or f"{type(e).__name__}: {e}"
+        )
+        return StoreUnavailable(mask_secrets(f"postgres unavailable: {why}"))
+    if isinstance(e, asyncpg.PostgresError):
+        return StoreFailure(mask_secrets(f"postgres refused: {type(e).__name__}: {e}"))
+    return None
 
 
-_TRANSLATED = _Translated()
+_TRANSLATED = Translating(_translate)
 
 
-def translated() -> _Translated:
+def translated() -> Translating:
+    """`async with translated():` around asyncpg calls raises statusek's errors (`_translate`)."""
     return _TRANSLATED

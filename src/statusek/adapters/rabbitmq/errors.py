@@ -8,13 +8,13 @@ the same way, from here.
 from __future__ import annotations
 
 import asyncio
-from types import TracebackType
 from urllib.parse import urlsplit
 
 import aio_pika
 import aiormq
 
 from statusek.adapters.tls import tls_failure
+from statusek.adapters.translation import Translating
 from statusek.core.errors import BrokerUnavailable
 from statusek.redact import mask_secrets, url_location
 
@@ -28,28 +28,18 @@ _BROKER_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-class _Translated:
-    """`async with translated():` raises aiormq's errors as `BrokerUnavailable` (retry later).
-
-    A class rather than an `asynccontextmanager`, as the Postgres adapter's: it wraps every publish.
-    """
-
-    __slots__ = ()
-
-    async def __aenter__(self) -> None:
-        return None
-
-    async def __aexit__(
-        self, kind: type[BaseException] | None, e: BaseException | None, traceback: TracebackType | None
-    ) -> None:
-        if isinstance(e, _BROKER_ERRORS):
-            raise BrokerUnavailable(mask_secrets(f"rabbitmq unavailable: {describe(e)}")) from e
+def _translate(e: BaseException) -> Exception | None:
+    """`BrokerUnavailable` (retry later) for aiormq's and aio-pika's link errors; None for others."""
+    if isinstance(e, _BROKER_ERRORS):
+        return BrokerUnavailable(mask_secrets(f"rabbitmq unavailable: {describe(e)}"))
+    return None
 
 
-_TRANSLATED = _Translated()
+_TRANSLATED = Translating(_translate)
 
 
-def translated() -> _Translated:
+def translated() -> Translating:
+    """`async with translated():` around aio-pika and aiormq calls raises `BrokerUnavailable`."""
     return _TRANSLATED
 
 
