@@ -26,7 +26,6 @@ import asyncio
 import contextlib
 import os
 import resource
-import socket
 import statistics
 import subprocess
 import sys
@@ -48,6 +47,7 @@ except ImportError:
 from statusek.testing import (
     LOCAL_ADMIN_DATABASE_URL,
     LOCAL_AMQP_URL,
+    free_port,
     fresh_database,
     fresh_vhost,
     wait_for_worker,
@@ -239,12 +239,6 @@ async def measure(
 
 
 # --- starting a worker and a gateway -----------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextlib.contextmanager

@@ -37,7 +37,6 @@ import logging
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -58,6 +57,7 @@ from statusek.testing import (
     LOCAL_ADMIN_DATABASE_URL,
     LOCAL_AMQP_URL,
     RabbitAdmin,
+    free_ports,
     fresh_database,
     fresh_vhost,
     worker_processes,
@@ -135,12 +135,6 @@ def cpu_seconds(pids: Sequence[int]) -> float:
             continue
         ticks += int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5)
     return ticks / os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def stage_totals(ports: Sequence[int]) -> dict[str, tuple[float, float]]:
@@ -556,7 +550,7 @@ async def pipeline_phase(args: argparse.Namespace, progress: Progress) -> dict[s
                 "STATUSEK_OPS_HOST": "127.0.0.1",
             }
             # A port each: replicas on one host (and other people's workers) would fight over 9464.
-            ops_ports = [free_port() for _ in range(args.workers)]
+            ops_ports = free_ports(args.workers)
             with worker_processes(env, args.workers, ops_ports) as procs:
                 progress.note(f"pipeline: {args.workers} worker(s) started, {args.partitions} partition(s)")
                 # Every replica consumes queries: all of them are up (their outbox relays too).

@@ -13,7 +13,6 @@ import contextlib
 import gc
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -124,23 +123,6 @@ def collector_held_off() -> Iterator[None]:
 
 
 # --- ports and processes --------------------------------------------------------------------------
-
-
-def free_ports(count: int) -> list[int]:
-    """Ports free on 127.0.0.1 now (held together while chosen, so they differ)."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [int(s.getsockname()[1]) for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
-def free_port() -> int:
-    """A port free on 127.0.0.1 now."""
-    return free_ports(1)[0]
 
 
 async def run(*command: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:

@@ -161,6 +161,23 @@ async def _drop_database(conn: asyncpg.Connection, name: str, attempts: int = 20
     raise RuntimeError(f"could not drop database {name} after {attempts} attempts")
 
 
+def free_ports(count: int) -> list[int]:
+    """Ports free on 127.0.0.1 now (held together while chosen, so they differ)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def free_port() -> int:
+    """A port free on 127.0.0.1 now."""
+    return free_ports(1)[0]
+
+
 @contextmanager
 def worker_processes(
     env: dict[str, str], count: int, ops_ports: Sequence[int] = (), wrapper: Sequence[str] = ()

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import free_ports
+from statusek.testing import free_ports
 from tests.log_secrets import password
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from tests.helpers import free_port
+from statusek.testing import free_port
 from tests.integration.tls import RABBITMQ_BIN, _run, _stop_process, _wait_accepting
 
 SERVER = RABBITMQ_BIN / "rabbitmq-server"

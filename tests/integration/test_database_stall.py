@@ -22,8 +22,9 @@ import pytest
 from statusek.adapters.postgres.connect import ConnectOptions
 from statusek.adapters.postgres.store import Store
 from statusek.core.partitions import routing_headers
+from statusek.testing import free_port
 from statusek.worker.faults import FAULT_HEADER
-from tests.helpers import eventually, free_port, ops_get, wait_status
+from tests.helpers import eventually, ops_get, wait_status
 from tests.integration.conftest import Cluster
 from tests.integration.faults import TcpProxy, proxied
 

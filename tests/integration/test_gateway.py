@@ -38,9 +38,9 @@ from statusek.gateway.server import GatewayServer
 from statusek.gateway.wire import GO_SNIFFED_TEXT
 from statusek.identity import version
 from statusek.settings import Wire
-from statusek.testing import Services, fresh_vhost
+from statusek.testing import Services, free_port, fresh_vhost
 from statusek.worker.worker import Worker
-from tests.helpers import TASK, eventually, free_port
+from tests.helpers import TASK, eventually
 
 pytestmark = pytest.mark.integration
 

@@ -14,8 +14,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from statusek.gateway.metrics import GATEWAY_METRIC_NAMES
 from statusek.gateway.server import serve
 from statusek.settings import Settings
+from statusek.testing import free_port
 from statusek.worker.worker import Worker
-from tests.helpers import free_port
 from tests.integration.gateways import ask
 
 pytestmark = pytest.mark.integration

@@ -16,7 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from statusek.adapters.rabbitmq.broker import ORIGINAL_SIZE_HEADER, TRUNCATED_HEADER, Names
 from statusek.identity import version
-from tests.helpers import command_partitions, eventually, free_port, ops_get, wait_status
+from statusek.testing import free_port
+from tests.helpers import command_partitions, eventually, ops_get, wait_status
 from tests.integration.conftest import Cluster
 from tests.integration.faults import proxied
 from tests.integration.wire import Wire

@@ -24,9 +24,9 @@ import pytest
 
 from statusek import BrokerUnreachable, Client
 from statusek.settings import BUILTIN_MODELS, Settings
-from statusek.testing import running_worker
+from statusek.testing import free_port, running_worker
 from statusek.worker.worker import Worker
-from tests.helpers import TASK, free_port, statusek
+from tests.helpers import TASK, statusek
 from tests.integration.tls import (
     PG_PASSWORD,
     Pki,
