@@ -192,3 +192,19 @@ async def test_heartbeat_stops_the_block_when_the_cut_outlasted_the_heartbeat(
     assert not reached_the_end
     assert time.monotonic() - started < 10
     assert await client.is_finished(token) == (True, "HEARTBEAT_TIMEOUT")
+
+
+async def test_a_request_on_a_link_gone_silent_is_answered_after_it(
+    worker: Worker, proxy: tuple[TcpProxy, str]
+) -> None:
+    """A silent link (1 s heartbeat) is given up and made again; the command in flight is answered."""
+    async with await Client.connect(f"{proxy[1]}?heartbeat=1", timeout=5) as client:
+        token = await client.create(TASK)
+        proxy[0].stall()  # aiormq gives up on the link after ~6 s by cancelling its reader
+        call = asyncio.create_task(client.set_status(token, "STARTED", timeout=30))
+        await asyncio.sleep(8)
+        proxy[0].cut()
+        proxy[0].resume()
+        await asyncio.wait_for(call, 25)
+        assert client.reconnects >= 1
+        assert await client.is_set(token, "STARTED")

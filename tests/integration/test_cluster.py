@@ -38,6 +38,7 @@ import pytest
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange, AbstractIncomingMessage
 
 from statusek.adapters.rabbitmq.endpoints import connect_first
+from statusek.adapters.rabbitmq.errors import silent_link_as_error
 from statusek.testing import fresh_database
 from tests.helpers import TASK
 from tests.integration.cluster import SERVER, Node, RabbitCluster, available, rabbitmq_cluster
@@ -202,8 +203,11 @@ class Publisher:
                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             )
             try:
-                exchange = await self._exchange()
-                await asyncio.wait_for(exchange.publish(message, routing_key=routing_key), 30)
+                # A link aiormq gives up on (silent past its heartbeat) fails the publish with a
+                # CancelledError of its own: one more way of not being confirmed.
+                with silent_link_as_error():
+                    exchange = await self._exchange()
+                    await asyncio.wait_for(exchange.publish(message, routing_key=routing_key), 30)
                 self.confirmed += 1
                 return
             except RETRIED:

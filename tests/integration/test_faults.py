@@ -379,3 +379,31 @@ async def test_broker_link_cut_under_load(cluster: Cluster, cluster_db: asyncpg.
     assert all(r < 15 for r in resumed), resumed
     assert (report.duplicated, report.lost, report.notifications_missing) == (0, 0, 0)
     assert depths["statusek.commands"] == (0, 0)
+
+
+async def test_broker_link_black_holed_under_load(cluster: Cluster, cluster_db: asyncpg.Connection) -> None:
+    """The worker's broker link goes silent past its heartbeat: it reconnects, nothing lost or doubled."""
+    proxy, amqp_url = await proxied(cluster.env["STATUSEK_AMQP_URL"], 5672)
+    # A 1 s heartbeat: aiormq gives a silent link up after about 6 s, and it does so by cancelling
+    # its reader, so whatever waits on that connection (a confirm, an ack) sees a CancelledError.
+    separator = "&" if "?" in amqp_url else "?"
+    cluster.start(1, STATUSEK_AMQP_URL=f"{amqp_url}{separator}heartbeat=1")
+    await cluster.wait_for_consumers(1)
+    ledger = Ledger(cluster.wire, Report("broker link black-holed"))
+    loading = asyncio.create_task(ledger.run(300, per_second=100))
+    try:
+        await asyncio.sleep(1)
+        proxy.stall()
+        await asyncio.sleep(9)
+        proxy.cut()  # the stalled link ends; the worker's new one flows
+        proxy.resume()
+        await cluster.wait_for_consumers(1, timeout=30)
+        await loading
+        await ledger.wait_replies(timeout=60)
+        depths = await drained(cluster)
+    finally:
+        await proxy.close()
+    report = await ledger.audit(cluster_db)
+    assert cluster.workers[0].poll() is None, "the worker exited"
+    assert (report.duplicated, report.lost, report.notifications_missing) == (0, 0, 0)
+    assert depths["statusek.commands"] == (0, 0)

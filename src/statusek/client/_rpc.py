@@ -12,6 +12,7 @@ import aio_pika
 import aiormq
 from pamqp.common import FieldTable
 
+from statusek.adapters.rabbitmq.errors import silent_link_as_error
 from statusek.client._connection import _Connection
 from statusek.client._link import _LINK_ERRORS, _LOST, REPLY_TO
 from statusek.core.messages import DEADLINE_HEADER
@@ -106,14 +107,15 @@ class _Rpc(_Connection):
                         try:
                             # wait=False: no turn through aiormq's writer before the next publish may go,
                             # so the requests of one loop iteration leave together; the confirm is awaited.
-                            await link.underlay.basic_publish(
-                                payload,
-                                exchange=exchange,
-                                routing_key=routing_key,
-                                properties=properties,
-                                mandatory=True,
-                                wait=False,
-                            )
+                            with silent_link_as_error():
+                                await link.underlay.basic_publish(
+                                    payload,
+                                    exchange=exchange,
+                                    routing_key=routing_key,
+                                    properties=properties,
+                                    mandatory=True,
+                                    wait=False,
+                                )
                         except aiormq.exceptions.ChannelNotFoundEntity as e:
                             raise TopologyNotFound(self.vhost, self.location, exchange) from e
                         except aiormq.exceptions.ChannelAccessRefused as e:

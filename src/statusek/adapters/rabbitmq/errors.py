@@ -8,6 +8,7 @@ the same way, from here.
 from __future__ import annotations
 
 import asyncio
+from types import TracebackType
 from urllib.parse import urlsplit
 
 import aio_pika
@@ -30,9 +31,53 @@ _BROKER_ERRORS: tuple[type[BaseException], ...] = (
 
 def _translate(e: BaseException) -> Exception | None:
     """`BrokerUnavailable` (retry later) for aiormq's and aio-pika's link errors; None for others."""
-    if isinstance(e, _BROKER_ERRORS):
+    if isinstance(e, _BROKER_ERRORS) or gone_silent(e):
         return BrokerUnavailable(mask_secrets(f"rabbitmq unavailable: {describe(e)}"))
     return None
+
+
+class LinkGoneSilent(aiormq.exceptions.AMQPConnectionError):
+    """aiormq gave up on a connection that sent nothing for its heartbeat grace (a link error)."""
+
+
+_SILENT = "the broker sent nothing within the heartbeat grace (a black-holed link?); the link was given up"
+
+
+def gone_silent(e: BaseException) -> bool:
+    """Whether `e` is aiormq giving up on a silent link, not a cancellation of the task that sees it.
+
+    aiormq ends a connection that sent nothing for its heartbeat grace by cancelling its reader
+    task, and every future on that connection (a confirm, a write's drain, an ack) then raises
+    the reader's `CancelledError` in whoever awaits it. Nobody cancelled that task, and it must
+    not stop as if someone had: it is told the link is gone, as for a reset.
+    """
+    if not isinstance(e, asyncio.CancelledError):
+        return False
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() == 0
+
+
+class _SilentLinkAsError:
+    """`with` it: a `CancelledError` from a link aiormq gave up on is raised as `LinkGoneSilent`."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, kind: type[BaseException] | None, e: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        if e is not None and gone_silent(e):
+            raise LinkGoneSilent(_SILENT) from e
+
+
+_SILENT_LINK_AS_ERROR = _SilentLinkAsError()
+
+
+def silent_link_as_error() -> _SilentLinkAsError:
+    """Around a wait on the broker that catches link errors itself (the client's requests)."""
+    return _SILENT_LINK_AS_ERROR
 
 
 _TRANSLATED = Translating(_translate)
@@ -51,6 +96,8 @@ def describe(e: BaseException, url: str | None = None) -> str:
     """
     where = url_location(url) if url else None
     # Each gives None (never an empty line) when `e` is not its kind: the first that knows `e` tells.
+    if gone_silent(e) or isinstance(e, LinkGoneSilent):
+        return _SILENT
     line = (
         tls_failure(e, server="RabbitMQ", parameters=("cafile", "certfile", "keyfile"))
         or _login_refused(e, url, where)

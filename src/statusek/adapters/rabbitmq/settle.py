@@ -10,6 +10,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from aio_pika.exceptions import ChannelInvalidStateError
 
 from statusek.adapters.rabbitmq.broker import ORIGINAL_SIZE_HEADER, TRUNCATED_HEADER, Broker
+from statusek.adapters.rabbitmq.errors import translated
 from statusek.core.codes import Code
 from statusek.core.errors import InvalidMessage
 from statusek.core.messages import Reply
@@ -133,8 +134,10 @@ async def ack_all(deliveries: Sequence[AbstractIncomingMessage]) -> int:
             stale += 1
         else:
             last_per_channel[id(channel)] = d
-    for d in last_per_channel.values():
-        await d.ack(multiple=True)
+    # Translated: a link aiormq gives up on fails the ack with a CancelledError of its own.
+    async with translated():
+        for d in last_per_channel.values():
+            await d.ack(multiple=True)
     if stale:
         log.warning("stale deliveries not acked; the broker redelivers them", count=stale)
     return stale
@@ -150,11 +153,12 @@ async def requeue_all(
     `delivery_limit` instead of delivering it again.
     """
     last = 0
-    for d in deliveries:
-        if _open_channel(d) is not None:
-            await d.nack(requeue=True)
-            if delivery_limit is not None and delivery_count(d) + 1 > delivery_limit:
-                last += 1
+    async with translated():
+        for d in deliveries:
+            if _open_channel(d) is not None:
+                await d.nack(requeue=True)
+                if delivery_limit is not None and delivery_count(d) + 1 > delivery_limit:
+                    last += 1
     return last
 
 
