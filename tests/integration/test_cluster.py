@@ -242,14 +242,15 @@ class Subscriber:
     async def run(self) -> None:
         while True:
             try:
-                connection = await self.link.get()
-                lost = self.link.lost
-                channel = await connection.channel()
-                channel.close_callbacks.add(lambda *_, lost=lost: lost.set())
-                await channel.set_qos(prefetch_count=200)
-                q = await channel.get_queue(self.queue, ensure=False)
-                await q.consume(self._on_message)
-                await lost.wait()
+                with silent_link_as_error():
+                    connection = await self.link.get()
+                    lost = self.link.lost
+                    channel = await connection.channel()
+                    channel.close_callbacks.add(lambda *_, lost=lost: lost.set())
+                    await channel.set_qos(prefetch_count=200)
+                    q = await channel.get_queue(self.queue, ensure=False)
+                    await q.consume(self._on_message)
+                    await lost.wait()
             except LINK_ERRORS:
                 self.link.drop()
                 await asyncio.sleep(0.2)
@@ -260,7 +261,7 @@ class Subscriber:
             (message.message_id or "", message.type or "", str(body.get("instance_token")), int(body["seq"]))
         )
         self.changed.set()
-        with contextlib.suppress(*LINK_ERRORS):
+        with contextlib.suppress(*LINK_ERRORS), silent_link_as_error():
             await message.ack()  # lost with its link: the message comes again (a duplicate we drop)
 
     def finished(self) -> set[str]:
@@ -273,7 +274,10 @@ async def wait_for_consumers(deployment: Deployment, count: int, timeout: float 
     deadline = time.monotonic() + timeout
     try:
         while True:
-            with contextlib.suppress(*LINK_ERRORS, aio_pika.exceptions.ChannelNotFoundEntity):
+            with (
+                contextlib.suppress(*LINK_ERRORS, aio_pika.exceptions.ChannelNotFoundEntity),
+                silent_link_as_error(),
+            ):
                 channel = await (await link.get()).channel()
                 try:
                     q = await channel.declare_queue("statusek.queries", passive=True)
