@@ -40,7 +40,7 @@ NOTIFIED = ("status", "finished")
 # Faults that can cut a worker off between publishing a notification and recording that it did:
 # the outbox then still holds it, and it is sent again (at least once, same message_id), after
 # newer ones of its instance if those went out meanwhile. A re-sent run is an anomaly without them.
-CUT_OFF = frozenset({"sigkill", "sigstop", "pg_blackhole", "pg_restart", "broker_cut"})
+CUT_OFF = frozenset({"sigkill", "sigstop", "pg_blackhole", "pg_restart", "broker_cut", "broker_blackhole"})
 # A notification a queue refused is sent again no sooner than this (the relay's grace for a
 # refused direct publish, `STATUSEK_OUTBOX_GRACE`'s default), then after `nack_delay(1)`, ...
 FIRST_RESEND = float(Settings.model_fields["outbox_grace"].default)

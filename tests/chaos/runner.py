@@ -174,6 +174,9 @@ class Play:
     async def start_worker(self) -> None:
         pg, pg_url = await proxied(self.cluster.env["STATUSEK_DATABASE_URL"], 5432)
         amqp, amqp_url = await proxied(self.cluster.env["STATUSEK_AMQP_URL"], 5672)
+        if "broker_blackhole" in self.schedule.kinds:
+            # A black hole outlasting the heartbeat grace is given up; a shorter one only delays.
+            amqp_url += "&heartbeat=1" if "?" in amqp_url else "?heartbeat=1"
         env = {**WORKER_ENV, "STATUSEK_AMQP_URL": amqp_url, "STATUSEK_DATABASE_URL": pg_url}
         (proc,) = self.cluster.start(1, **env)
         self.links[proc.pid] = (pg, amqp)
@@ -218,6 +221,15 @@ class Play:
             finally:
                 for pg in proxies:
                     pg.unblock()
+        elif fault.kind == "broker_blackhole":
+            links = self.active(note)
+            if links:
+                links[1].stall()
+            try:
+                await asyncio.sleep(fault.duration)
+            finally:
+                if links:
+                    links[1].resume()
         elif fault.kind == "broker_cut":
             links = self.active(note)
             if links:

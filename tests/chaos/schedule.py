@@ -16,6 +16,9 @@ TIMED = (
     "pg_blackhole",  # the workers' Postgres proxy stops forwarding (stall) without closing
     "pg_restart",  # stand-in for a Postgres restart: the proxy cuts every link and refuses new ones
     "broker_cut",  # the workers' RabbitMQ proxy cuts every link and refuses new ones
+    # The workers' RabbitMQ proxy stops forwarding without closing; their links have 1 s heartbeats,
+    # so one silent for more than about 6 s is given up by the worker and made again.
+    "broker_blackhole",
     "queue_full",  # a subscriber queue (max-length, reject-publish) is not consumed for `duration`
 )
 # Faults in the workload itself.
@@ -76,6 +79,8 @@ def generate(seed: int, *, instances: int = 12, kinds: tuple[str, ...] = FAULTS)
             duration = rng.uniform(0.0, 1.0)
         elif kind in ("sigstop", "pg_blackhole"):
             duration = rng.uniform(2.0, 5.0)
+        elif kind == "broker_blackhole":
+            duration = rng.uniform(3.0, 9.0)
         elif kind == "queue_full":
             duration = rng.uniform(3.0, 6.0)
         elif kind in WORKLOAD:
