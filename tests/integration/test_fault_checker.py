@@ -2,8 +2,9 @@
 
 `benchmarks/fault_checker.py` runs many seeds; these cover the process faults (SIGKILL,
 SIGSTOP), Postgres black-holed and cut, the broker link black-holed, re-published message_ids
-with the same and another body, and clients that give up. A full subscriber queue is left to the benchmark: there a
-healthy subscriber still gets 4-5 copies of a refused notification (docs/guarantees.md).
+with the same and another body, and clients that give up. A full subscriber queue is left to
+the benchmark: there a healthy subscriber still gets 4-5 copies of a refused notification
+(docs/guarantees.md).
 """
 
 from __future__ import annotations
