@@ -30,7 +30,7 @@ from tests.chaos.history import EventRow, History, Note, Sent
 from tests.chaos.schedule import PATIENT, Fault, Planned, Schedule
 from tests.helpers import eventually
 from tests.integration.conftest import Cluster
-from tests.integration.faults import TcpProxy, proxied
+from tests.integration.faults import TcpProxy, proxied, with_heartbeat
 
 DEADLINE_HEADER = "x-statusek-deadline"
 GRACE = 0.5  # an impatient client waits this much past its deadline before it says "no answer"
@@ -176,7 +176,7 @@ class Play:
         amqp, amqp_url = await proxied(self.cluster.env["STATUSEK_AMQP_URL"], 5672)
         if "broker_blackhole" in self.schedule.kinds:
             # A black hole outlasting the heartbeat grace is given up; a shorter one only delays.
-            amqp_url += "&heartbeat=1" if "?" in amqp_url else "?heartbeat=1"
+            amqp_url = with_heartbeat(amqp_url, 1)
         env = {**WORKER_ENV, "STATUSEK_AMQP_URL": amqp_url, "STATUSEK_DATABASE_URL": pg_url}
         (proc,) = self.cluster.start(1, **env)
         self.links[proc.pid] = (pg, amqp)

@@ -19,7 +19,7 @@ from statusek import BrokerUnreachable, Client, InstanceFinishedError, Notificat
 from statusek.worker.worker import Worker
 from tests.helpers import TASK, eventually
 from tests.integration.conftest import Cluster
-from tests.integration.faults import TcpProxy, proxied
+from tests.integration.faults import TcpProxy, proxied, with_heartbeat
 
 
 @pytest.fixture
@@ -198,7 +198,7 @@ async def test_a_request_on_a_link_gone_silent_is_answered_after_it(
     worker: Worker, proxy: tuple[TcpProxy, str]
 ) -> None:
     """A silent link (1 s heartbeat) is given up and made again; the command in flight is answered."""
-    async with await Client.connect(f"{proxy[1]}?heartbeat=1", timeout=5) as client:
+    async with await Client.connect(with_heartbeat(proxy[1], 1), timeout=5) as client:
         token = await client.create(TASK)
         proxy[0].stall()  # aiormq gives up on the link after ~6 s by cancelling its reader
         call = asyncio.create_task(client.set_status(token, "STARTED", timeout=30))

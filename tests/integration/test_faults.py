@@ -23,7 +23,7 @@ from statusek.worker.faults import FAULT_HEADER
 from statusek.worker.worker import EXIT_UNFINISHED
 from tests.helpers import eventually
 from tests.integration.conftest import Cluster
-from tests.integration.faults import Ledger, Report, proxied
+from tests.integration.faults import Ledger, Report, proxied, with_heartbeat
 
 pytestmark = pytest.mark.slow
 
@@ -386,8 +386,7 @@ async def test_broker_link_black_holed_under_load(cluster: Cluster, cluster_db: 
     proxy, amqp_url = await proxied(cluster.env["STATUSEK_AMQP_URL"], 5672)
     # A 1 s heartbeat: aiormq gives a silent link up after about 6 s, and it does so by cancelling
     # its reader, so whatever waits on that connection (a confirm, an ack) sees a CancelledError.
-    separator = "&" if "?" in amqp_url else "?"
-    cluster.start(1, STATUSEK_AMQP_URL=f"{amqp_url}{separator}heartbeat=1")
+    cluster.start(1, STATUSEK_AMQP_URL=with_heartbeat(amqp_url, 1))
     await cluster.wait_for_consumers(1)
     ledger = Ledger(cluster.wire, Report("broker link black-holed"))
     loading = asyncio.create_task(ledger.run(300, per_second=100))
