@@ -13,6 +13,7 @@ import aiormq
 from pamqp.common import FieldTable
 
 from statusek.adapters.rabbitmq.errors import silent_link_as_error
+from statusek.adapters.rabbitmq.properties import Properties
 from statusek.client._connection import _Connection
 from statusek.client._link import _LINK_ERRORS, _LOST, REPLY_TO
 from statusek.core.messages import DEADLINE_HEADER
@@ -92,7 +93,7 @@ class _Rpc(_Connection):
                 answer: asyncio.Future[Any] = loop.create_future()
                 self._pending[correlation_id] = answer
                 link.waiting.add(answer)
-                properties = aiormq.spec.Basic.Properties(
+                properties = Properties(
                     content_type="application/json",
                     headers=headers,
                     delivery_mode=PERSISTENT,

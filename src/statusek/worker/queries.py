@@ -65,7 +65,7 @@ class QueryHandler:
             # sender's timeout; a closed channel has given the delivery back already.
             if not delivery.processed and settle.is_live(delivery):
                 with contextlib.suppress(Exception):
-                    await delivery.ack()
+                    await settle.ack(delivery)
         finally:
             if task is not None:
                 self._in_flight.discard(task)
@@ -106,7 +106,7 @@ class QueryHandler:
 
     async def _dead_letter(self, delivery: AbstractIncomingMessage, error: InvalidMessage) -> None:
         await settle.dead_letter(self._broker, delivery, error)
-        await delivery.ack()
+        await settle.ack(delivery)
         self._metrics.dead_lettered.labels(reason=error.reason).inc()
         self._metrics.queries.labels(routing_key=delivery.routing_key or "", code=Code.INVALID_MESSAGE).inc()
         log.warning(
@@ -151,7 +151,7 @@ class QueryHandler:
             await settle.reply_to_sender(
                 self._broker, delivery, Reply.fail(Code.INVALID_MESSAGE, text, reason=reason)
             )
-        await delivery.ack()
+        await settle.ack(delivery)
         self._metrics.queries.labels(routing_key=kind, code=Code.INVALID_MESSAGE).inc()
         log.warning("query refused", routing_key=kind, reason=reason)
 
@@ -173,7 +173,7 @@ class QueryHandler:
             else:
                 reply = await self._instance_query(envelope.kind, query, envelope.user_id)
             await settle.answer(self._broker, delivery, reply)
-            await delivery.ack()
+            await settle.ack(delivery)
             settled = True
             self._metrics.queries.labels(routing_key=envelope.kind, code=reply.code).inc()
             log.info(

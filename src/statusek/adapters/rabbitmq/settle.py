@@ -120,6 +120,12 @@ async def dead_letter(
         await reply_to_sender(broker, delivery, Reply.fail(Code.INVALID_MESSAGE, detail, reason=error.reason))
 
 
+async def ack(delivery: AbstractIncomingMessage) -> None:
+    """Ack one delivery (a query's); a link gone meanwhile is `BrokerUnavailable`."""
+    async with translated():
+        await delivery.ack()
+
+
 async def ack_all(deliveries: Sequence[AbstractIncomingMessage]) -> int:
     """Ack a window with one frame per channel; returns how many were stale.
 
