@@ -47,10 +47,12 @@ except ImportError:
 from statusek.testing import (
     LOCAL_ADMIN_DATABASE_URL,
     LOCAL_AMQP_URL,
-    free_port,
+    free_ports,
     fresh_database,
     fresh_vhost,
     wait_for_worker,
+    window_stage_totals,
+    window_stages_between,
     worker_processes,
 )
 
@@ -213,16 +215,36 @@ def ms(seconds: float) -> str:
     return f"{seconds * 1000:.1f}"
 
 
+def stages_line(stages: dict[str, tuple[float, float]]) -> str:
+    """The workers' mean stage times: `queued` per command, the others per window."""
+    commands = stages["queued"][1]
+    windows = stages["apply"][1]
+    if not windows:
+        return "no window"
+    means = ", ".join(
+        f"{stage} {seconds * 1000 / count:.2f}" for stage, (seconds, count) in stages.items() if count
+    )
+    return f"{means} ({windows:.0f} windows of {commands / windows:.1f} commands)"
+
+
 async def measure(
-    base: str, authorization: str | None, connections: int, warmup: float, seconds: float, roles: Roles
+    base: str,
+    authorization: str | None,
+    connections: int,
+    warmup: float,
+    seconds: float,
+    roles: Roles,
+    ops_ports: list[int],
 ) -> None:
     now = time.perf_counter()
     run = Run(now + warmup, now + warmup + seconds)
     tasks = [asyncio.create_task(connection(base, authorization, run)) for _ in range(connections)]
     await asyncio.sleep(max(0.0, run.measure_from - time.perf_counter()))
     before = roles.sample()
+    stages_before = window_stage_totals(ops_ports)
     await asyncio.sleep(max(0.0, run.measure_to - time.perf_counter()))
     after = roles.sample()
+    stages = window_stages_between(stages_before, window_stage_totals(ops_ports))
     await asyncio.gather(*tasks)
     ops = len(run.latencies) + sum(run.errors.values())
     line = f"C={connections}: {ops / seconds:,.0f} ops/s ({ops} in {seconds:g} s)"
@@ -234,6 +256,8 @@ async def measure(
     line += f", errors {sum(run.errors.values())}"
     print(line, flush=True)
     print(f"  CPU ms per op: {cpu_per_op(before, after, ops)}", flush=True)
+    if ops_ports:
+        print(f"  worker stages, ms (mean): {stages_line(stages)}", flush=True)
     for error, count in run.errors.most_common(5):
         print(f"  error x{count}: {error}", flush=True)
 
@@ -283,7 +307,12 @@ async def wait_for_gateway(
 
 
 async def drive(
-    args: argparse.Namespace, base: str, authorization: str | None, roles: Roles, started: str
+    args: argparse.Namespace,
+    base: str,
+    authorization: str | None,
+    roles: Roles,
+    started: str,
+    ops_ports: list[int] | None = None,
 ) -> None:
     print(
         f"gateway {base} ({started}); load on {args.loop}; an op is one HTTP request: per connection create, "
@@ -295,7 +324,7 @@ async def drive(
         if args.rounds > 1:
             print(f"round {round_}", flush=True)
         for connections in args.connections:
-            await measure(base, authorization, connections, args.warmup, args.seconds, roles)
+            await measure(base, authorization, connections, args.warmup, args.seconds, roles, ops_ports or [])
 
 
 def variable(text: str) -> tuple[str, str]:
@@ -355,16 +384,17 @@ async def run(args: argparse.Namespace) -> None:
                 "STATUSEK_OPS_PORT": "0",
                 **dict(args.env),
             }
-            with worker_processes(env, args.workers) as workers:
+            # The gateway's port and the workers' ops ports (for their stage metrics) at once: all differ.
+            port, *ops_ports = free_ports(1 + args.workers)
+            with worker_processes(env, args.workers, ops_ports) as workers:
                 await wait_for_worker(amqp_url)
-                port = free_port()
                 with gateway_process(env, port) as gateway:
                     base = f"http://127.0.0.1:{port}"
                     await wait_for_gateway(base, authorization, gateway)
                     await asyncio.sleep(1)
                     roles = Roles({"gateway": [gateway.pid], "worker": [w.pid for w in workers], **shared})
                     started = f"started: 1 gateway, {args.workers} worker(s), fresh vhost and database"
-                    await drive(args, base, authorization, roles, started)
+                    await drive(args, base, authorization, roles, started, ops_ports)
 
 
 def main() -> None:

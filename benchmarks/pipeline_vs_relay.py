@@ -40,7 +40,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -51,7 +50,6 @@ from urllib.parse import unquote, urlsplit
 import aio_pika
 import aio_pika.abc
 import structlog
-from prometheus_client.parser import text_string_to_metric_families
 
 from statusek.testing import (
     LOCAL_ADMIN_DATABASE_URL,
@@ -60,9 +58,10 @@ from statusek.testing import (
     free_ports,
     fresh_database,
     fresh_vhost,
+    window_stage_totals,
+    window_stages_between,
     worker_processes,
 )
-from statusek.worker.metrics import WINDOW_STAGES
 
 N = TypeVar("N", int, float)
 
@@ -137,24 +136,6 @@ def cpu_seconds(pids: Sequence[int]) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def stage_totals(ports: Sequence[int]) -> dict[str, tuple[float, float]]:
-    """(seconds, observations) of each `statusek_window_stage_seconds` stage, summed over the workers."""
-    totals = dict.fromkeys(WINDOW_STAGES, (0.0, 0.0))
-    for port in ports:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
-            text = answer.read().decode()
-        for family in text_string_to_metric_families(text):
-            if family.name != "statusek_window_stage_seconds":
-                continue
-            for sample in family.samples:
-                seconds, count = totals[sample.labels["stage"]]
-                if sample.name.endswith("_sum"):
-                    totals[sample.labels["stage"]] = (seconds + sample.value, count)
-                elif sample.name.endswith("_count"):
-                    totals[sample.labels["stage"]] = (seconds, count + sample.value)
-    return totals
-
-
 def percentile_ms(ordered: Sequence[float], p: float) -> float | None:
     """Nearest-rank percentile of sorted seconds, in ms."""
     if not ordered:
@@ -225,7 +206,7 @@ class Run:
     last_notification: float = 0.0
     cpu_started: float = 0.0  # CPU seconds of the measured processes when the run began
     cpu_used: float = 0.0  # and what they used until its last notification
-    # The workers' stage totals (`stage_totals`) when the run began, and what the run added.
+    # The workers' stage totals (`window_stage_totals`) when the run began, and what the run added.
     stages_started: dict[str, tuple[float, float]] = field(default_factory=dict)
     stages_used: dict[str, tuple[float, float]] = field(default_factory=dict)
     done: asyncio.Event = field(default_factory=asyncio.Event)
@@ -375,7 +356,7 @@ class Harness:
     def begin(self, name: str, tokens: list[str]) -> Run:
         run = Run(f"{self.label} {name}", set(tokens), expected=3 * len(tokens))
         run.cpu_started = cpu_seconds(self.pids)
-        run.stages_started = stage_totals(self.ops_ports)
+        run.stages_started = window_stage_totals(self.ops_ports)
         self.run = run
         self.progress.start(run.label, run.expected)
         return run
@@ -405,11 +386,8 @@ class Harness:
                     f" queues (ready, unacked): {depths}"
                 )
         run.cpu_used = cpu_seconds(self.pids) - run.cpu_started
-        ended = stage_totals(self.ops_ports)
-        run.stages_used = {
-            stage: (seconds - run.stages_started[stage][0], count - run.stages_started[stage][1])
-            for stage, (seconds, count) in ended.items()
-        }
+        ended = window_stage_totals(self.ops_ports)
+        run.stages_used = window_stages_between(run.stages_started, ended)
         self.run = None
         seconds = run.last_notification - run.first_publish
         self.progress.finish(f"{run.expected / seconds:,.0f} commands/s ({seconds:.2f} s)")

@@ -25,6 +25,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import ExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -34,8 +35,10 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import aio_pika
 import asyncpg
+from prometheus_client.parser import text_string_to_metric_families
 
 from statusek.adapters.postgres.migrate import migrate
+from statusek.worker.metrics import WINDOW_STAGES
 
 if TYPE_CHECKING:
     from statusek.settings import Settings
@@ -203,6 +206,35 @@ def worker_processes(
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
+
+
+def window_stage_totals(ports: Sequence[int]) -> dict[str, tuple[float, float]]:
+    """(seconds, observations) of each `statusek_window_stage_seconds` stage, summed over the workers
+    serving /metrics on `ports`."""
+    totals = dict.fromkeys(WINDOW_STAGES, (0.0, 0.0))
+    for port in ports:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+            text = answer.read().decode()
+        for family in text_string_to_metric_families(text):
+            if family.name != "statusek_window_stage_seconds":
+                continue
+            for sample in family.samples:
+                seconds, count = totals[sample.labels["stage"]]
+                if sample.name.endswith("_sum"):
+                    totals[sample.labels["stage"]] = (seconds + sample.value, count)
+                elif sample.name.endswith("_count"):
+                    totals[sample.labels["stage"]] = (seconds, count + sample.value)
+    return totals
+
+
+def window_stages_between(
+    before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]
+) -> dict[str, tuple[float, float]]:
+    """What each stage added between two `window_stage_totals`."""
+    return {
+        stage: (seconds - before[stage][0], count - before[stage][1])
+        for stage, (seconds, count) in after.items()
+    }
 
 
 # --- choosing and starting the services -------------------------------------------------------------
