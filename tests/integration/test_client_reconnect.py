@@ -194,7 +194,7 @@ async def test_heartbeat_stops_the_block_when_the_cut_outlasted_the_heartbeat(
     assert await client.is_finished(token) == (True, "HEARTBEAT_TIMEOUT")
 
 
-async def test_a_request_on_a_link_gone_silent_is_answered_after_it(
+async def test_a_request_on_a_link_link_dropped_is_answered_after_it(
     worker: Worker, proxy: tuple[TcpProxy, str]
 ) -> None:
     """A silent link (1 s heartbeat) is given up and made again; the command in flight is answered."""

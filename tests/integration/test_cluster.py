@@ -38,7 +38,7 @@ import pytest
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange, AbstractIncomingMessage
 
 from statusek.adapters.rabbitmq.endpoints import connect_first
-from statusek.adapters.rabbitmq.errors import silent_link_as_error
+from statusek.adapters.rabbitmq.errors import dropped_link_as_error
 from statusek.testing import fresh_database
 from tests.helpers import TASK
 from tests.integration.cluster import SERVER, Node, RabbitCluster, available, rabbitmq_cluster
@@ -203,9 +203,9 @@ class Publisher:
                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             )
             try:
-                # A link aiormq gives up on (silent past its heartbeat) fails the publish with a
-                # CancelledError of its own: one more way of not being confirmed.
-                with silent_link_as_error():
+                # Closing a link to a node that no longer answers (as `Link.get` does) fails the
+                # publishes still on it with aiormq's CancelledError: one more way of not being confirmed.
+                with dropped_link_as_error():
                     exchange = await self._exchange()
                     await asyncio.wait_for(exchange.publish(message, routing_key=routing_key), 30)
                 self.confirmed += 1
@@ -242,7 +242,7 @@ class Subscriber:
     async def run(self) -> None:
         while True:
             try:
-                with silent_link_as_error():
+                with dropped_link_as_error():
                     connection = await self.link.get()
                     lost = self.link.lost
                     channel = await connection.channel()
@@ -261,7 +261,7 @@ class Subscriber:
             (message.message_id or "", message.type or "", str(body.get("instance_token")), int(body["seq"]))
         )
         self.changed.set()
-        with contextlib.suppress(*LINK_ERRORS), silent_link_as_error():
+        with contextlib.suppress(*LINK_ERRORS), dropped_link_as_error():
             await message.ack()  # lost with its link: the message comes again (a duplicate we drop)
 
     def finished(self) -> set[str]:
@@ -276,7 +276,7 @@ async def wait_for_consumers(deployment: Deployment, count: int, timeout: float 
         while True:
             with (
                 contextlib.suppress(*LINK_ERRORS, aio_pika.exceptions.ChannelNotFoundEntity),
-                silent_link_as_error(),
+                dropped_link_as_error(),
             ):
                 channel = await (await link.get()).channel()
                 try:

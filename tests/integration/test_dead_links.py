@@ -3,6 +3,8 @@ on it ("another operation is in progress"), and statusek treats it as the dead l
 
 The proxy drops the close (`closes_lost`), so the client sees the server's last words and then
 silence, as when a FIN is lost behind a NAT: the termination never reaches asyncpg.
+
+The last test is the broker's counterpart: a RabbitMQ link closed while the broker does not answer.
 """
 
 from __future__ import annotations
@@ -12,11 +14,13 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator
 
+import aio_pika
 import asyncpg
 import pytest
 
 from statusek.adapters.postgres.store import DEADLINE_CHANNEL, Store
-from statusek.core.errors import StoreUnavailable
+from statusek.adapters.rabbitmq.errors import translated
+from statusek.core.errors import BrokerUnavailable, StoreUnavailable
 from tests.helpers import eventually
 from tests.integration.faults import proxied
 
@@ -102,3 +106,27 @@ async def test_a_transaction_on_a_pooled_link_whose_close_was_lost_is_a_transien
             assert await tx.now() is not None
     finally:
         await store.close(timeout=1)
+
+
+async def test_publishes_on_a_broker_link_closed_unanswered_fail_as_broker_unavailable(amqp_url: str) -> None:
+    """Closing a link the broker no longer answers fails its waiting publishes as BrokerUnavailable."""
+    # aiormq waits 2 s for the broker's Close-Ok, then cancels its reader and ends the connection
+    # with that CancelledError: without the translation, each publisher would stop as if cancelled.
+    proxy, url = await proxied(amqp_url, 5672)
+    try:
+        connection = await aio_pika.connect(url)
+        channel = await connection.channel(publisher_confirms=True)
+        proxy.stall()
+
+        async def publish() -> None:
+            async with translated():
+                await channel.default_exchange.publish(aio_pika.Message(b"x"), routing_key="nowhere")
+
+        publishing = [asyncio.create_task(publish()) for _ in range(4)]
+        await asyncio.sleep(0.2)
+        await connection.close()
+        results = await asyncio.gather(*publishing, return_exceptions=True)
+    finally:
+        await proxy.close()
+    assert [type(r) for r in results] == [BrokerUnavailable] * 4, results
+    assert all("dropped without its answer" in str(r) for r in results), results

@@ -16,7 +16,7 @@ from aio_pika.abc import AbstractIncomingMessage
 
 from statusek.adapters.rabbitmq.corked import CorkedConnection
 from statusek.adapters.rabbitmq.endpoints import NoBrokerReachable, connect_first
-from statusek.adapters.rabbitmq.errors import describe, silent_link_as_error
+from statusek.adapters.rabbitmq.errors import describe, dropped_link_as_error
 from statusek.client._link import _LINK_ERRORS_OR_TIMEOUT, REPLY_TO, _Link, _Subscription
 from statusek.client._urls import check_urls
 from statusek.exceptions import BrokerUnreachable, TopologyNotFound
@@ -94,7 +94,7 @@ class _Connection:
             return None
         try:
             async with asyncio.timeout(timeout):
-                with silent_link_as_error():
+                with dropped_link_as_error():
                     channel = await link.connection.channel(publisher_confirms=False)
                     try:
                         declared = await channel.declare_queue(queue, passive=True)

@@ -9,7 +9,7 @@ from typing import Any, cast
 import aio_pika
 import aiormq
 
-from statusek.adapters.rabbitmq.errors import silent_link_as_error
+from statusek.adapters.rabbitmq.errors import dropped_link_as_error
 from statusek.client._link import _LINK_ERRORS, _LOST, _Link, _Subscription
 from statusek.client._queries import _Queries
 from statusek.exceptions import (
@@ -149,7 +149,7 @@ class _Notifications(_Queries):
             async with self._events_lock:
                 if link.events is None and link.up:
                     try:
-                        with silent_link_as_error():
+                        with dropped_link_as_error():
                             await self._bind_events(link)
                     except aio_pika.exceptions.ChannelNotFoundEntity as e:
                         raise TopologyNotFound(self.vhost, self.location, self._events) from e

@@ -12,7 +12,7 @@ import aio_pika
 import aiormq
 from pamqp.common import FieldTable
 
-from statusek.adapters.rabbitmq.errors import silent_link_as_error
+from statusek.adapters.rabbitmq.errors import dropped_link_as_error
 from statusek.adapters.rabbitmq.properties import Properties
 from statusek.client._connection import _Connection
 from statusek.client._link import _LINK_ERRORS, _LOST, REPLY_TO
@@ -108,7 +108,7 @@ class _Rpc(_Connection):
                         try:
                             # wait=False: no turn through aiormq's writer before the next publish may go,
                             # so the requests of one loop iteration leave together; the confirm is awaited.
-                            with silent_link_as_error():
+                            with dropped_link_as_error():
                                 await link.underlay.basic_publish(
                                     payload,
                                     exchange=exchange,

@@ -31,25 +31,31 @@ _BROKER_ERRORS: tuple[type[BaseException], ...] = (
 
 def _translate(e: BaseException) -> Exception | None:
     """`BrokerUnavailable` (retry later) for aiormq's and aio-pika's link errors; None for others."""
-    if isinstance(e, _BROKER_ERRORS) or gone_silent(e):
+    if isinstance(e, _BROKER_ERRORS) or link_dropped(e):
         return BrokerUnavailable(mask_secrets(f"rabbitmq unavailable: {describe(e)}"))
     return None
 
 
-class LinkGoneSilent(aiormq.exceptions.AMQPConnectionError):
-    """aiormq gave up on a connection that sent nothing for its heartbeat grace (a link error)."""
+class LinkDropped(aiormq.exceptions.AMQPConnectionError):
+    """aiormq dropped a connection without the broker's last word (a link error)."""
 
 
-_SILENT = "the broker sent nothing within the heartbeat grace (a black-holed link?); the link was given up"
+_DROPPED = (
+    "the link to the broker was dropped without its answer (silent past the heartbeat grace, "
+    "or closed while the broker did not answer)"
+)
 
 
-def gone_silent(e: BaseException) -> bool:
-    """Whether `e` is aiormq giving up on a silent link, not a cancellation of the task that sees it.
+def link_dropped(e: BaseException) -> bool:
+    """Whether `e` is aiormq dropping a link, not a cancellation of the task that sees it.
 
-    aiormq ends a connection that sent nothing for its heartbeat grace by cancelling its reader
-    task, and every future on that connection (a confirm, a write's drain, an ack) then raises
-    the reader's `CancelledError` in whoever awaits it. Nobody cancelled that task, and it must
-    not stop as if someone had: it is told the link is gone, as for a reset.
+    When aiormq's reader task of a connection ends cancelled, it closes the connection with that
+    `CancelledError`, and every future on the connection (a confirm, a write's drain, an ack)
+    raises it in whoever awaits it. The reader is cancelled when the link sent nothing for its
+    heartbeat grace ((heartbeat + 1) * 3 s), and when the connection is closed and the broker
+    does not answer the close within 2 s (a broker going away, a black-holed link): a client that
+    drops a bad link and makes another does exactly that. Nobody cancelled the task that sees it,
+    and it must not stop as if someone had: it is told the link is gone, as for a reset.
     """
     if not isinstance(e, asyncio.CancelledError):
         return False
@@ -57,8 +63,8 @@ def gone_silent(e: BaseException) -> bool:
     return task is not None and task.cancelling() == 0
 
 
-class _SilentLinkAsError:
-    """`with` it: a `CancelledError` from a link aiormq gave up on is raised as `LinkGoneSilent`."""
+class _DroppedLinkAsError:
+    """`with` it: a `CancelledError` from a link aiormq dropped is raised as `LinkDropped`."""
 
     __slots__ = ()
 
@@ -68,16 +74,16 @@ class _SilentLinkAsError:
     def __exit__(
         self, kind: type[BaseException] | None, e: BaseException | None, traceback: TracebackType | None
     ) -> None:
-        if e is not None and gone_silent(e):
-            raise LinkGoneSilent(_SILENT) from e
+        if e is not None and link_dropped(e):
+            raise LinkDropped(_DROPPED) from e
 
 
-_SILENT_LINK_AS_ERROR = _SilentLinkAsError()
+_DROPPED_LINK_AS_ERROR = _DroppedLinkAsError()
 
 
-def silent_link_as_error() -> _SilentLinkAsError:
+def dropped_link_as_error() -> _DroppedLinkAsError:
     """Around a wait on the broker that catches link errors itself (the client's requests)."""
-    return _SILENT_LINK_AS_ERROR
+    return _DROPPED_LINK_AS_ERROR
 
 
 _TRANSLATED = Translating(_translate)
@@ -96,8 +102,8 @@ def describe(e: BaseException, url: str | None = None) -> str:
     """
     where = url_location(url) if url else None
     # Each gives None (never an empty line) when `e` is not its kind: the first that knows `e` tells.
-    if gone_silent(e) or isinstance(e, LinkGoneSilent):
-        return _SILENT
+    if link_dropped(e) or isinstance(e, LinkDropped):
+        return _DROPPED
     line = (
         tls_failure(e, server="RabbitMQ", parameters=("cafile", "certfile", "keyfile"))
         or _login_refused(e, url, where)

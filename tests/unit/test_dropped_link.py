@@ -1,4 +1,4 @@
-"""A link aiormq gives up on (silent past its heartbeat) is a link error, never a cancellation."""
+"""A link aiormq drops (its reader cancelled) is a link error, never a cancellation."""
 
 from __future__ import annotations
 
@@ -7,20 +7,20 @@ import asyncio
 import aio_pika
 import pytest
 
-from statusek.adapters.rabbitmq.errors import LinkGoneSilent, describe, silent_link_as_error, translated
+from statusek.adapters.rabbitmq.errors import LinkDropped, describe, dropped_link_as_error, translated
 from statusek.core.errors import BrokerUnavailable
 
 
 def given_up_future() -> asyncio.Future[None]:
-    """What aiormq leaves a confirm or a drain of a connection it gave up on: its reader's CancelledError."""
+    """What aiormq leaves a confirm or a drain of a connection it dropped: its reader's CancelledError."""
     future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     future.set_exception(asyncio.CancelledError())
     return future
 
 
-async def test_translated_says_the_link_went_silent() -> None:
+async def test_translated_says_the_link_was_dropped() -> None:
     """A CancelledError nobody asked for, under `translated()`, is BrokerUnavailable (retried later)."""
-    with pytest.raises(BrokerUnavailable, match="heartbeat grace"):
+    with pytest.raises(BrokerUnavailable, match="dropped without its answer"):
         async with translated():
             await given_up_future()
 
@@ -40,22 +40,22 @@ async def test_translated_lets_a_real_cancellation_through() -> None:
     assert task.cancelled()
 
 
-async def test_silent_link_as_error_raises_a_link_error() -> None:
+async def test_dropped_link_as_error_raises_a_link_error() -> None:
     """The client's requests catch it with the other link errors, and publish again on a new link."""
-    with pytest.raises(aio_pika.exceptions.CONNECTION_EXCEPTIONS) as caught, silent_link_as_error():
+    with pytest.raises(aio_pika.exceptions.CONNECTION_EXCEPTIONS) as caught, dropped_link_as_error():
         await given_up_future()
-    assert isinstance(caught.value, LinkGoneSilent)
+    assert isinstance(caught.value, LinkDropped)
     assert isinstance(caught.value.__cause__, asyncio.CancelledError)
 
 
-async def test_silent_link_as_error_lets_a_timeout_cancel() -> None:
+async def test_dropped_link_as_error_lets_a_timeout_cancel() -> None:
     """`asyncio.timeout` around it still ends in TimeoutError: its cancellation is requested."""
     with pytest.raises(TimeoutError):
         async with asyncio.timeout(0.01):
-            with silent_link_as_error():
+            with dropped_link_as_error():
                 await asyncio.Event().wait()
 
 
-def test_describe_names_the_heartbeat() -> None:
+def test_describe_says_the_link_was_dropped() -> None:
     """The log line says what happened, not 'CancelledError'."""
-    assert "heartbeat grace" in describe(LinkGoneSilent("x"))
+    assert "dropped without its answer" in describe(LinkDropped("x"))
