@@ -17,7 +17,7 @@ from pydantic_settings import (
     SettingsError,
 )
 
-from statusek.adapters.rabbitmq.endpoints import split_urls
+from statusek.adapters.rabbitmq.endpoints import split_urls, with_heartbeat
 from statusek.core.model import optional_duration
 
 BUILTIN_MODELS = Path(__file__).resolve().parent / "models"
@@ -135,6 +135,9 @@ class Settings(BaseSettings):
 
     # Several nodes' URLs, comma-separated, to fail over between (docs/operations.md, "A RabbitMQ cluster").
     amqp_url: Annotated[str, AfterValidator(_checked_urls)] = "amqp://guest:guest@localhost:5672/"
+    # Seconds; a link silent for (heartbeat + 1) * 3 s is dropped and made again, and the broker drops
+    # a silent worker after about twice this. A URL's own `?heartbeat=` wins; 0 turns heartbeats off.
+    amqp_heartbeat: int = Field(default=10, ge=0, le=3600)
     database_url: str = "postgresql://postgres@localhost:5432/statusek"
     migrate_on_start: bool = Field(
         default=True,
@@ -281,6 +284,11 @@ class Settings(BaseSettings):
 
     log_format: str = Field(default="auto", pattern="^(auto|json|console)$")
     log_level: str = "INFO"
+
+    @property
+    def amqp_link_url(self) -> str:
+        """`amqp_url` as the worker, the gateway and the CLI dial it: with `amqp_heartbeat`."""
+        return with_heartbeat(self.amqp_url, self.amqp_heartbeat)
 
     def model_paths(self) -> list[Path]:
         return [Path(p) for p in self.models_path.split(":") if p]

@@ -25,12 +25,13 @@ import aio_pika
 import asyncpg
 from aio_pika.abc import AbstractIncomingMessage
 
+from statusek.adapters.rabbitmq.endpoints import with_heartbeat
 from statusek.core.partitions import routing_headers
 from tests.chaos.history import EventRow, History, Note, Sent
 from tests.chaos.schedule import PATIENT, Fault, Planned, Schedule
 from tests.helpers import eventually
 from tests.integration.conftest import Cluster
-from tests.integration.faults import TcpProxy, proxied, with_heartbeat
+from tests.integration.faults import TcpProxy, proxied
 
 DEADLINE_HEADER = "x-statusek-deadline"
 GRACE = 0.5  # an impatient client waits this much past its deadline before it says "no answer"

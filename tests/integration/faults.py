@@ -110,15 +110,6 @@ class TcpProxy:
             self._server.close()
 
 
-def with_heartbeat(url: str, seconds: int) -> str:
-    """`url` asking for an AMQP heartbeat of `seconds` (aiormq gives up a link silent (seconds + 1) * 3 s)."""
-    parts = urlsplit(url)
-    query = "&".join(
-        [*(p for p in parts.query.split("&") if p and not p.startswith("heartbeat=")), f"heartbeat={seconds}"]
-    )
-    return urlunsplit(parts._replace(query=query))
-
-
 async def proxied(url: str, default_port: int) -> tuple[TcpProxy, str]:
     """A started proxy to the server of `url`, and `url` rewritten to go through it."""
     parts = urlsplit(url)

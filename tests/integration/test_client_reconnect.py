@@ -16,10 +16,11 @@ import asyncpg
 import pytest
 
 from statusek import BrokerUnreachable, Client, InstanceFinishedError, NotificationsInterrupted
+from statusek.adapters.rabbitmq.endpoints import with_heartbeat
 from statusek.worker.worker import Worker
 from tests.helpers import TASK, eventually
 from tests.integration.conftest import Cluster
-from tests.integration.faults import TcpProxy, proxied, with_heartbeat
+from tests.integration.faults import TcpProxy, proxied
 
 
 @pytest.fixture

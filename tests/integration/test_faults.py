@@ -18,12 +18,13 @@ from datetime import datetime
 import asyncpg
 import pytest
 
+from statusek.adapters.rabbitmq.endpoints import with_heartbeat
 from statusek.core.partitions import routing_headers
 from statusek.worker.faults import FAULT_HEADER
 from statusek.worker.worker import EXIT_UNFINISHED
 from tests.helpers import eventually
 from tests.integration.conftest import Cluster
-from tests.integration.faults import Ledger, Report, proxied, with_heartbeat
+from tests.integration.faults import Ledger, Report, proxied
 
 pytestmark = pytest.mark.slow
 
@@ -406,3 +407,17 @@ async def test_broker_link_black_holed_under_load(cluster: Cluster, cluster_db: 
     assert cluster.workers[0].poll() is None, "the worker exited"
     assert (report.duplicated, report.lost, report.notifications_missing) == (0, 0, 0)
     assert depths["statusek.commands"] == (0, 0)
+
+
+async def test_the_worker_asks_for_the_heartbeat_setting(cluster: Cluster) -> None:
+    """Its broker connections run with STATUSEK_AMQP_HEARTBEAT (10 s by default), not aiormq's 60 s."""
+    cluster.start(1)
+    await cluster.wait_for_consumers(1)
+    out = cluster.rabbit.rabbitmqctl(
+        "list_connections", "vhost", "timeout", "client_properties", "--no-table-headers"
+    )
+    workers = [
+        line.split("\t") for line in out.splitlines() if '"statusek worker ' in line and cluster.vhost in line
+    ]
+    assert workers, out
+    assert {(vhost, timeout) for vhost, timeout, _ in workers} == {(cluster.vhost, "10")}

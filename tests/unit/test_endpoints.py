@@ -11,7 +11,14 @@ from typing import Any
 import aio_pika
 import pytest
 
-from statusek.adapters.rabbitmq.endpoints import NoBrokerReachable, connect_first, rotated, split_urls
+from statusek.adapters.rabbitmq.endpoints import (
+    NoBrokerReachable,
+    connect_first,
+    rotated,
+    split_urls,
+    with_heartbeat,
+)
+from statusek.settings import Settings
 
 A = "amqp://u:s3cret-a@127.0.0.1:5672/v"
 B = "amqp://u:s3cret-b@127.0.0.1:5673/v"
@@ -202,3 +209,23 @@ async def test_a_failed_handshake_closes_the_connection_it_made() -> None:
     assert caught.value.__traceback__ is not None
     made = [o for o in gc.get_objects() if isinstance(o, aio_pika.Connection) and o.url.port == port]
     assert made and all(c.is_closed for c in made)
+
+
+def test_with_heartbeat_asks_each_address_for_it() -> None:
+    """Every URL of the list gets `heartbeat=`, after any query it has."""
+    assert with_heartbeat("amqp://a/v, amqps://b/v?cafile=/ca.pem", 10) == (
+        "amqp://a/v?heartbeat=10,amqps://b/v?cafile=/ca.pem&heartbeat=10"
+    )
+
+
+def test_with_heartbeat_leaves_a_url_that_names_one() -> None:
+    """A URL's own heartbeat wins over the setting."""
+    assert with_heartbeat("amqp://u:p@a/v?heartbeat=1", 10) == "amqp://u:p@a/v?heartbeat=1"
+
+
+def test_the_worker_dials_with_the_heartbeat_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """STATUSEK_AMQP_HEARTBEAT (10 s by default) goes into the URL the worker, gateway and CLI dial."""
+    monkeypatch.setenv("STATUSEK_AMQP_URL", "amqp://u:p@a/v")
+    assert Settings().amqp_link_url == "amqp://u:p@a/v?heartbeat=10"
+    monkeypatch.setenv("STATUSEK_AMQP_HEARTBEAT", "0")
+    assert Settings().amqp_link_url == "amqp://u:p@a/v?heartbeat=0"

@@ -668,7 +668,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     if ops is not None:
         await ops.start()
     try:
-        client = await connect(settings.amqp_url, stop, backoff_max=settings.retry_backoff_max)
+        client = await connect(settings.amqp_link_url, stop, backoff_max=settings.retry_backoff_max)
         if client is None:
             return
         try:
@@ -680,7 +680,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
                     amqp_user=client.user,
                 )
             else:
-                problem = await impersonation_problem(settings.amqp_url)
+                problem = await impersonation_problem(settings.amqp_link_url)
                 if problem is not None:
                     raise GatewayConfigError(problem)
                 log.info("gateway authenticates callers", users=len(authenticator.users))

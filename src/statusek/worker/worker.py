@@ -153,7 +153,7 @@ class Worker:
                 log.info("models loaded", models=versions)
                 self._store = store
                 broker = Broker(
-                    s.amqp_url,
+                    s.amqp_link_url,
                     self.names,
                     name=self.identity.connection_name,
                     limits=Limits(

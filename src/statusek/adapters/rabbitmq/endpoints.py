@@ -15,6 +15,7 @@ import itertools
 import random
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import aio_pika
 from aio_pika.abc import AbstractConnection, TimeoutType
@@ -45,6 +46,22 @@ class Connection(aio_pika.Connection):
 
 # Where the next connect_first starts in its list: random per process, one further on every call.
 _offsets = itertools.count(random.randrange(1 << 16))
+
+
+def with_heartbeat(value: str, seconds: int) -> str:
+    """The comma-separated AMQP URLs of `value`, each asking for a `seconds` heartbeat unless it names one.
+
+    aiormq asks for 60 s when a URL says nothing, whatever the broker proposes.
+    """
+    urls = []
+    for url in split_urls(value):
+        parts = urlsplit(url)
+        if any(p.split("=", 1)[0] == "heartbeat" for p in parts.query.split("&")):
+            urls.append(url)
+        else:
+            query = f"{parts.query}&heartbeat={seconds}" if parts.query else f"heartbeat={seconds}"
+            urls.append(urlunsplit(parts._replace(query=query)))
+    return ",".join(urls)
 
 
 def split_urls(value: str, *, variable: str = VARIABLE) -> list[str]:
