@@ -421,3 +421,44 @@ async def test_the_worker_asks_for_the_heartbeat_setting(cluster: Cluster) -> No
     ]
     assert workers, out
     assert {(vhost, timeout) for vhost, timeout, _ in workers} == {(cluster.vhost, "10")}
+
+
+async def test_the_standby_applies_what_a_black_holed_worker_holds(
+    cluster: Cluster, cluster_db: asyncpg.Connection
+) -> None:
+    """The active worker's broker link black-holed: its standby applies 20 creates, once each, in 60 s."""
+    proxy, amqp_url = await proxied(cluster.env["STATUSEK_AMQP_URL"], 5672)
+    try:
+        cluster.start(1, STATUSEK_AMQP_URL=amqp_url)  # the default heartbeat (10 s)
+        await cluster.wait_for_consumers(1)
+        cluster.start(1)
+        await cluster.wait_for_consumers(2)
+        proxy.stall()
+        stalled = time.monotonic()
+        tokens = [str(uuid.uuid4()) for _ in range(20)]
+        correlation_ids = [
+            await cluster.wire.send(
+                "create",
+                {"object_name": "2-POINT LINE TASK", "instance_token": t, "instance_timeout": 3600},
+                message_id=uuid.uuid4().hex,
+            )
+            for t in tokens
+        ]
+
+        async def created() -> int:
+            count: int = await cluster_db.fetchval(
+                "SELECT count(*) FROM instances WHERE token = ANY($1::uuid[])", [uuid.UUID(t) for t in tokens]
+            )
+            return count
+
+        await eventually(created, 60, equals=20)
+        print(f"the standby applied 20 creates {time.monotonic() - stalled:.1f} s into the black hole")
+        replies = [await cluster.wire.reply(c, timeout=10) for c in correlation_ids]
+    finally:
+        await proxy.close()
+    assert [r["code"] for r in replies] == ["SUCCESS"] * 20
+    events = await cluster_db.fetchval(
+        "SELECT count(*) FROM events WHERE kind = 'created' AND instance_token = ANY($1::uuid[])",
+        [uuid.UUID(t) for t in tokens],
+    )
+    assert events == 20
