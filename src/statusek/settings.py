@@ -287,7 +287,10 @@ class Settings(BaseSettings):
 
     @property
     def amqp_link_url(self) -> str:
-        """`amqp_url` as the worker, the gateway and the CLI dial it: with `amqp_heartbeat`."""
+        """`amqp_url` as the worker and the gateway dial it: with `amqp_heartbeat`.
+
+        The CLI dials `amqp_url` as given: its calls are short, and its errors name the URL as written.
+        """
         return with_heartbeat(self.amqp_url, self.amqp_heartbeat)
 
     def model_paths(self) -> list[Path]:

@@ -224,8 +224,13 @@ def test_with_heartbeat_leaves_a_url_that_names_one() -> None:
 
 
 def test_the_worker_dials_with_the_heartbeat_setting(monkeypatch: pytest.MonkeyPatch) -> None:
-    """STATUSEK_AMQP_HEARTBEAT (10 s by default) goes into the URL the worker, gateway and CLI dial."""
+    """STATUSEK_AMQP_HEARTBEAT (10 s by default) goes into the URL the worker and the gateway dial."""
     monkeypatch.setenv("STATUSEK_AMQP_URL", "amqp://u:p@a/v")
     assert Settings().amqp_link_url == "amqp://u:p@a/v?heartbeat=10"
     monkeypatch.setenv("STATUSEK_AMQP_HEARTBEAT", "0")
     assert Settings().amqp_link_url == "amqp://u:p@a/v?heartbeat=0"
+
+
+def test_with_heartbeat_leaves_what_is_not_an_amqp_url() -> None:
+    """A value refused later is refused as it was written."""
+    assert with_heartbeat("localhost", 10) == "localhost"

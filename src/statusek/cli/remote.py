@@ -474,7 +474,7 @@ def run_remote(settings: Settings, args: argparse.Namespace, handler: Handler, t
         loop = asyncio.get_running_loop()
         args.deadline = loop.time() + args.answer_within
         try:
-            client = await Client.connect(settings.amqp_link_url, timeout=args.answer_within)
+            client = await Client.connect(settings.amqp_url, timeout=args.answer_within)
         except InvalidURL as e:
             say(f"STATUSEK_AMQP_URL: {e}")
             return EXIT_USAGE

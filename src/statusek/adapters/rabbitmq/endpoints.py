@@ -56,7 +56,8 @@ def with_heartbeat(value: str, seconds: int) -> str:
     urls = []
     for url in split_urls(value):
         parts = urlsplit(url)
-        if any(p.split("=", 1)[0] == "heartbeat" for p in parts.query.split("&")):
+        named = any(p.split("=", 1)[0] == "heartbeat" for p in parts.query.split("&"))
+        if named or parts.scheme not in ("amqp", "amqps"):  # not a URL to add to: refused as written
             urls.append(url)
         else:
             query = f"{parts.query}&heartbeat={seconds}" if parts.query else f"heartbeat={seconds}"
