@@ -163,6 +163,14 @@ WORKER_ENV = {
 }
 
 
+# Faults on one link of the active worker: which of its (postgres, rabbitmq) proxies, and what it does.
+ACTIVE_LINK_FAULTS: dict[str, tuple[int, Callable[[TcpProxy], contextlib.AbstractContextManager[None]]]] = {
+    "pg_blackhole": (0, TcpProxy.stalling),
+    "broker_blackhole": (1, TcpProxy.stalling),
+    "broker_cut": (1, TcpProxy.blocking),
+}
+
+
 class Play:
     def __init__(self, schedule: Schedule, cluster: Cluster):
         self.schedule = schedule
@@ -204,42 +212,16 @@ class Play:
             note["pid"] = victim.pid if victim else None
             with _stopped(victim):
                 await asyncio.sleep(fault.duration)
-        elif fault.kind == "pg_blackhole":
+        elif fault.kind in ACTIVE_LINK_FAULTS:
+            side, hold = ACTIVE_LINK_FAULTS[fault.kind]
             links = self.active(note)
-            if links:
-                links[0].stall()
-            try:
+            with hold(links[side]) if links else contextlib.nullcontext():
                 await asyncio.sleep(fault.duration)
-            finally:
-                if links:
-                    links[0].resume()
         elif fault.kind == "pg_restart":
-            proxies = [pg for pg, _ in self.links.values()]
-            for pg in proxies:
-                pg.block()
-            try:
+            with contextlib.ExitStack() as stack:
+                for pg, _ in self.links.values():
+                    stack.enter_context(pg.blocking())
                 await asyncio.sleep(fault.duration)
-            finally:
-                for pg in proxies:
-                    pg.unblock()
-        elif fault.kind == "broker_blackhole":
-            links = self.active(note)
-            if links:
-                links[1].stall()
-            try:
-                await asyncio.sleep(fault.duration)
-            finally:
-                if links:
-                    links[1].resume()
-        elif fault.kind == "broker_cut":
-            links = self.active(note)
-            if links:
-                links[1].block()
-            try:
-                await asyncio.sleep(fault.duration)
-            finally:
-                if links:
-                    links[1].unblock()
         elif fault.kind == "queue_full":
             await asyncio.sleep(fault.duration)
             await recorder.drain_full("full")

@@ -11,6 +11,7 @@ import contextlib
 import json
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -50,6 +51,24 @@ class TcpProxy:
 
     def resume(self) -> None:
         self._flowing.set()
+
+    @contextlib.contextmanager
+    def stalling(self) -> Iterator[None]:
+        """`stall()` for the block, then `resume()`."""
+        self.stall()
+        try:
+            yield
+        finally:
+            self.resume()
+
+    @contextlib.contextmanager
+    def blocking(self) -> Iterator[None]:
+        """`block()` for the block, then `unblock()`."""
+        self.block()
+        try:
+            yield
+        finally:
+            self.unblock()
 
     async def start(self) -> int:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
@@ -108,6 +127,19 @@ class TcpProxy:
         self.cut()
         if self._server is not None:
             self._server.close()
+
+
+def create_body(token: str) -> dict[str, object]:
+    """A create of the shipped two-status model that stays open for an hour."""
+    return {"object_name": "2-POINT LINE TASK", "instance_token": token, "instance_timeout": 3600}
+
+
+async def created(db: asyncpg.Connection, tokens: list[str]) -> int:
+    """How many of `tokens` are instances."""
+    count: int = await db.fetchval(
+        "SELECT count(*) FROM instances WHERE token = ANY($1::uuid[])", [uuid.UUID(t) for t in tokens]
+    )
+    return count
 
 
 async def proxied(url: str, default_port: int) -> tuple[TcpProxy, str]:

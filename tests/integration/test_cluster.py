@@ -205,7 +205,7 @@ class Publisher:
             try:
                 # Closing a link to a node that no longer answers (as `Link.get` does) fails the
                 # publishes still on it with aiormq's CancelledError: one more way of not being confirmed.
-                with dropped_link_as_error():
+                async with dropped_link_as_error():
                     exchange = await self._exchange()
                     await asyncio.wait_for(exchange.publish(message, routing_key=routing_key), 30)
                 self.confirmed += 1
@@ -242,7 +242,7 @@ class Subscriber:
     async def run(self) -> None:
         while True:
             try:
-                with dropped_link_as_error():
+                async with dropped_link_as_error():
                     connection = await self.link.get()
                     lost = self.link.lost
                     channel = await connection.channel()
@@ -261,8 +261,9 @@ class Subscriber:
             (message.message_id or "", message.type or "", str(body.get("instance_token")), int(body["seq"]))
         )
         self.changed.set()
-        with contextlib.suppress(*LINK_ERRORS), dropped_link_as_error():
-            await message.ack()  # lost with its link: the message comes again (a duplicate we drop)
+        with contextlib.suppress(*LINK_ERRORS):
+            async with dropped_link_as_error():
+                await message.ack()  # lost with its link: the message comes again (a duplicate we drop)
 
     def finished(self) -> set[str]:
         return {token for _, kind, token, _ in self.received if kind == "instance-finished"}
@@ -274,18 +275,16 @@ async def wait_for_consumers(deployment: Deployment, count: int, timeout: float 
     deadline = time.monotonic() + timeout
     try:
         while True:
-            with (
-                contextlib.suppress(*LINK_ERRORS, aio_pika.exceptions.ChannelNotFoundEntity),
-                dropped_link_as_error(),
-            ):
-                channel = await (await link.get()).channel()
-                try:
-                    q = await channel.declare_queue("statusek.queries", passive=True)
-                    if int(q.declaration_result.consumer_count or 0) >= count:
-                        return
-                finally:
-                    with contextlib.suppress(Exception):
-                        await channel.close()
+            with contextlib.suppress(*LINK_ERRORS, aio_pika.exceptions.ChannelNotFoundEntity):
+                async with dropped_link_as_error():
+                    channel = await (await link.get()).channel()
+                    try:
+                        q = await channel.declare_queue("statusek.queries", passive=True)
+                        if int(q.declaration_result.consumer_count or 0) >= count:
+                            return
+                    finally:
+                        with contextlib.suppress(Exception):
+                            await channel.close()
             for p in deployment.workers:
                 assert p.poll() is None, f"a worker exited ({p.returncode}); logs in {deployment.logs}"
             assert time.monotonic() < deadline, f"{count} workers did not consume; logs in {deployment.logs}"

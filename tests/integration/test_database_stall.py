@@ -26,7 +26,7 @@ from statusek.testing import free_port
 from statusek.worker.faults import FAULT_HEADER
 from tests.helpers import eventually, ops_get, wait_status
 from tests.integration.conftest import Cluster
-from tests.integration.faults import TcpProxy, proxied
+from tests.integration.faults import TcpProxy, create_body, created, proxied
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -60,17 +60,6 @@ async def pair(cluster: Cluster) -> AsyncIterator[Pair]:
     finally:
         proxy.resume()
         await proxy.close()
-
-
-def create_body(token: str) -> dict[str, object]:
-    return {"object_name": "2-POINT LINE TASK", "instance_token": token, "instance_timeout": 3600}
-
-
-async def created(db: asyncpg.Connection, tokens: list[str]) -> int:
-    count: int = await db.fetchval(
-        "SELECT count(*) FROM instances WHERE token = ANY($1::uuid[])", [uuid.UUID(t) for t in tokens]
-    )
-    return count
 
 
 async def test_the_standby_applies_what_a_stalled_worker_holds(

@@ -24,7 +24,7 @@ from statusek.worker.faults import FAULT_HEADER
 from statusek.worker.worker import EXIT_UNFINISHED
 from tests.helpers import eventually
 from tests.integration.conftest import Cluster
-from tests.integration.faults import Ledger, Report, proxied
+from tests.integration.faults import Ledger, Report, create_body, created, proxied
 
 pytestmark = pytest.mark.slow
 
@@ -437,21 +437,9 @@ async def test_the_standby_applies_what_a_black_holed_worker_holds(
         stalled = time.monotonic()
         tokens = [str(uuid.uuid4()) for _ in range(20)]
         correlation_ids = [
-            await cluster.wire.send(
-                "create",
-                {"object_name": "2-POINT LINE TASK", "instance_token": t, "instance_timeout": 3600},
-                message_id=uuid.uuid4().hex,
-            )
-            for t in tokens
+            await cluster.wire.send("create", create_body(t), message_id=uuid.uuid4().hex) for t in tokens
         ]
-
-        async def created() -> int:
-            count: int = await cluster_db.fetchval(
-                "SELECT count(*) FROM instances WHERE token = ANY($1::uuid[])", [uuid.UUID(t) for t in tokens]
-            )
-            return count
-
-        await eventually(created, 60, equals=20)
+        await eventually(lambda: created(cluster_db, tokens), 60, equals=20)
         print(f"the standby applied 20 creates {time.monotonic() - stalled:.1f} s into the black hole")
         replies = [await cluster.wire.reply(c, timeout=10) for c in correlation_ids]
     finally:

@@ -42,8 +42,9 @@ async def test_translated_lets_a_real_cancellation_through() -> None:
 
 async def test_dropped_link_as_error_raises_a_link_error() -> None:
     """The client's requests catch it with the other link errors, and publish again on a new link."""
-    with pytest.raises(aio_pika.exceptions.CONNECTION_EXCEPTIONS) as caught, dropped_link_as_error():
-        await given_up_future()
+    with pytest.raises(aio_pika.exceptions.CONNECTION_EXCEPTIONS) as caught:
+        async with dropped_link_as_error():
+            await given_up_future()
     assert isinstance(caught.value, LinkDropped)
     assert isinstance(caught.value.__cause__, asyncio.CancelledError)
 
@@ -52,7 +53,7 @@ async def test_dropped_link_as_error_lets_a_timeout_cancel() -> None:
     """`asyncio.timeout` around it still ends in TimeoutError: its cancellation is requested."""
     with pytest.raises(TimeoutError):
         async with asyncio.timeout(0.01):
-            with dropped_link_as_error():
+            async with dropped_link_as_error():
                 await asyncio.Event().wait()
 
 

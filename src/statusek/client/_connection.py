@@ -94,7 +94,7 @@ class _Connection:
             return None
         try:
             async with asyncio.timeout(timeout):
-                with dropped_link_as_error():
+                async with dropped_link_as_error():
                     channel = await link.connection.channel(publisher_confirms=False)
                     try:
                         declared = await channel.declare_queue(queue, passive=True)

@@ -149,7 +149,7 @@ class _Notifications(_Queries):
             async with self._events_lock:
                 if link.events is None and link.up:
                     try:
-                        with dropped_link_as_error():
+                        async with dropped_link_as_error():
                             await self._bind_events(link)
                     except aio_pika.exceptions.ChannelNotFoundEntity as e:
                         raise TopologyNotFound(self.vhost, self.location, self._events) from e

@@ -108,7 +108,7 @@ class _Rpc(_Connection):
                         try:
                             # wait=False: no turn through aiormq's writer before the next publish may go,
                             # so the requests of one loop iteration leave together; the confirm is awaited.
-                            with dropped_link_as_error():
+                            async with dropped_link_as_error():
                                 await link.underlay.basic_publish(
                                     payload,
                                     exchange=exchange,

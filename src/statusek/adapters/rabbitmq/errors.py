@@ -8,7 +8,6 @@ the same way, from here.
 from __future__ import annotations
 
 import asyncio
-from types import TracebackType
 from urllib.parse import urlsplit
 
 import aio_pika
@@ -63,26 +62,16 @@ def link_dropped(e: BaseException) -> bool:
     return task is not None and task.cancelling() == 0
 
 
-class _DroppedLinkAsError:
-    """`with` it: a `CancelledError` from a link aiormq dropped is raised as `LinkDropped`."""
-
-    __slots__ = ()
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(
-        self, kind: type[BaseException] | None, e: BaseException | None, traceback: TracebackType | None
-    ) -> None:
-        if e is not None and link_dropped(e):
-            raise LinkDropped(_DROPPED) from e
+def _as_link_error(e: BaseException) -> Exception | None:
+    return LinkDropped(_DROPPED) if link_dropped(e) else None
 
 
-_DROPPED_LINK_AS_ERROR = _DroppedLinkAsError()
+_DROPPED_LINK_AS_ERROR = Translating(_as_link_error)
 
 
-def dropped_link_as_error() -> _DroppedLinkAsError:
-    """Around a wait on the broker that catches link errors itself (the client's requests)."""
+def dropped_link_as_error() -> Translating:
+    """`async with` it around a wait on the broker whose caller catches link errors itself (the
+    client's requests): a `CancelledError` from a link aiormq dropped is raised as `LinkDropped`."""
     return _DROPPED_LINK_AS_ERROR
 
 
