@@ -140,7 +140,7 @@ async def ack_all(deliveries: Sequence[AbstractIncomingMessage]) -> int:
             stale += 1
         else:
             last_per_channel[id(channel)] = d
-    # Translated: a link aiormq gives up on fails the ack with a CancelledError of its own.
+    # Translated: a link aiormq drops fails the ack with a CancelledError of its own.
     async with translated():
         for d in last_per_channel.values():
             await d.ack(multiple=True)
